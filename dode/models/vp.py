@@ -1,0 +1,126 @@
+"""Adapters at the edge: diffusers VP models and EDM-preconditioned networks as sigma-space denoisers."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..schedules import vp_sigmas_table
+from ..types import Tensor
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _bcast(v: Tensor, like: Tensor) -> Tensor:
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+class VPDenoiser:
+    """A diffusers model trained on a discrete DDPM schedule, seen as D(x; sigma) in sigma space.
+
+    sigma_t = sqrt((1 - abar_t) / abar_t); the VP input is x / sqrt(sigma^2 + 1); continuous sigma maps
+    to a fractional timestep by interpolation in log sigma (k-diffusion's DiscreteSchedule). The output
+    is converted once: eps -> D = x - sigma eps; v -> D = sqrt(abar) x_vp - sqrt(1 - abar) v; sample -> D.
+    ``model_kwargs`` (e.g. ``encoder_hidden_states``) are passed through to every call.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        alphas_cumprod: Tensor,
+        prediction_type: str = "epsilon",
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}")
+        self.model = model
+        self.prediction_type = prediction_type
+        self.sigmas_train = vp_sigmas_table(torch.as_tensor(alphas_cumprod).detach().cpu())
+        self.log_sigmas = self.sigmas_train.log()
+        self.model_kwargs = dict(model_kwargs or {})
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas_train[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas_train[-1])
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """Fractional training timestep for each sigma (clamped to [0, T-1]); exact integers on the table."""
+        log_sigma = sigma.detach().to("cpu", torch.float64).log()
+        hi = torch.searchsorted(self.log_sigmas, log_sigma).clamp(1, len(self.log_sigmas) - 1)
+        lo = hi - 1
+        w = (log_sigma - self.log_sigmas[lo]) / (self.log_sigmas[hi] - self.log_sigmas[lo])
+        t = (lo + w).clamp(0, len(self.log_sigmas) - 1)
+        return torch.where((t - t.round()).abs() < 1e-6, t.round(), t)
+
+    def _param(self) -> torch.nn.Parameter | None:
+        params = getattr(self.model, "parameters", None)
+        return next(iter(params()), None) if params else None
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        p = self._param()
+        dtype, device = (p.dtype, p.device) if p is not None else (x.dtype, x.device)
+        sigma64 = sigma.to(torch.float64)
+        c_in = _bcast(1 / (sigma64**2 + 1).sqrt(), x)
+        x_vp = x.to(torch.float64) * c_in
+        t = self.sigma_to_t(sigma64).to(device=device, dtype=torch.float32 if dtype != torch.float64 else dtype)
+        out = self.model(x_vp.to(device=device, dtype=dtype), t, **self.model_kwargs)
+        out = (out.sample if hasattr(out, "sample") else out).to(device=x.device, dtype=torch.float64)
+        if self.prediction_type == "epsilon":
+            return x.to(torch.float64) - _bcast(sigma64, x) * out
+        if self.prediction_type == "v_prediction":
+            return c_in * x_vp - _bcast(sigma64, x) * c_in * out
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "VPDenoiser":
+        """Load a diffusers pipeline folder (or hub id) holding a ``unet`` and a DDPM-style ``scheduler``."""
+        from diffusers import DiffusionPipeline
+
+        try:
+            pipe = DiffusionPipeline.from_pretrained(path_or_id)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"could not load a diffusers pipeline from {path_or_id!r}: {err}. Pass a local folder written "
+                "by save_pretrained, or a hub id on a machine with network access (HF_HUB_OFFLINE unset)"
+            ) from err
+        if not hasattr(pipe, "unet") or not hasattr(pipe.scheduler, "alphas_cumprod"):
+            raise ValueError(f"{path_or_id!r} has no unet with a DDPM-style scheduler (alphas_cumprod)")
+        unet = pipe.unet.to(device=device, dtype=dtype).eval()
+        return cls(unet, pipe.scheduler.alphas_cumprod, pipe.scheduler.config.prediction_type)
+
+
+class EDMDenoiser:
+    """An EDM-style network as a sigma-space denoiser (Karras et al., 2022, Table 1).
+
+    ``preconditioned=True``: ``net(x, sigma, **kw)`` already returns D (EDM's ``EDMPrecond``).
+    Otherwise ``net`` is the raw F_theta and D = c_skip x + c_out F(c_in x, c_noise) with
+    c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd/sqrt(sigma^2+sd^2), c_in = 1/sqrt(sigma^2+sd^2),
+    c_noise = ln(sigma)/4.
+    """
+
+    def __init__(self, net: Callable[..., Tensor], *, preconditioned: bool = True, sigma_data: float = 0.5,
+                 sigma_min: float = 0.002, sigma_max: float = 80.0, model_kwargs: dict[str, Any] | None = None) -> None:
+        self.net, self.preconditioned, self.sigma_data = net, preconditioned, sigma_data
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.model_kwargs = dict(model_kwargs or {})
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        p = next(iter(self.net.parameters()), None) if hasattr(self.net, "parameters") else None
+        dtype, device = (p.dtype, p.device) if p is not None else (x.dtype, x.device)
+        s = sigma.to(torch.float64)
+        if self.preconditioned:
+            out = self.net(x.to(device=device, dtype=dtype), s.to(device=device, dtype=dtype), **self.model_kwargs)
+            return out.to(device=x.device, dtype=torch.float64)
+        sd = self.sigma_data
+        c_skip = sd**2 / (s**2 + sd**2)
+        c_out = s * sd / (s**2 + sd**2).sqrt()
+        c_in = 1 / (s**2 + sd**2).sqrt()
+        f = self.net((x * _bcast(c_in, x)).to(device=device, dtype=dtype), (s.log() / 4).to(device=device, dtype=dtype),
+                     **self.model_kwargs)
+        f = (f.sample if hasattr(f, "sample") else f).to(device=x.device, dtype=torch.float64)
+        return _bcast(c_skip, x) * x + _bcast(c_out, x) * f

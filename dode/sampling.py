@@ -1,0 +1,111 @@
+"""The sampling loop: evaluate -> D-ODE correction -> solver update, once per network evaluation."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .correction import CORRECTIONS, Lambdas, correction_basis, corrected_denoised
+from .schedules import check_sigmas
+from .solvers import Solver, get_solver
+from .types import Denoiser, Evaluation, SolverState, Tensor
+
+Update = Callable[[float], SolverState]  # the solver update after evaluation k, as a function of lambda_k
+LambdaRule = Callable[[int, Update], float]  # picks lambda_k; sees the update so the distiller can probe it
+StateHook = Callable[[int, Tensor, Evaluation], None]  # (sigma index, state, raw evaluation) after each update
+
+
+def prepare(
+    noise: Tensor, sigmas: Tensor, solver: str, correction: str
+) -> tuple[Tensor, Tensor, Solver, int]:
+    """Validate the common arguments; return (noise, sigmas) in float64, the solver and its NFE."""
+    solver_ = get_solver(solver)
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown correction {correction!r}; choose one of {list(CORRECTIONS)}")
+    if not isinstance(noise, torch.Tensor) or noise.ndim < 2:
+        raise ValueError("noise must be a tensor of shape (batch, *sample_shape), e.g. torch.randn(16, 1, 8, 8)")
+    check_sigmas(sigmas)
+    nfe = solver_.nfe(len(sigmas) - 1)
+    if nfe < 2:
+        raise ValueError(
+            f"solver {solver!r} on a {len(sigmas) - 1}-step grid makes {nfe} network evaluation(s); "
+            "D-ODE needs at least 2: use a grid with more steps"
+        )
+    return noise.to(torch.float64), sigmas.to(device=noise.device, dtype=torch.float64), solver_, nfe
+
+
+def evaluate(denoiser: Denoiser, x: Tensor, sigma: Tensor, k: int) -> Tensor:
+    """D(x; sigma) in float64, checked for shape and for NaN/inf (naming the evaluation index)."""
+    out = denoiser(x, sigma.expand(len(x)))
+    if out.shape != x.shape:
+        raise ValueError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)} at evaluation {k}")
+    out = out.to(torch.float64)
+    if not torch.isfinite(out).all():
+        raise FloatingPointError(
+            f"the denoiser returned NaN or inf at network evaluation {k} (sigma={float(sigma):.6g}); "
+            "check the model, its dtype and the grid's sigma range"
+        )
+    return out
+
+
+@torch.no_grad()
+def integrate(
+    denoiser: Denoiser,
+    noise: Tensor,
+    sigmas: Tensor,
+    solver: str,
+    lam_for: LambdaRule,
+    *,
+    correction: str = "data",
+    on_state: StateHook | None = None,
+) -> Tensor:
+    """Integrate the probability-flow ODE from sigmas[0] * noise to sigma = 0 with one base solver.
+
+    The one loop of the project: ``sample`` passes given lambdas, ``distill`` fits them inside it, so
+    the distilled trajectory and the sampled one cannot drift apart (Kim et al., 2024, Alg. 1 and 2).
+    """
+    noise, sigmas, solver_, nfe = prepare(noise, sigmas, solver, correction)
+    steps = len(sigmas) - 1
+    state = SolverState(x=noise * sigmas[0])
+    basis_prev = noise if correction == "noise" else None  # eps_{-1} := x_T in the noise flavour
+    for k in range(nfe):
+        # Evaluate the denoiser.
+        sigma = sigmas[solver_.eval_index(k, steps)]
+        ev = Evaluation(state.x, sigma, evaluate(denoiser, state.x, sigma, k))
+
+        # D-ODE correction and solver update, as a function of lambda_k.
+        def update(lam: float, state: SolverState = state, ev: Evaluation = ev) -> SolverState:
+            return solver_.advance(sigmas, state, ev, corrected_denoised(ev, basis_prev, lam, correction))
+
+        state = update(lam_for(k, update))
+        basis_prev = correction_basis(ev, correction)
+        if on_state is not None:
+            on_state(solver_.out_index(k, steps), state.x, ev)
+    return state.x
+
+
+def sample(
+    denoiser: Denoiser,
+    noise: Tensor,
+    sigmas: Tensor,
+    solver: str = "euler",
+    lambdas: Lambdas | None = None,
+    *,
+    correction: str | None = None,
+    on_state: StateHook | None = None,
+) -> Tensor:
+    """Sample x0 from unit ``noise`` (B, *shape) on the grid ``sigmas``, with D-ODE ``lambdas`` if given.
+
+    Without lambdas this is the base solver; with them, D~_k = D_k + lambda_k (D_k - D_{k-1}) at no
+    extra network evaluations. Returns float64 (B, *shape).
+    """
+    correction = correction or (lambdas.correction if lambdas is not None else "data")
+    if lambdas is None:
+        return integrate(denoiser, noise, sigmas, solver, lambda k, update: 0.0, correction=correction, on_state=on_state)
+    _, sigmas64, solver_, nfe = prepare(noise, sigmas, solver, correction)
+    lambdas.check_matches(sigmas64.cpu(), solver, correction)
+    if lambdas.nfe != nfe:
+        raise ValueError(f"{lambdas.nfe} lambdas for a solver that makes {nfe} evaluations; distill new lambdas")
+    values = lambdas.values
+    return integrate(denoiser, noise, sigmas, solver, lambda k, update: values[k], correction=correction, on_state=on_state)

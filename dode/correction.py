@@ -34,12 +34,13 @@ def correction_basis(ev: Evaluation, flavour: str) -> Tensor:
 def corrected_denoised(ev: Evaluation, basis_prev: Tensor | None, lam: float, flavour: str) -> Tensor:
     """D~_k as a denoiser output, whichever flavour: the one place the correction is applied.
 
-    ``data``: D~ = D + lam (D - D_prev). ``noise``: eps~ = eps + lam (eps - eps_prev), D~ = x - sigma eps~
-    (the reference code's eps-prediction form; eps_{-1} is the unit starting noise x_T).
+    ``data``: D~ = D + lam (D - D_prev). ``noise``: eps~ = eps + lam (eps - eps_prev), i.e.
+    D~ = x - sigma eps~ = D - sigma lam (eps - eps_prev) (the reference code's eps-prediction form;
+    eps_{-1} is the unit starting noise x_T). Both are D itself, bit for bit, when lam = 0.
     """
     if flavour == "data":
         return dode_correct(ev.denoised, basis_prev, lam)
-    return ev.x - ev.sigma * dode_correct(ev.eps, basis_prev, lam)
+    return ev.denoised - ev.sigma * (dode_correct(ev.eps, basis_prev, lam) - ev.eps)
 
 
 def fit_lambda(direction: Tensor, residual: Tensor) -> float:

@@ -22,7 +22,9 @@ def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (hi + ramp * (lo - hi)) ** rho
-    sigmas[0], sigmas[-1] = sigma_max, sigmas[-1] if steps == 1 else sigma_min
+    sigmas[0] = sigma_max
+    if steps > 1:
+        sigmas[-1] = sigma_min
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 

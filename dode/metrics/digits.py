@@ -1,0 +1,131 @@
+"""The offline metric's feature extractor: a small CNN classifier of scikit-learn's 8x8 digits.
+
+FD-digits is the Fréchet distance (Heusel et al., 2017, eq. 6) between Gaussians fitted to the
+classifier's penultimate-layer features, the 8x8 analogue of FID's Inception pool3 features:
+FD = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)).
+On-disk format (owned here): ``<dir>/config.json`` (schema_version, architecture, data split,
+held-out accuracy) + ``<dir>/model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import linalg
+from torch import nn
+
+from ..types import Tensor
+
+CLASSIFIER_DIR = Path(__file__).resolve().parents[2] / "data" / "models" / "digits-classifier"
+SCHEMA_VERSION = 1
+IMAGE_SHAPE = (1, 8, 8)
+
+
+def load_digits_images() -> tuple[Tensor, Tensor]:
+    """scikit-learn's bundled digits (1797 images, values 0..16) as float32 (N, 1, 8, 8) in [-1, 1], labels (N,)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
+    return images, torch.tensor(digits.target, dtype=torch.long)
+
+
+def digits_split(n: int, test_fraction: float = 0.25, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """A fixed train/test split of ``n`` images: (train indices, test indices), from a seeded permutation."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = round(n * test_fraction)
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+class DigitsClassifier(nn.Module):
+    """Three 3x3 conv layers (8x8 -> 4x4 -> 2x2) and a ``feature_dim`` hidden layer, then 10 logits."""
+
+    def __init__(self, width: int = 32, feature_dim: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.config = {"width": width, "feature_dim": feature_dim, "classes": classes}
+        self.body = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(2 * width * 4, feature_dim), nn.ReLU(),
+        )
+        self.head = nn.Linear(feature_dim, classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate-layer features (B, feature_dim) of images in [-1, 1], shape (B, 1, 8, 8)."""
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+def save_digits_classifier(model: DigitsClassifier, out: str | Path, **meta: object) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (architecture and ``meta``, e.g. split and accuracy)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    config = {"schema_version": SCHEMA_VERSION, **model.config, **meta}
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def load_digits_classifier(path: str | Path | None = None, *, device: str = "cpu") -> DigitsClassifier:
+    """The shipped classifier (``data/models/digits-classifier``) or one saved at ``path``, in eval mode."""
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else CLASSIFIER_DIR
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"no digits classifier at {path} (config.json + model.safetensors); train one with "
+            "`dode train-model --only classifier`"
+        )
+    config = json.loads((path / "config.json").read_text())
+    if config.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: classifier schema_version {config.get('schema_version')!r}, "
+                         f"this dode reads {SCHEMA_VERSION}; retrain with `dode train-model --only classifier`")
+    model = DigitsClassifier(config["width"], config["feature_dim"], config["classes"])
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    return model.to(device).eval().requires_grad_(False)
+
+
+@lru_cache(maxsize=1)
+def _default_classifier() -> DigitsClassifier:
+    return load_digits_classifier()
+
+
+@torch.no_grad()
+def digits_features(images: Tensor, classifier: DigitsClassifier | None = None, batch: int = 1024) -> Tensor:
+    """Penultimate features of the (default) digits classifier: images (B, 1, 8, 8) in [-1, 1] -> float64 (B, D)."""
+    if not isinstance(images, torch.Tensor) or tuple(images.shape[1:]) != IMAGE_SHAPE:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"digits_features needs a tensor of shape (B, 1, 8, 8) in [-1, 1], got {shape}")
+    model = classifier or _default_classifier()
+    device = next(model.parameters()).device
+    chunks = [model.features(b.to(device, torch.float32)) for b in images.split(batch)]
+    return torch.cat(chunks).to("cpu", torch.float64)
+
+
+def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
+    """FD between Gaussians fitted to two feature sets (N, D): ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))."""
+    a, b = np.asarray(feats_a, dtype=np.float64), np.asarray(feats_b, dtype=np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s_a @ s_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean))
+
+
+def fd_digits(images_a: Tensor, images_b: Tensor, classifier: DigitsClassifier | None = None) -> float:
+    """FD-digits between two image sets in [-1, 1], (N, 1, 8, 8), on the classifier's penultimate features."""
+    return frechet_distance(digits_features(images_a, classifier), digits_features(images_b, classifier))
+
+
+@torch.no_grad()
+def classifier_accuracy(model: DigitsClassifier, images: Tensor, labels: Tensor) -> float:
+    """Fraction of ``images`` the classifier labels correctly."""
+    return float((model(images).argmax(1) == labels).float().mean())

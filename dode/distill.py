@@ -12,6 +12,9 @@ from .schedules import is_karras, karras_sigmas, refine, vp_sigmas
 from .types import Denoiser, Tensor
 
 GUARD_SCALES = (1.0, 0.5, 0.0)  # candidate shrinkages of the fitted lambdas; 0 is the base solver
+# Default teacher: the student's own solver, except where its states at multiples of the factor would be
+# intermediate (lower-order) stages: DPM-Solver-3 groups three grid steps, so a factor of 10 splits them.
+DEFAULT_TEACHER = {"dpm_solver_3": "dpmpp_3m"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,8 @@ def teacher_plan(
         raise ValueError(f"teacher_factor must be a positive integer, got {factor}")
     if alignment == "exact":
         targets = tuple(solver_.out_index(k, steps) * factor for k in range(nfe))
-        return TeacherPlan(refine(sigmas, factor), teacher_solver or solver, targets, alignment, factor)
+        teacher = teacher_solver or DEFAULT_TEACHER.get(solver, solver)
+        return TeacherPlan(refine(sigmas, factor), teacher, targets, alignment, factor)
     if alignment != "official":
         raise ValueError(f"unknown alignment {alignment!r}; choose one of {list(ALIGNMENTS)}")
     if teacher_solver not in (None, "euler"):

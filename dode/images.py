@@ -4,10 +4,10 @@ Three representations, each used at one kind of place:
 
 - model space: float in [-1, 1], (B, C, H, W), what a denoiser returns at sigma = 0;
 - stored images: uint8 in [0, 255], (B, C, H, W) with C = 1 or 3, what samples artifacts and PNGs hold;
-- unit images: float32 in [0, 1], what pytorch-fid's ``InceptionV3`` reads (``ToTensor`` of a PNG).
+- unit images: float in [0, 1], what pytorch-fid's ``InceptionV3`` reads (float32, ``ToTensor`` of a PNG).
 
 The conversions are exactly one each: ``to_uint8(x) = clip(round((x + 1) * 127.5), 0, 255)`` (round half to
-even, as numpy and torch round), ``to_unit(u) = u / 255`` (float32, as torchvision's ``ToTensor``),
+even, as numpy and torch round), ``to_unit(u) = u / 255`` (float32 by default, as torchvision's ``ToTensor``),
 ``to_model(u) = u / 127.5 - 1`` (float64), and grayscale becomes RGB by repeating the channel, which is
 what PIL's ``convert("RGB")`` does to an ``L`` image inside pytorch-fid.
 """
@@ -46,9 +46,9 @@ def to_model(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(check_uint8(images).astype(np.float64)) / 127.5 - 1
 
 
-def to_unit(images: np.ndarray) -> torch.Tensor:
-    """uint8 -> float32 in [0, 1]: u / 255, bit-identical to torchvision's ``ToTensor`` of the same pixels."""
-    return torch.from_numpy(check_uint8(images).copy()).to(torch.float32).div(255)
+def to_unit(images: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 -> [0, 1]: u / 255 in ``dtype``; in float32 bit-identical to torchvision's ``ToTensor``."""
+    return torch.from_numpy(check_uint8(images).copy()).to(dtype).div(255)
 
 
 def to_rgb(images: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:

@@ -11,14 +11,18 @@ from __future__ import annotations
 import copy
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .metrics.digits import DigitsClassifier, classifier_accuracy, digits_split, load_digits_images
+from .metrics.digits import DigitsClassifier, classifier_accuracy, digits_split, fd_digits, load_digits_images
+from .images import to_uint8
 from .metrics.digits import save_digits_classifier
+from .models.vp import VPDenoiser
 from .types import Tensor
 
 UNET_CONFIG = {
@@ -60,48 +64,55 @@ def _warmup_cosine(steps: int, warmup: int, floor: float = 0.1) -> Callable[[int
     return factor
 
 
-def _seed(seed: int) -> torch.Generator:
+@contextmanager
+def _deterministic(seed: int) -> Iterator[torch.Generator]:
+    """Seed torch, use deterministic kernels while training, and hand out the data generator."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    return torch.Generator().manual_seed(seed)
+    try:
+        yield torch.Generator().manual_seed(seed)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-def train_digits_model(out: str | Path, *, steps: int = 5000, batch: int = 128, lr: float = 5e-4,
+def train_digits_model(out: str | Path, *, steps: int = 4000, batch: int = 128, lr: float = 5e-4,
                        ema_decay: float = 0.999, seed: int = 0, log: Log = print) -> dict:
     """Train the epsilon-prediction UNet on all 1797 digits; save the EMA weights as a DDPMPipeline at ``out``."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    gen = _seed(seed)
     images, _ = load_digits_images()
-    unet = UNet2DModel(**UNET_CONFIG)
-    ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
     abar = scheduler.alphas_cumprod.to(torch.float32)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps, min(200, steps // 10 + 1)))
-    batches, losses, start = _batches(len(images), batch, gen), [], time.perf_counter()
-    for step in range(steps):
-        # Noise a batch at uniform timesteps and regress the noise (L_simple).
-        x0 = images[next(batches)]
-        t = torch.randint(0, len(abar), (len(x0),), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        a = abar[t].view(-1, 1, 1, 1)
-        loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t).sample, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lr_sched.step()
-        # EMA of the weights, with the usual warm-up of the decay.
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), unet.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-        losses.append(float(loss))
-        if (step + 1) % 500 == 0 or step + 1 == steps:
-            log(f"model step {step + 1}/{steps}: loss {sum(losses[-500:]) / len(losses[-500:]):.4f} "
-                f"({time.perf_counter() - start:.0f} s)")
+    losses, start = [], time.perf_counter()
+    with _deterministic(seed) as gen:
+        unet = UNet2DModel(**UNET_CONFIG)
+        ema = copy.deepcopy(unet).requires_grad_(False)
+        opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+        lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps, min(200, steps // 10 + 1)))
+        batches = _batches(len(images), batch, gen)
+        for step in range(steps):
+            # Noise a batch at uniform timesteps and regress the noise (L_simple).
+            x0 = images[next(batches)]
+            t = torch.randint(0, len(abar), (len(x0),), generator=gen)
+            eps = torch.randn(x0.shape, generator=gen)
+            a = abar[t].view(-1, 1, 1, 1)
+            loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t).sample, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lr_sched.step()
+            # EMA of the weights, with the usual warm-up of the decay.
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), unet.parameters()):
+                    p_ema.lerp_(p, 1 - decay)
+            losses.append(loss.item())
+            if (step + 1) % 500 == 0 or step + 1 == steps:
+                log(f"model step {step + 1}/{steps}: loss {sum(losses[-500:]) / len(losses[-500:]):.4f} "
+                    f"({time.perf_counter() - start:.0f} s)")
     DDPMPipeline(unet=ema, scheduler=scheduler).save_pretrained(str(out), safe_serialization=True)
-    tail = losses[-min(500, len(losses)):]
+    tail = losses[-500:]
     return {"params": sum(p.numel() for p in unet.parameters()), "final_loss": sum(tail) / len(tail),
             "seconds": time.perf_counter() - start, "steps": steps}
 
@@ -110,33 +121,34 @@ def train_digits_classifier(out: str | Path, *, steps: int = 2000, batch: int = 
                             seed: int = 0, split_seed: int = 0, test_fraction: float = 0.25,
                             log: Log = print) -> dict:
     """Train the FD-digits classifier on the training split; save it at ``out`` with its held-out accuracy."""
-    gen = _seed(seed)
     images, labels = load_digits_images()
     train, test = digits_split(len(images), test_fraction, split_seed)
-    model = DigitsClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps, min(100, steps // 10 + 1), floor=0.0))
-    batches, start = _batches(len(train), batch, gen), time.perf_counter()
-    for step in range(steps):
-        idx = train[next(batches)]
-        loss = F.cross_entropy(model(images[idx]), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lr_sched.step()
+    start = time.perf_counter()
+    with _deterministic(seed) as gen:
+        model = DigitsClassifier()
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+        lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps, min(100, steps // 10 + 1), 0.0))
+        batches = _batches(len(train), batch, gen)
+        for _ in range(steps):
+            idx = train[next(batches)]
+            loss = F.cross_entropy(model(images[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lr_sched.step()
     model.eval()
     accuracy = classifier_accuracy(model, images[test], labels[test])
     log(f"classifier: {steps} steps, held-out accuracy {accuracy:.4f} on {len(test)} images")
     save_digits_classifier(model, out, split_seed=split_seed, test_fraction=test_fraction, test_accuracy=accuracy)
     return {"params": sum(p.numel() for p in model.parameters()), "accuracy": accuracy,
-            "seconds": time.perf_counter() - start, "final_loss": float(loss)}
+            "seconds": time.perf_counter() - start, "final_loss": loss.item()}
 
 
-def sample_digits(denoiser: Callable[[Tensor, Tensor], Tensor], alphas_cumprod: Tensor, n: int, *,
-                  steps: int = 100, seed: int = 0, batch: int = 500) -> Tensor:
+def sample_digits(denoiser: VPDenoiser, n: int, *, steps: int = 100, seed: int = 0, batch: int = 500) -> Tensor:
     """``n`` samples by Euler (= DDIM) on the time-uniform VP grid, clamped to [-1, 1], float32 (n, 1, 8, 8)."""
     from . import sample, vp_sigmas
 
+    alphas_cumprod = 1 / (1 + denoiser.sigmas_train**2)  # sigma_t^2 = (1 - abar_t) / abar_t
     sigmas = vp_sigmas(alphas_cumprod, steps, "time_uniform")
     noise = torch.randn((n, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
@@ -144,19 +156,31 @@ def sample_digits(denoiser: Callable[[Tensor, Tensor], Tensor], alphas_cumprod: 
     return torch.cat(out).clamp(-1, 1).to(torch.float32)
 
 
-def save_grid(images: Tensor, path: str | Path, *, nrow: int = 8, scale: int = 4, pad: int = 1) -> Path:
+def evaluate_digits_model(denoiser: VPDenoiser, classifier: DigitsClassifier, n: int, *, steps: int = 100,
+                          seed: int = 0) -> dict:
+    """FD-digits of ``n`` model samples vs all digits, with two yardsticks: data half vs half, uniform noise vs data."""
+    images, _ = load_digits_images()
+    half = digits_split(len(images), 0.5, seed)[1]
+    rest = torch.ones(len(images), dtype=torch.bool).index_fill_(0, half, False)
+    noise = torch.rand((n, 1, 8, 8), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    samples = sample_digits(denoiser, n, steps=steps, seed=seed)
+    return {"samples": samples, "fd_model": fd_digits(samples, images, classifier),
+            "fd_data_halves": fd_digits(images[half], images[rest], classifier),
+            "fd_noise": fd_digits(noise, images, classifier)}
+
+
+def save_grid(images: Tensor, path: str | Path, *, nrow: int = 8, scale: int = 6, pad: int = 2) -> Path:
     """Write images in [-1, 1], (N, 1, H, W), as one grayscale PNG grid (``scale`` x nearest upsampling)."""
     from PIL import Image
 
     n, _, h, w = images.shape
     rows = math.ceil(n / nrow)
     cell_h, cell_w = h * scale + pad, w * scale + pad
-    canvas = torch.zeros(rows * cell_h + pad, nrow * cell_w + pad, dtype=torch.uint8)
-    pixels = ((images[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    for i, img in enumerate(pixels.repeat_interleave(scale, 1).repeat_interleave(scale, 2)):
-        r, c = divmod(i, nrow)
-        canvas[pad + r * cell_h: pad + r * cell_h + h * scale, pad + c * cell_w: pad + c * cell_w + w * scale] = img
+    canvas = np.zeros((rows * cell_h + pad, nrow * cell_w + pad), dtype=np.uint8)
+    for i, img in enumerate(to_uint8(images)[:, 0].repeat(scale, 1).repeat(scale, 2)):
+        top, left = pad + (i // nrow) * cell_h, pad + (i % nrow) * cell_w
+        canvas[top: top + h * scale, left: left + w * scale] = img
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas.numpy(), mode="L").save(path)
+    Image.fromarray(canvas).save(path)
     return path

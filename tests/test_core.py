@@ -131,6 +131,7 @@ def test_exact_alignment_targets_sit_on_the_student_sigmas():
         solver_ = dode.get_solver(solver)
         for k, index in enumerate(plan.targets):
             assert plan.sigmas[index] == sigmas[solver_.out_index(k, 4)]
+        assert plan.solver == ("dpmpp_3m" if solver == "dpm_solver_3" else solver)
 
 
 def test_fitted_lambdas_lower_the_error_to_the_teacher_on_held_out_noise(mixture):
@@ -260,6 +261,6 @@ def test_non_finite_denoiser_output_names_the_evaluation(mixture):
 
 def test_gaussian_denoiser_is_the_exact_posterior_mean_and_flow():
     g = GaussianDenoiser(torch.full((1, 2, 2), 0.3), 0.5)
-    x = torch.randn(4, 1, 2, 2, dtype=torch.float64)
+    x = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     fine = dode.sample(g, x / 10.0, dode.refine(torch.tensor([10.0, 0.0], dtype=torch.float64), 4000), "heun")
-    torch.testing.assert_close(fine, g.exact(x, 10.0, 0.0), rtol=0, atol=1e-7)
+    torch.testing.assert_close(fine, g.exact(x, 10.0, 0.0), rtol=0, atol=2e-7)

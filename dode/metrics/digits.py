@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import linalg
 from torch import nn
 
 from ..types import Tensor
@@ -111,13 +110,12 @@ def digits_features(images: Tensor, classifier: DigitsClassifier | None = None, 
     return torch.cat(chunks).to("cpu", torch.float64)
 
 
-def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
-    """FD between Gaussians fitted to two feature sets (N, D): ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))."""
+def frechet_distance(feats_a: Tensor | np.ndarray, feats_b: Tensor | np.ndarray) -> float:
+    """FD between Gaussians fitted to two feature sets (N, D), by pytorch-fid's ``calculate_frechet_distance``."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
     a, b = np.asarray(feats_a, dtype=np.float64), np.asarray(feats_b, dtype=np.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s_a @ s_b).real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean))
+    return float(calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
 
 
 def fd_digits(images_a: Tensor, images_b: Tensor, classifier: DigitsClassifier | None = None) -> float:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from .base import MAX_HISTORY, Solver
+from .deis import DEIS
 from .explicit import Euler, Heun
-from .multistep import DPMPP2M, IPNDM
+from .multistep import IPNDM, DPMSolverPP
+from .singlestep import DPMSolverSinglestep
+from .unipc import UniPC
 
 SOLVERS: dict[str, Solver] = {
     "euler": Euler(),
     "heun": Heun(),
     "ipndm": IPNDM(),
-    "dpmpp_2m": DPMPP2M(),
+    "deis": DEIS(),
+    "dpm_solver_2": DPMSolverSinglestep("dpm_solver_2", 2),
+    "dpm_solver_3": DPMSolverSinglestep("dpm_solver_3", 3),
+    "dpmpp_2m": DPMSolverPP("dpmpp_2m", 2),
+    "dpmpp_3m": DPMSolverPP("dpmpp_3m", 3),
+    "unipc": UniPC(),
 }
 
 
@@ -22,4 +30,4 @@ def get_solver(name: str) -> Solver:
         raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)}") from None
 
 
-__all__ = ["SOLVERS", "MAX_HISTORY", "Solver", "get_solver"]
+__all__ = ["MAX_HISTORY", "SOLVERS", "Solver", "get_solver"]

@@ -1,0 +1,73 @@
+"""``dode artifacts list|show|get|verify``: browse, download and check the artifact registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..store.registry import KINDS, Registry
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(
+        name, help="list, show, download (get) and verify registry artifacts",
+        description="Artifacts are immutable and addressed by the sha256 of their content; any unique id "
+        "prefix works. The registry is --registry URI, else $DODE_REGISTRY, else <repo>/data/registry "
+        "(S3: s3://bucket/prefix, with AWS_ENDPOINT_URL or FSSPEC_S3_ENDPOINT_URL for other servers).",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    registry = argparse.ArgumentParser(add_help=False)
+    registry.add_argument("--registry", default=None, metavar="URI", help="registry path or fsspec URL")
+
+    ls = actions.add_parser("list", parents=[registry], help="one artifact per line: id, kind, key, created")
+    ls.add_argument("--kind", choices=KINDS, default=None, help="only artifacts of this kind")
+    ls.set_defaults(func=run_list)
+
+    show = actions.add_parser("show", parents=[registry], help="print the manifest and the lineage down to the model")
+    show.add_argument("id", help="artifact id or unique prefix")
+    show.set_defaults(func=run_show)
+
+    get = actions.add_parser("get", parents=[registry], help="download an artifact's files, verifying each sha256")
+    get.add_argument("id", help="artifact id or unique prefix")
+    get.add_argument("--out", required=True, metavar="DIR", help="directory to write the files into")
+    get.set_defaults(func=run_get)
+
+    verify = actions.add_parser("verify", parents=[registry], help="check ids, sizes and sha256 of every file")
+    verify.add_argument("id", nargs="?", default=None, help="one artifact id or prefix (default: all)")
+    verify.set_defaults(func=run_verify)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    for art in Registry(args.registry).list(args.kind):
+        print(art.line())
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    reg = Registry(args.registry)
+    art = reg.get(args.id)
+    print(json.dumps(art.to_dict(), indent=2, sort_keys=True))
+    print("lineage:")
+    for item in reg.lineage(art):
+        parents = " ".join(p[:12] for p in item.parents) or "-"
+        print(f"  {item.line()}  <- {parents}")
+    return 0
+
+
+def run_get(args: argparse.Namespace) -> int:
+    reg = Registry(args.registry)
+    art = reg.get(args.id)
+    out = reg.fetch(art, args.out)
+    print(f"{art.id}: {len(art.files)} file(s) verified into {out}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    reg = Registry(args.registry)
+    problems = reg.verify(args.id)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    checked = 1 if args.id else len(reg.list())
+    print(f"{checked} artifact(s) checked, {len(problems)} problem(s)")
+    return 1 if problems else 0

@@ -1,0 +1,133 @@
+"""``dode distill-pipeline``: fit D-ODE lambdas for a text-to-image diffusers pipeline and ship them.
+
+The lambdas are registered (kind "lambdas", via dode.store.lambdas) and, with ``--out``, written as a
+DODEScheduler folder (``DODEScheduler.from_pretrained(DIR)``, or ``pipe.scheduler = ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+from ..grids import FAMILIES
+from ..solvers import SOLVERS
+
+
+def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
+    p = subparsers.add_parser(
+        name,
+        help="fit D-ODE lambdas for a text-to-image diffusers pipeline (classifier-free guidance included)",
+        description="Distil one lambda per network evaluation for a Stable-Diffusion-style pipeline over a "
+        "file of prompts; register them and/or write a DODEScheduler folder.",
+    )
+    p.add_argument(
+        "model", metavar="PATH_OR_ID", help="diffusers pipeline folder (save_pretrained) or hub id"
+    )
+    p.add_argument("--solver", default="euler", choices=sorted(SOLVERS))
+    p.add_argument("--nfe", type=int, required=True, help="network evaluations of the student (heun: odd)")
+    p.add_argument(
+        "--prompts", type=Path, required=True, metavar="FILE", help="text file, one prompt per line"
+    )
+    p.add_argument(
+        "--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale (<= 1: off)"
+    )
+    p.add_argument(
+        "--negative-prompt", default=None, help="unconditional branch text (default: empty prompt)"
+    )
+    p.add_argument("--grid", default="karras", choices=FAMILIES)
+    p.add_argument("--teacher-factor", type=int, default=10, help="teacher steps per student step")
+    p.add_argument("--samples-per-prompt", type=int, default=4, help="seeded latents per prompt to fit on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--correction", default="data", choices=("data", "noise"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--registry", default=None, metavar="URI", help="registry (default: $DODE_REGISTRY or data/registry)"
+    )
+    p.add_argument("--no-register", action="store_true", help="do not register the lambdas (needs --out)")
+    p.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="write the DODEScheduler folder here"
+    )
+    p.set_defaults(func=run)
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Non-empty lines of ``path``, stripped."""
+    if not path.is_file():
+        raise ValueError(f"prompts file {str(path)!r} not found; pass a text file with one prompt per line")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompts file {str(path)!r} has no prompts; write one prompt per line")
+    return prompts
+
+
+def load_pipeline(path_or_id: str, device: str):
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(path_or_id)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not load a diffusers pipeline from {path_or_id!r}: {err}. Pass a local folder written by "
+            "save_pretrained, or a hub id on a machine with network access"
+        ) from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..diffusers_scheduler import DODEScheduler
+    from ..grids import GridSpec
+    from ..pipeline_distill import distill_pipeline
+    from ..store.lambdas import save_lambdas
+    from ..store.registry import Registry
+
+    if args.no_register and args.out is None:
+        raise ValueError("--no-register without --out would throw the lambdas away; pass --out DIR")
+    prompts = read_prompts(args.prompts)
+    grid = GridSpec.for_nfe(args.grid, args.solver, args.nfe)
+    registry = None if args.no_register else Registry(args.registry)
+    if registry is not None:
+        registry.check_writable()  # fail before the distillation, not after
+    pipe = load_pipeline(args.model, args.device)
+
+    # Distil on the pipeline's own guided denoiser.
+    lam = distill_pipeline(
+        pipe,
+        prompts,
+        solver=args.solver,
+        nfe=args.nfe,
+        grid=args.grid,
+        guidance_scale=args.guidance_scale,
+        negative_prompt=args.negative_prompt,
+        samples_per_prompt=args.samples_per_prompt,
+        teacher_factor=args.teacher_factor,
+        seed=args.seed,
+        correction=args.correction,
+    )
+    print(f"lambdas ({lam.solver}, {lam.nfe} evaluations): {', '.join(f'{v:+.4f}' for v in lam.values)}")
+    print(f"guard: {lam.guard.get('scale', 'off')} x fitted, held-out mse {lam.guard.get('mse', {})}")
+
+    # Ship: registry artifact and/or scheduler folder.
+    artifact_id = None
+    if registry is not None:
+        params = {
+            "model": args.model,
+            "grid": grid.to_dict(),
+            "guidance_scale": args.guidance_scale,
+            "negative_prompt": args.negative_prompt,
+            "n_prompts": len(prompts),
+            "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+            "samples_per_prompt": args.samples_per_prompt,
+            "teacher_factor": args.teacher_factor,
+            "seed": args.seed,
+        }
+        art = save_lambdas(registry, lam, f"pipeline/{args.model}/{args.solver}/nfe{args.nfe}", params=params)
+        artifact_id = art.id
+        print(f"registered lambdas {art.id}")
+    if args.out is not None:
+        DODEScheduler.from_scheduler(pipe.scheduler, lambdas=lam, artifact_id=artifact_id).save_pretrained(
+            args.out
+        )
+        print(f"scheduler written to {args.out} (load with DODEScheduler.from_pretrained)")
+    return 0

@@ -1,0 +1,123 @@
+"""``dode sample`` (sharded, resumable sampling into the registry) and ``dode fid`` (FID as pytorch-fid, FD-*)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..grids import FAMILIES
+from ..metrics.features import EXTRACTORS, INCEPTION_DIMS
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    if name == "sample":
+        _add_sample(sub)
+    elif name == "fid":
+        _add_fid(sub)
+    else:
+        raise ValueError(f"dode.cli.scoring provides 'sample' and 'fid', not {name!r}")
+
+
+def _registry(uri: str | None):
+    from ..store.registry import Registry
+
+    return Registry(uri)
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample", help="sample a model (with D-ODE lambdas) into the registry, sharded and resumable",
+        description="Sample seeds first_seed .. first_seed + n_samples - 1 in chunks of --batch-size; each chunk "
+        "is a registry artifact, so a rerun resumes and --shard/--num-shards split the job over workers. "
+        "Prints the samples artifact id (the whole job's once every shard is done, else this shard's).",
+    )
+    p.add_argument("--model", required=True, help="registered model name or diffusers folder")
+    p.add_argument("--solver", default="euler", help="base solver (default euler)")
+    p.add_argument("--grid", default="karras", choices=FAMILIES, help="grid family (default karras)")
+    p.add_argument("--nfe", type=int, required=True, help="network evaluations per sample")
+    p.add_argument("--lambdas", default=None, metavar="ID", help="lambdas artifact id (or unique prefix)")
+    p.add_argument("--n-samples", type=int, default=1000)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256, help="samples per batch and per stored chunk")
+    p.add_argument("--shard", type=int, default=0, help="which shard this worker computes (0-based)")
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--png-dir", default=None, help="also write the samples as <seed>.png here")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--registry", default=None, metavar="URI", help="registry path or URL (default $DODE_REGISTRY)")
+    p.set_defaults(func=run_sample)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from ..generate import SamplingJob, export_png, run_sampling
+    from ..grids import GridSpec
+
+    job = SamplingJob(args.model, args.solver, GridSpec.for_nfe(args.grid, args.solver, args.nfe).to_dict(),
+                      args.lambdas, args.n_samples, args.first_seed, args.batch_size)
+    registry = _registry(args.registry)
+    art = run_sampling(job, registry, shard=args.shard, num_shards=args.num_shards, device=args.device, progress=True)
+    if "shard" in art.params:
+        print(f"shard {args.shard} of {args.num_shards} done; the job's other shards are still missing", file=sys.stderr)
+    if args.png_dir:
+        count = export_png(registry, art, args.png_dir)
+        print(f"wrote {count} PNGs to {args.png_dir}", file=sys.stderr)
+    print(art.id)
+    return 0
+
+
+def _add_fid(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fid", help="FID between two image sets, exactly as pytorch-fid (or FD on other features)",
+        description="Each PATH is an image folder, a pytorch-fid .npz of statistics, or a registry artifact id "
+        "('samples' or 'reference-stats'). Prints 'FID:  <value>' as `python -m pytorch_fid` does; with "
+        "--features digits|pixels prints 'FD-<features>:  <value>'.",
+    )
+    p.add_argument("path", nargs="+", help="two sources to compare; with --save-stats: SRC OUT.npz")
+    p.add_argument("--features", default="inception", choices=list(EXTRACTORS), help="feature extractor")
+    p.add_argument("--dims", type=int, default=None, choices=INCEPTION_DIMS, help="Inception feature dims (2048)")
+    p.add_argument("--batch-size", type=int, default=50, help="images per feature-extractor batch")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--inception-weights", default=None, metavar="P",
+                   help="FID Inception weights file (default: pytorch-fid's cache under $TORCH_HOME)")
+    p.add_argument("--save-stats", action="store_true", help="write the statistics of SRC to OUT.npz")
+    p.add_argument("--register", default=None, metavar="KEY",
+                   help="register the statistics of the (first) source as a 'reference-stats' artifact")
+    p.add_argument("--registry", default=None, metavar="URI", help="registry path or URL (default $DODE_REGISTRY)")
+    p.set_defaults(func=run_fid)
+
+
+def run_fid(args: argparse.Namespace) -> int:
+    from ..metrics.features import get_extractor
+    from ..metrics.fid import frechet_distance, save_stats_npz
+    from ..metrics.sources import expected_features, publish_reference_stats, stats_of_source
+
+    if args.dims is not None and args.features != "inception":
+        raise ValueError(f"--dims applies to Inception features only; drop it for --features {args.features}")
+    dims = args.dims or 2048
+    wanted = 2 if args.save_stats or not args.register else 1
+    if len(args.path) != wanted:
+        usage = "SRC OUT.npz" if args.save_stats else ("SRC" if args.register else "PATH1 PATH2")
+        raise ValueError(f"expected {usage}, got {len(args.path)} path(s)")
+    cache: dict[str, object] = {}
+
+    def extractor():
+        if "extractor" not in cache:
+            weights = args.inception_weights if args.features == "inception" else None
+            cache["extractor"] = get_extractor(args.features, dims=dims, device=args.device, weights=weights)
+        return cache["extractor"]
+
+    def registry():
+        if "registry" not in cache:
+            cache["registry"] = _registry(args.registry)
+        return cache["registry"]
+
+    expected = expected_features(args.features, dims)
+    stats = [stats_of_source(p, extractor, registry=registry, batch_size=args.batch_size, expected=expected)
+             for p in (args.path[:1] if args.save_stats or args.register else args.path)]
+    if args.save_stats:
+        print(f"saved statistics of {args.path[0]} to {save_stats_npz(stats[0], args.path[1])}", file=sys.stderr)
+    if args.register:
+        print(publish_reference_stats(registry(), args.register, stats[0], args.path[0]).id)
+    if not (args.save_stats or args.register):
+        label = "FID" if args.features == "inception" else f"FD-{args.features}"
+        print(f"{label}: ", frechet_distance(*stats))
+    return 0

@@ -1,0 +1,323 @@
+"""DODEScheduler: dode's sigma-space solvers and distilled lambdas as a drop-in diffusers scheduler.
+
+Works inside stock pipelines that honour ``init_noise_sigma`` and ``scale_model_input`` (the Stable
+Diffusion family): the sample lives in sigma space (x = x0 + sigma n, Karras et al., 2022), the
+network sees x / sqrt(sigma^2 + 1) at the fractional training timestep of sigma, and every ``step``
+converts the network output to D, applies the D-ODE correction (Kim et al., 2024, eq. 9) and calls
+the pure solver update. Diffusers schedulers are stateful, dode's solvers are pure: the
+``SolverState`` lives here, reset by ``set_timesteps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # the name pipelines look up on load
+from diffusers.utils import BaseOutput
+
+from .correction import CORRECTIONS, Lambdas, corrected_denoised, correction_basis
+from .grids import GridSpec
+from .models.vp import PREDICTION_TYPES, VPDenoiser
+from .schedules import check_sigmas
+from .solvers import get_solver
+from .store.lambdas import load_lambdas
+from .types import Evaluation, SolverState, Tensor
+
+EVALS_PER_STEP = {"heun": 2}  # diffusers' ``order``: network evaluations per solver step (1 unless listed)
+TRAINING_KEYS = (
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "prediction_type",
+)
+
+WRONG_PIPELINE = (
+    "DODEScheduler.step was called without scale_model_input for this evaluation: the pipeline (e.g. "
+    "DDPMPipeline) feeds the network unscaled samples and ignores init_noise_sigma, which gives wrong images "
+    "with a sigma-space scheduler. Sample with dode.diffusers_pipeline.DODEPipeline(unet=..., scheduler=...) "
+    "for an unconditional UNet2DModel, or with a pipeline that calls scheduler.scale_model_input "
+    "(the Stable Diffusion family)"
+)
+
+
+@dataclass
+class DODESchedulerOutput(BaseOutput):
+    """prev_sample: the state after the update; pred_original_sample: the corrected D~ it used."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+class DODEScheduler(SchedulerMixin, ConfigMixin):
+    """A dode solver (``dode.SOLVERS``) with D-ODE lambdas, one per network evaluation.
+
+    Config: the training schedule (DDPM betas, ``prediction_type``), ``solver``, the grid as either
+    explicit ``sigmas`` (decreasing, ending in 0; how distilled lambdas are shipped) or a ``grid``
+    (``dode.grids.GridSpec`` dict, resolved against the training schedule), ``correction`` and the
+    ``lambdas`` (None: the base solver). ``timesteps`` holds one fractional training timestep per
+    network evaluation (Heun: 2N - 1), and ``order`` is evaluations per step, as pipelines expect.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Sequence[float] | None = None,
+        prediction_type: str = "epsilon",
+        solver: str = "euler",
+        grid: dict[str, Any] | None = None,
+        sigmas: Sequence[float] | None = None,
+        correction: str = "data",
+        lambdas: Sequence[float] | None = None,
+        artifact_id: str | None = None,
+    ) -> None:
+        self.ode_solver = get_solver(solver)
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}"
+            )
+        if correction not in CORRECTIONS:
+            raise ValueError(f"unknown correction {correction!r}; choose one of {list(CORRECTIONS)}")
+        if grid is not None and sigmas is not None:
+            raise ValueError("pass either grid (a GridSpec dict) or explicit sigmas, not both")
+        if lambdas is not None and grid is None and sigmas is None:
+            raise ValueError("lambdas need the grid they were fitted on: pass sigmas=lambdas.sigmas or grid=")
+        self.grid_spec = GridSpec(**grid) if grid is not None else None
+        ddpm = DDPMScheduler(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        self.alphas_cumprod = ddpm.alphas_cumprod
+        # The schedule half of the VP adapter: sigma table, sigma -> fractional timestep.
+        self.schedule = VPDenoiser(None, self.alphas_cumprod, prediction_type)
+        self.timesteps: Tensor | None = None
+        self.sigmas: Tensor | None = None
+        self.num_inference_steps: int | None = None
+        if grid is not None or sigmas is not None:
+            self.set_timesteps()
+
+    # ---- construction from pipelines, weights and the registry ------------------------------------
+
+    @classmethod
+    def from_scheduler(
+        cls,
+        scheduler: SchedulerMixin | dict[str, Any],
+        *,
+        solver: str | None = None,
+        nfe: int | None = None,
+        grid: str | GridSpec | dict[str, Any] = "karras",
+        lambdas: Lambdas | Sequence[float] | None = None,
+        correction: str | None = None,
+        artifact_id: str | None = None,
+    ) -> DODEScheduler:
+        """A DODEScheduler on the training schedule of a DDPM-style scheduler (or its config).
+
+        With ``lambdas`` a ``dode.Lambdas``, solver, grid and correction come from it. Otherwise name the
+        ``solver`` and ``nfe`` (and ``grid`` family); plain lambda values then apply on that grid.
+        """
+        base = dict(getattr(scheduler, "config", scheduler))
+        if "beta_schedule" not in base:
+            raise ValueError(
+                f"{base.get('_class_name', 'this scheduler')} has no DDPM training schedule (beta_schedule); "
+                "pass the scheduler of a pipeline trained on discrete DDPM timesteps"
+            )
+        if base.get("rescale_betas_zero_snr"):
+            raise ValueError(
+                "zero-terminal-SNR schedules have sigma_max = inf; DODEScheduler needs a finite sigma_max"
+            )
+        training = {key: base[key] for key in TRAINING_KEYS if key in base}
+        if isinstance(lambdas, Lambdas):
+            for name, given, fitted in (
+                ("solver", solver, lambdas.solver),
+                ("nfe", nfe, lambdas.nfe),
+                ("correction", correction, lambdas.correction),
+            ):
+                if given is not None and given != fitted:
+                    raise ValueError(
+                        f"{name}={given!r} but the lambdas were fitted with {name}={fitted!r}; drop {name}="
+                    )
+            return cls(
+                **training,
+                solver=lambdas.solver,
+                sigmas=list(lambdas.sigmas),
+                correction=lambdas.correction,
+                lambdas=list(lambdas.values),
+                artifact_id=artifact_id,
+            )
+        if solver is None or nfe is None:
+            raise ValueError("name solver= and nfe= (or pass lambdas=dode.Lambdas, which carries both)")
+        spec = (
+            grid
+            if isinstance(grid, GridSpec)
+            else GridSpec(**grid)
+            if isinstance(grid, dict)
+            else GridSpec(grid, 1)
+        )
+        spec = replace(spec, steps=GridSpec.for_nfe(spec.family, solver, nfe).steps)
+        values = None if lambdas is None else [float(v) for v in lambdas]
+        return cls(
+            **training,
+            solver=solver,
+            grid=spec.to_dict(),
+            correction=correction or "data",
+            lambdas=values,
+            artifact_id=artifact_id,
+        )
+
+    @classmethod
+    def from_artifact(
+        cls, registry: Any, id_or_prefix: str, base_scheduler_config: SchedulerMixin | dict[str, Any]
+    ) -> DODEScheduler:
+        """The scheduler for a registered ``Lambdas`` (registry kind "lambdas") on a pipeline's schedule."""
+        art = registry.get(id_or_prefix)
+        lam = load_lambdas(registry, art)
+        return cls.from_scheduler(base_scheduler_config, lambdas=lam, artifact_id=art.id)
+
+    # ---- the diffusers scheduler protocol -------------------------------------------------------
+
+    @property
+    def order(self) -> int:
+        """Network evaluations per solver step (pipelines use it for progress bars)."""
+        return EVALS_PER_STEP.get(self.config.solver, 1)
+
+    @property
+    def nfe(self) -> int:
+        if self.sigmas is None:
+            raise ValueError("call set_timesteps first")
+        return self.ode_solver.nfe(len(self.sigmas) - 1)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """sigma_0: the pipeline's unit noise times this is the starting state x_T = sigma_0 n."""
+        if self.sigmas is None:
+            raise ValueError("call set_timesteps first")
+        return float(self.sigmas[0])
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, device: str | torch.device | None = None
+    ) -> None:
+        """Fix the grid (``num_inference_steps`` solver steps; Heun: 2N - 1 evaluations); reset the state."""
+        cfg = self.config
+        fixed = cfg.sigmas is not None or cfg.lambdas is not None
+        if cfg.sigmas is not None:
+            sigmas = torch.tensor(cfg.sigmas, dtype=torch.float64)
+        elif self.grid_spec is None and num_inference_steps is None:
+            raise ValueError("this DODEScheduler has no grid: pass num_inference_steps")
+        else:
+            spec = self.grid_spec or GridSpec("karras", num_inference_steps)
+            if num_inference_steps is not None and not fixed:
+                spec = replace(spec, steps=num_inference_steps)
+            sigmas = spec.sigmas(self.schedule)
+        steps = len(sigmas) - 1
+        if fixed and num_inference_steps is not None and num_inference_steps != steps:
+            raise ValueError(
+                f"this scheduler's grid is fixed at {steps} steps ({self.ode_solver.nfe(steps)} network "
+                f"evaluations with {cfg.solver!r}"
+                f"{', as its lambdas were distilled' if cfg.lambdas is not None else ''}); "
+                f"call the pipeline with num_inference_steps={steps}"
+            )
+        self._check_grid(sigmas)
+        evals = torch.stack(
+            [sigmas[self.ode_solver.eval_index(k, steps)] for k in range(self.ode_solver.nfe(steps))]
+        )
+        self.sigmas, self.num_inference_steps = sigmas, steps
+        self.timesteps = self.schedule.sigma_to_t(evals).to(device=device, dtype=torch.float32)
+        self._state: SolverState | None = None
+        self._basis_prev: Tensor | None = None
+        self._k = 0
+        self._scaled = False
+
+    def scale_model_input(self, sample: Tensor, timestep: float | Tensor | None = None) -> Tensor:
+        """The network input x / sqrt(sigma^2 + 1) of the coming evaluation (VP scaling)."""
+        sigma = self._eval_sigma(self._k_checked(timestep))
+        self._scaled = True
+        c_in = 1 / (sigma**2 + 1).sqrt()
+        return (sample.to(torch.float64) * c_in).to(sample.dtype)
+
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: float | Tensor,
+        sample: Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> DODESchedulerOutput | tuple[Tensor]:
+        """One network evaluation's update: output -> D, D-ODE correction, solver advance.
+
+        ``generator`` is accepted for pipeline compatibility and unused (the ODE is deterministic).
+        """
+        k = self._k_checked(timestep)
+        if not self._scaled:
+            raise ValueError(WRONG_PIPELINE)
+        sigmas = self.sigmas.to(sample.device)
+        sigma, x = sigmas[self.ode_solver.eval_index(k, self.num_inference_steps)], sample.to(torch.float64)
+
+        # The network output as D, through the one VP adapter (VPDenoiser), so the conversions cannot drift.
+        replay = VPDenoiser(lambda x_vp, t: model_output, self.alphas_cumprod, self.config.prediction_type)
+        ev = Evaluation(x, sigma, replay(x, sigma.expand(len(x))))
+
+        # D-ODE correction and the pure solver update; the state is the pipeline's sample.
+        if self._state is None:
+            self._state = SolverState(x=x)
+            self._basis_prev = x / sigma if self.config.correction == "noise" else None  # eps_{-1} := x_T
+        lam = self.config.lambdas[k] if self.config.lambdas is not None else 0.0
+        denoised = corrected_denoised(ev, self._basis_prev, lam, self.config.correction)
+        self._state = self.ode_solver.advance(sigmas, replace(self._state, x=x), ev, denoised)
+        self._basis_prev = correction_basis(ev, self.config.correction)
+        self._k, self._scaled = k + 1, False
+
+        prev = self._state.x.to(sample.dtype)
+        if not return_dict:
+            return (prev,)
+        return DODESchedulerOutput(prev_sample=prev, pred_original_sample=denoised.to(sample.dtype))
+
+    # ---- checks -------------------------------------------------------------------------------
+
+    def _eval_sigma(self, k: int) -> Tensor:
+        return self.sigmas[self.ode_solver.eval_index(k, self.num_inference_steps)]
+
+    def _k_checked(self, timestep: float | Tensor | None) -> int:
+        """The index of the coming evaluation, checked against the timestep the pipeline passes."""
+        if self.timesteps is None:
+            raise ValueError("call set_timesteps before sampling")
+        k = self._k
+        if k >= len(self.timesteps):
+            raise ValueError(
+                f"all {len(self.timesteps)} evaluations are done; call set_timesteps to sample again"
+            )
+        if timestep is not None and abs(float(timestep) - float(self.timesteps[k])) > 1e-3:
+            raise ValueError(
+                f"evaluation {k} expects timestep {float(self.timesteps[k]):.4f}, got {float(timestep):.4f}; "
+                "iterate over scheduler.timesteps in order, once each"
+            )
+        return k
+
+    def _check_grid(self, sigmas: Tensor) -> None:
+        """The grid must be valid, inside the training range, and match the number of lambdas."""
+        check_sigmas(sigmas)
+        lo, hi = self.schedule.sigma_min, self.schedule.sigma_max
+        if sigmas[0] > hi * (1 + 1e-6) or sigmas[-2] < lo * (1 - 1e-6):
+            raise ValueError(
+                f"the grid spans sigma {float(sigmas[-2]):.4g}..{float(sigmas[0]):.4g}, outside this "
+                f"training schedule's {lo:.4g}..{hi:.4g}; the lambdas were fitted for another model's schedule"
+            )
+        lambdas = self.config.lambdas
+        nfe = self.ode_solver.nfe(len(sigmas) - 1)
+        if lambdas is not None and len(lambdas) != nfe:
+            raise ValueError(
+                f"{len(lambdas)} lambdas, but {self.config.solver!r} makes {nfe} evaluations on a "
+                f"{len(sigmas) - 1}-step grid; pass one lambda per network evaluation"
+            )
+
+
+__all__ = ["WRONG_PIPELINE", "DODEScheduler", "DODESchedulerOutput", "SchedulerMixin"]

@@ -1,0 +1,241 @@
+"""Sampling at scale: a SamplingJob cut into seeded chunks, each chunk stored as its own registry artifact.
+
+Sample k of a job is ``sample(D, seeded_noise([first_seed + k]), sigmas, solver, lambdas)`` converted to
+uint8 by ``dode.images.to_uint8``: it depends on its seed only (``dode.rng``), never on the batch, chunk,
+shard or worker that computed it. Chunk c holds the seeds ``first_seed + c * batch_size`` onwards (one
+batch, so memory is bounded by the batch). Each chunk is published as soon as it is done, with the hash of
+the sampler (model, solver, grid, lambdas) and its seed range in its params, and found again by any later
+job with the same sampler and chunk: an interrupted job resumes where it stopped, a longer job reuses a
+shorter one's chunks, and ``num_shards`` workers split one job's chunks into contiguous blocks.
+
+A "samples" artifact is either a chunk (file ``images.npy``, uint8 (B, C, H, W), params ``seeds`` =
+[start, stop)) or an index over chunks (file ``index.json``; its chunks are also its parents): one per
+shard, and one for the whole job once every chunk exists. An index's params hold the job dict; every
+samples artifact's parents hold the lambdas and the model artifact, when registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from .correction import Lambdas
+from .devices import resolve_device
+from .grids import GridSpec
+from .images import to_uint8, write_png
+from .models import load_model
+from .rng import MAX_SEED, seeded_noise
+from .sampling import sample
+from .solvers import get_solver
+from .store.lambdas import load_lambdas
+from .types import Denoiser, Tensor
+
+SAMPLES_SCHEMA_VERSION = 1
+CONVERSION = "uint8 = clip(round((x + 1) * 127.5), 0, 255) of model-space x in [-1, 1]"
+ChunkHook = Callable[[int, Any], None]  # (chunk index, chunk artifact) after each chunk is available
+
+
+@dataclass(frozen=True)
+class SamplingJob:
+    """What to sample: model, solver, grid (``GridSpec.to_dict()``), optional lambdas artifact id, seeds.
+
+    Samples use seeds ``first_seed, ..., first_seed + n_samples - 1``; ``batch_size`` is both the forward
+    batch and the chunk size (the unit of storage and of resumption).
+    """
+
+    model: str
+    solver: str
+    grid: dict[str, Any]
+    lambdas_id: str | None = None
+    n_samples: int = 1000
+    first_seed: int = 0
+    batch_size: int = 256
+    spec: GridSpec = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        get_solver(self.solver)
+        try:
+            object.__setattr__(self, "spec", GridSpec(**self.grid))
+        except TypeError as err:
+            raise ValueError(f"grid must be a GridSpec.to_dict(), e.g. {{'family': 'karras', 'steps': 10}}: {err}") from err
+        object.__setattr__(self, "grid", self.spec.to_dict())
+        if self.n_samples < 1 or self.batch_size < 1:
+            raise ValueError(f"need n_samples >= 1 and batch_size >= 1, got {self.n_samples} and {self.batch_size}")
+        if not 0 <= self.first_seed <= MAX_SEED - self.n_samples:
+            raise ValueError(f"first_seed must be in [0, 2**63 - 1 - n_samples], got {self.first_seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("spec")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SamplingJob:
+        return cls(**data)
+
+    def sampler(self) -> dict[str, Any]:
+        """What maps a seed to a sample: model, solver, grid, lambdas (not how many or in which batches)."""
+        return {"model": self.model, "solver": self.solver, "grid": self.grid, "lambdas_id": self.lambdas_id}
+
+    def sampler_hash(self) -> str:
+        """sha256 (16 hex digits) of ``sampler()``: a stored chunk serves every job with this hash and its seeds."""
+        return hashlib.sha256(json.dumps(self.sampler(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def sampler_key(self) -> str:
+        lam = self.lambdas_id[:12] if self.lambdas_id else "base"
+        return f"{self.model}/{self.solver}/{self.spec.family}-{self.spec.steps}/{lam}"
+
+    def key(self) -> str:
+        last = self.first_seed + self.n_samples - 1
+        return f"{self.sampler_key()}/seeds-{self.first_seed}-{last}/b{self.batch_size}"
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.n_samples // self.batch_size)
+
+    def chunk_seeds(self, c: int) -> range:
+        start = self.first_seed + c * self.batch_size
+        return range(start, min(start + self.batch_size, self.first_seed + self.n_samples))
+
+    def shard_chunks(self, shard: int, num_shards: int) -> range:
+        """The contiguous block of chunk indices that shard ``shard`` of ``num_shards`` computes."""
+        if not 1 <= num_shards <= self.num_chunks:
+            raise ValueError(
+                f"num_shards must be in [1, {self.num_chunks}] (the job has {self.num_chunks} chunks of "
+                f"{self.batch_size}); got {num_shards}"
+            )
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"shard must be in [0, {num_shards - 1}] for {num_shards} shards, got {shard}")
+        return range(shard * self.num_chunks // num_shards, (shard + 1) * self.num_chunks // num_shards)
+
+
+def generate_batch(
+    denoiser: Denoiser, sigmas: Tensor, solver: str, lambdas: Lambdas | None, seeds: range | list[int],
+    shape: tuple[int, ...], device: str | torch.device = "cpu",
+) -> Tensor:
+    """Model-space samples (float64, CPU) for ``seeds``: seeded noise, then ``dode.sample``."""
+    noise = seeded_noise(seeds, shape, device=device)
+    return sample(denoiser, noise, sigmas, solver, lambdas).cpu()
+
+
+def _npy_bytes(images: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, images, allow_pickle=False)
+    return buf.getvalue()
+
+
+class _Run:
+    """One job resolved against a model, its grid, its lambdas and a registry."""
+
+    def __init__(self, job: SamplingJob, registry: Any, device: str | torch.device | None) -> None:
+        self.registry, self.device = registry, resolve_device(device)
+        lambdas, parents = None, []
+        if job.lambdas_id:
+            art = registry.get(job.lambdas_id)
+            lambdas, job, parents = load_lambdas(registry, art), replace(job, lambdas_id=art.id), [art.id]
+        self.job, self.lambdas = job, lambdas
+        self.model = load_model(job.model, device=str(self.device))
+        self.sigmas = job.spec.sigmas(self.model.denoiser)
+        if lambdas is not None:
+            lambdas.check_matches(self.sigmas, job.solver, lambdas.correction)
+        parents += [a.id for a in registry.find("model", fingerprint=self.model.fingerprint)[:1]]
+        self.parents = parents
+        self.base = {"schema_version": SAMPLES_SCHEMA_VERSION, "sampler_hash": job.sampler_hash(),
+                     "model_fingerprint": self.model.fingerprint, "shape": list(self.model.shape),
+                     "dtype": "uint8", "conversion": CONVERSION}
+
+    def stored_chunks(self) -> dict[int, Any]:
+        """Chunk index -> stored chunk artifact holding exactly that chunk's seeds (one registry listing)."""
+        found = self.registry.find("samples", sampler_hash=self.base["sampler_hash"],
+                                   model_fingerprint=self.model.fingerprint)
+        by_seeds = {tuple(a.params["seeds"]): a for a in reversed(found) if "images.npy" in a.files}
+        ranges = {c: self.job.chunk_seeds(c) for c in range(self.job.num_chunks)}
+        return {c: by_seeds[(r.start, r.stop)] for c, r in ranges.items() if (r.start, r.stop) in by_seeds}
+
+    def make_chunk(self, c: int) -> Any:
+        seeds = self.job.chunk_seeds(c)
+        x = generate_batch(self.model.denoiser, self.sigmas, self.job.solver, self.lambdas, seeds,
+                           self.model.shape, self.device)
+        params = {**self.base, "sampler": self.job.sampler(), "seeds": [seeds.start, seeds.stop]}
+        key = f"{self.job.sampler_key()}/seeds-{seeds.start}-{seeds.stop - 1}"
+        return self.registry.publish("samples", key, {"images.npy": _npy_bytes(to_uint8(x))},
+                                     params=params, parents=self.parents)
+
+    def publish_index(self, key: str, chunks: list[int], arts: list[Any], **extra: Any) -> Any:
+        ranges = [self.job.chunk_seeds(c) for c in chunks]
+        seeds = [ranges[0].start, ranges[-1].stop]
+        index = {"schema_version": SAMPLES_SCHEMA_VERSION,
+                 "chunks": [{"id": a.id, "seeds": [r.start, r.stop]} for r, a in zip(ranges, arts)]}
+        params = {**self.base, "job": self.job.to_dict(), "seeds": seeds, "n": seeds[1] - seeds[0], **extra}
+        return self.registry.publish("samples", key, {"index.json": json.dumps(index, indent=1).encode()},
+                                     params=params, parents=[*self.parents, *(a.id for a in arts)])
+
+
+def run_sampling(
+    job: SamplingJob, registry: Any, *, shard: int = 0, num_shards: int = 1, device: str | torch.device | None = None,
+    progress: bool = False, on_chunk: ChunkHook | None = None,
+) -> Any:
+    """Compute (or find) this shard's chunks and publish them; return a "samples" artifact.
+
+    Returns the whole job's artifact when every chunk of the job exists after this shard (always so for
+    ``num_shards=1``), else this shard's. Chunks already in the registry are not recomputed.
+    """
+    from tqdm import tqdm
+
+    chunks = job.shard_chunks(shard, num_shards)
+    run = _Run(job, registry, device)
+    stored, arts = run.stored_chunks(), []
+    with tqdm(total=sum(len(job.chunk_seeds(c)) for c in chunks), unit="sample", disable=not progress,
+              desc=f"shard {shard}/{num_shards}") as bar:
+        for c in chunks:
+            art = stored.get(c) or run.make_chunk(c)
+            arts.append(art)
+            bar.update(len(job.chunk_seeds(c)))
+            if on_chunk is not None:
+                on_chunk(c, art)
+    stored = run.stored_chunks() if num_shards > 1 else dict(zip(chunks, arts))
+    if len(stored) == job.num_chunks:
+        return run.publish_index(run.job.key(), list(range(job.num_chunks)), [stored[c] for c in range(job.num_chunks)])
+    return run.publish_index(f"{run.job.key()}/shard-{shard}-of-{num_shards}", list(chunks), arts,
+                             shard=shard, num_shards=num_shards)
+
+
+def _chunk_list(registry: Any, art_or_id: Any) -> list[tuple[str, range]]:
+    art = registry.get(art_or_id) if isinstance(art_or_id, str) else art_or_id
+    if art.kind != "samples":
+        raise ValueError(f"artifact {art.id[:12]} is a {art.kind!r} artifact, not 'samples'")
+    if "images.npy" in art.files:
+        return [(art.id, range(*art.params["seeds"]))]
+    index = json.loads(registry.read_bytes(art, "index.json"))
+    if index.get("schema_version") != SAMPLES_SCHEMA_VERSION:
+        raise ValueError(f"samples index schema_version {index.get('schema_version')!r}, this dode reads "
+                         f"{SAMPLES_SCHEMA_VERSION}; resample with this version of dode")
+    return [(c["id"], range(*c["seeds"])) for c in index["chunks"]]
+
+
+def iter_samples(registry: Any, art_or_id: Any) -> Iterator[tuple[range, np.ndarray]]:
+    """(seeds, uint8 (B, C, H, W) images) chunk by chunk: memory bounded by one chunk."""
+    for chunk_id, seeds in _chunk_list(registry, art_or_id):
+        images = np.load(io.BytesIO(registry.read_bytes(chunk_id, "images.npy")), allow_pickle=False)
+        yield seeds, images
+
+
+def load_samples(registry: Any, art_or_id: Any) -> np.ndarray:
+    """All images of a samples artifact (chunk, shard or job), uint8 (N, C, H, W), in seed order."""
+    return np.concatenate([images for _, images in iter_samples(registry, art_or_id)])
+
+
+def export_png(registry: Any, art_or_id: Any, out_dir: str | Path) -> int:
+    """Write every sample as ``<seed>.png`` (zero-padded to 6 digits) into ``out_dir``; returns the count."""
+    count = 0
+    for seeds, images in iter_samples(registry, art_or_id):
+        write_png(images, out_dir, [f"{s:06d}.png" for s in seeds])
+        count += len(images)
+    return count

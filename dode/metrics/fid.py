@@ -1,0 +1,172 @@
+"""Fréchet distances between feature Gaussians: FID exactly as pytorch-fid computes it, FD on other features.
+
+FD = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))  (Heusel et al., 2017, eq. 6; Dowson & Landau,
+1982), evaluated by pytorch-fid's own ``calculate_frechet_distance`` (scipy ``sqrtm``, float64).
+Statistics are streamed in float64 (``StreamingMoments``), with the covariance normalised by N - 1 as
+``np.cov``. The ``.npz`` format (``mu``, ``sigma``; plus ``n``, ``features``, ``fingerprint``,
+``schema_version``) is pytorch-fid's, so its ``--save-stats`` files and ours are interchangeable.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .features import FeatureExtractor
+
+STATS_SCHEMA_VERSION = 1
+
+
+class UnreliableEstimateWarning(UserWarning):
+    """Fewer samples than feature dimensions: the covariance is singular and the distance is biased."""
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Mean and covariance of a feature set. ``n`` = 0, ``features`` = "" when unknown (a foreign .npz)."""
+
+    mu: np.ndarray  # (D,) float64
+    sigma: np.ndarray  # (D, D) float64, normalised by n - 1
+    n: int = 0
+    features: str = ""  # extractor name, e.g. "inception-2048", "digits", "pixels"
+    fingerprint: str = ""  # the extractor's weights sha256
+
+    @property
+    def dims(self) -> int:
+        return len(self.mu)
+
+    @property
+    def label(self) -> str:
+        """How a distance on these features is reported: "FID" for Inception, "FD-<features>" otherwise."""
+        return "FID" if self.features in ("", *(f"inception-{d}" for d in (64, 192, 768, 2048))) else f"FD-{self.features}"
+
+
+class StreamingMoments:
+    """Float64 running mean and scatter of features, one batch at a time (memory O(D^2), not O(N D)).
+
+    Mathematically the sums of x and x x^T; each batch is centred on its own mean and merged with the
+    pairwise update of Chan, Golub & LeVeque (1979), M = M_a + M_b + d d^T n_a n_b / n with d = mean_b - mean_a,
+    which keeps float64 accuracy when the features have a large mean. cov = M / (n - 1), as ``np.cov``.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: np.ndarray | None = None
+        self.scatter: np.ndarray | None = None
+
+    def add(self, features: np.ndarray) -> StreamingMoments:
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or len(x) == 0:
+            raise ValueError(f"features must be a non-empty (batch, dims) array, got shape {x.shape}")
+        mean = x.mean(0)
+        xc = x - mean
+        return self._merge(len(x), mean, xc.T @ xc)
+
+    def merge(self, other: StreamingMoments) -> StreamingMoments:
+        """Fold another accumulator in (e.g. from another shard)."""
+        return self if other.n == 0 else self._merge(other.n, other.mean, other.scatter)
+
+    def _merge(self, n_b: int, mean_b: np.ndarray, scatter_b: np.ndarray) -> StreamingMoments:
+        if self.n == 0:
+            self.n, self.mean, self.scatter = n_b, mean_b.copy(), scatter_b.copy()
+            return self
+        if mean_b.shape != self.mean.shape:
+            raise ValueError(f"feature dims changed from {self.mean.shape[0]} to {mean_b.shape[0]}")
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.scatter += scatter_b + np.outer(delta, delta) * (self.n * n_b / n)
+        self.mean += delta * (n_b / n)
+        self.n = n
+        return self
+
+    def stats(self, features: str = "", fingerprint: str = "") -> FeatureStats:
+        if self.n < 2:
+            raise ValueError(f"a covariance needs at least 2 samples, got {self.n}")
+        return FeatureStats(self.mean.copy(), self.scatter / (self.n - 1), self.n, features, fingerprint)
+
+
+def stats_from_images(
+    images: np.ndarray | Iterable[np.ndarray], extractor: FeatureExtractor, *, batch_size: int = 50
+) -> FeatureStats:
+    """Feature statistics of uint8 images (B, C, H, W), one array or an iterable of arrays (e.g. chunks),
+    fed to the extractor at most ``batch_size`` images at a time."""
+    moments = StreamingMoments()
+    for array in [images] if isinstance(images, np.ndarray) else images:
+        for start in range(0, len(array), batch_size):
+            moments.add(extractor(array[start : start + batch_size]))
+    return moments.stats(extractor.name, extractor.fingerprint)
+
+
+def check_comparable(a: FeatureStats, b: FeatureStats) -> None:
+    """One ValueError unless a and b come from the same features; a warning when either has n < dims."""
+    if a.dims != b.dims:
+        raise ValueError(f"statistics have {a.dims} and {b.dims} feature dims; compute both with the same --dims")
+    if a.features and b.features and a.features != b.features:
+        raise ValueError(f"statistics of {a.features!r} and {b.features!r} features are not comparable")
+    if a.fingerprint and b.fingerprint and a.fingerprint != b.fingerprint:
+        raise ValueError(
+            f"statistics from different {a.features or 'extractor'} weights ({a.fingerprint[:12]} vs "
+            f"{b.fingerprint[:12]}) are not comparable; recompute one side with the other's weights"
+        )
+    for s in (a, b):
+        if 0 < s.n < s.dims:
+            warnings.warn(
+                f"{s.label} statistics from {s.n} samples < {s.dims} feature dims: the covariance is singular "
+                f"and the estimate is unreliable; use at least {s.dims} samples",
+                UnreliableEstimateWarning,
+                stacklevel=3,
+            )
+
+
+def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) by ``pytorch_fid.fid_score.calculate_frechet_distance``."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    check_comparable(a, b)
+    return float(calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+
+
+def stats_to_bytes(stats: FeatureStats) -> bytes:
+    """The .npz bytes: pytorch-fid's ``mu`` and ``sigma`` plus our metadata keys (which pytorch-fid ignores)."""
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n), features=np.str_(stats.features),
+        fingerprint=np.str_(stats.fingerprint), schema_version=np.int64(STATS_SCHEMA_VERSION),
+    )
+    return buf.getvalue()
+
+
+def stats_from_bytes(data: bytes, source: str = "statistics") -> FeatureStats:
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        if "mu" not in f or "sigma" not in f:
+            raise ValueError(f"{source} has no 'mu' and 'sigma' arrays; write it with `dode fid --save-stats`")
+        version = int(f["schema_version"]) if "schema_version" in f else STATS_SCHEMA_VERSION
+        if version != STATS_SCHEMA_VERSION:
+            raise ValueError(f"{source}: stats schema_version {version}, this dode reads {STATS_SCHEMA_VERSION}")
+        meta = {k: f[k].item() for k in ("n", "features", "fingerprint") if k in f}
+        return FeatureStats(np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64),
+                            int(meta.get("n", 0)), str(meta.get("features", "")), str(meta.get("fingerprint", "")))
+
+
+def save_stats_npz(stats: FeatureStats, path: str | Path) -> Path:
+    """Write a pytorch-fid-compatible .npz; refuses to overwrite an existing file (as pytorch-fid)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"statistics files end in .npz (pytorch-fid recognises them by that), got {path}")
+    if path.exists():
+        raise ValueError(f"{path} already exists; choose another name or delete it first")
+    path.write_bytes(stats_to_bytes(stats))
+    return path
+
+
+def load_stats(path: str | Path) -> FeatureStats:
+    """Statistics from a .npz written by ``save_stats_npz`` or by ``python -m pytorch_fid --save-stats``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no statistics file at {path}")
+    return stats_from_bytes(path.read_bytes(), str(path))

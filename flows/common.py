@@ -1,0 +1,74 @@
+"""Wiring shared by the flows: registry and model handles, cache keys, run provenance, UI artifacts.
+
+Tasks exchange registry ids and small JSON configs, never tensors. A task's Prefect cache key is the
+sha256 of its name, the dode version and its (JSON) parameters, which include the registry URI and the
+ids of its inputs; the registry itself is content-addressed, so every task also looks its artifact up
+by (kind, key, params) before computing, and a rerun resumes even with a fresh Prefect database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from prefect import runtime
+from prefect.artifacts import create_link_artifact
+from prefect.context import TaskRunContext
+
+import dode
+from dode.models import Model, load_model
+from dode.store.registry import Artifact, Registry
+
+
+def registry_uri(uri: str | None) -> str:
+    """The registry URI every task of a run uses: ``uri``, else $DODE_REGISTRY, else <repo>/data/registry;
+    local paths made absolute (tasks may run in other processes or directories)."""
+    reg = Registry(uri)
+    return str(Path(reg.uri).resolve()) if reg.local and "://" not in reg.uri else reg.uri
+
+
+@lru_cache(maxsize=8)
+def open_registry(uri: str) -> Registry:
+    """One Registry per URI and process (it caches manifests it has read)."""
+    return Registry(uri)
+
+
+@lru_cache(maxsize=4)
+def model(name: str) -> Model:
+    """One loaded model per name and process."""
+    return load_model(name)
+
+
+def cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:
+    """Prefect cache key: content hash of the task name, the dode version and the JSON parameters."""
+    blob = json.dumps({"task": ctx.task.name, "dode": dode.__version__, "params": params}, sort_keys=True)
+    return f"dode-{ctx.task.name}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
+
+
+CACHED = {"cache_key_fn": cache_key, "persist_result": True}
+
+
+def provenance() -> dict[str, str]:
+    """The Prefect flow run and task run that produced an artifact (recorded in its manifest)."""
+    out = {"prefect_flow_run_id": runtime.flow_run.id, "prefect_task_run_id": runtime.task_run.id,
+           "prefect_flow_name": runtime.flow_run.flow_name}
+    return {k: str(v) for k, v in out.items() if v}
+
+
+def artifact_url(reg: Registry, art: Artifact) -> str:
+    """Where an artifact's manifest lives: a file:// URI for a local registry, the fsspec URL otherwise."""
+    path = reg.manifest_path(art.id)
+    return Path(path).as_uri() if reg.local else f"{reg.uri.split('://', 1)[0]}://{path}"
+
+
+def link_artifacts(reg: Registry, ids: list[str]) -> None:
+    """One Prefect link artifact per registry entry the run produced or used (the UI's way to them)."""
+    for id in dict.fromkeys(ids):
+        art = reg.get(id)
+        create_link_artifact(
+            link=artifact_url(reg, art), link_text=f"{art.kind}: {art.key}",
+            key=f"dode-{art.kind}-{art.id[:12]}", description=f"registry {reg.uri}, artifact {art.id}",
+        )

@@ -1,0 +1,66 @@
+"""Sampling and scoring shards: run in the flow's process, or on a Dask cluster through prefect-dask.
+
+The shards are the same either way (a job's chunks split into ``num_shards`` contiguous blocks, each
+sample drawn from its own seed), so a Dask run gives bit-identical artifacts, and the same ids.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prefect import Task
+
+from dode.generate import SamplingJob
+
+from . import tasks
+
+Calls = list[tuple[Task, dict[str, Any]]]
+Runner = Callable[[Calls], list[Any]]
+
+
+@contextmanager
+def shard_runner(dask: bool = False, dask_address: str | None = None) -> Iterator[Runner]:
+    """A function that runs task calls and returns their results, in order.
+
+    Sequential in this process unless ``dask`` (a temporary local cluster, one single-threaded worker
+    process per core) or ``dask_address`` (an existing cluster's scheduler, e.g. ``tcp://host:8786``).
+    """
+    if not dask and not dask_address:
+        yield lambda calls: [t(**params) for t, params in calls]
+        return
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        runner = DaskTaskRunner(address=dask_address)
+    else:
+        workers = max(1, min(4, os.cpu_count() or 1))
+        runner = DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                                "dashboard_address": None})
+    with runner:
+        def run(calls: Calls) -> list[Any]:
+            futures = [runner.submit(t, params) for t, params in calls]
+            return [f.result() for f in futures]
+
+        yield run
+
+
+def sample_jobs(run: Runner, registry: str, jobs: list[dict], num_shards: int) -> list[str]:
+    """Sample every job in ``num_shards`` shards (at most one per chunk); the jobs' samples artifact ids."""
+    shards = [min(num_shards, SamplingJob.from_dict(job).num_chunks) for job in jobs]
+    calls = [(tasks.sample, {"registry": registry, "job": job, "shard": s, "num_shards": n})
+             for job, n in zip(jobs, shards) for s in range(n)]
+    done = iter(run(calls))
+    ids = []
+    for job, n in zip(jobs, shards):
+        shard_ids = [next(done) for _ in range(n)]
+        ids.append(shard_ids[0] if n == 1 else tasks.gather_samples(registry, job))
+    return ids
+
+
+def score_all(run: Runner, registry: str, items: list[tuple[str, str, str]]) -> list[str]:
+    """Score (samples id, metric, reference id) triples; the score artifact ids, in order."""
+    return run([(tasks.score, {"registry": registry, "samples_id": s, "metric": m, "reference_id": r})
+                for s, m, r in items])

@@ -309,7 +309,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if sigmas[0] > hi * (1 + 1e-6) or sigmas[-2] < lo * (1 - 1e-6):
             raise ValueError(
                 f"the grid spans sigma {float(sigmas[-2]):.4g}..{float(sigmas[0]):.4g}, outside this "
-                f"training schedule's {lo:.4g}..{hi:.4g}; the lambdas were fitted for another model's schedule"
+                f"training schedule's {lo:.4g}..{hi:.4g}; lambdas fitted for another model's schedule"
             )
         lambdas = self.config.lambdas
         nfe = self.ode_solver.nfe(len(sigmas) - 1)

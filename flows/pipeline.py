@@ -20,7 +20,7 @@ from dode.grids import GridSpec
 from . import tasks
 from .checks import plan_cells, validate
 from .common import link_artifacts, open_registry, registry_uri
-from .evaluate import evaluate_cells, print_table, resolve_metrics
+from .evaluate import evaluate_cells, resolve_metrics
 from .report import REPORT_FILE, publish_report
 
 @flow(name="dode-pipeline", version=dode.__version__)
@@ -94,5 +94,5 @@ def pipeline_flow(
                              description=f"report {report.id} at {path}")
     link_artifacts(reg, [model_id, *teachers.values(), *(c["lambdas"] for c in cells), *used, report_id])
     update_progress_artifact(progress, 100.0)
-    log.info("results:\n%s\nreport: %s", print_table(rows), path)
+    log.info("%d results in the table artifact 'dode-results'; report: %s", len(rows), path)
     return {"report": path, "report_id": report_id, "registry": uri, "rows": rows}

@@ -1,4 +1,4 @@
-"""DODEScheduler in stock diffusers pipelines: parity with dode.sample, round trips, wrong-pipeline guard, CLI.
+"""DODEScheduler in stock diffusers pipelines: parity with dode.sample, round trips, wrong pipelines, CLI.
 
 Everything is built from tiny randomly initialised components (no downloads): a Stable Diffusion
 pipeline (UNet2DConditionModel, AutoencoderKL, CLIP text model, a character-level CLIPTokenizer) and

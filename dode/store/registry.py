@@ -226,7 +226,7 @@ class Registry:
         if not isinstance(key, str) or not key.strip() or "\n" in key:
             raise ValueError(f"artifact key must be a non-empty one-line string like 'digits-ddpm/euler/nfe5', got {key!r}")
         params = json.loads(canonical_json(dict(params or {})))
-        parent_arts = [p if isinstance(p, Artifact) else self.get(p) for p in parents]
+        parent_arts = [self.get(p.id if isinstance(p, Artifact) else p) for p in parents]
         files = expand_files(files)
         self.check_writable()
 
@@ -290,20 +290,28 @@ class Registry:
                 size += len(block)
                 if out is not None:
                     out.write(block)
+            if out is not None:
+                out.flush()
+                os.fsync(out.fileno())
         finally:
             if out is not None:
                 out.close()
         return digest.hexdigest(), size, tmp
 
     def put(self, content: Path | bytes, staged: str | None, dest: str) -> None:
-        """Write one file atomically: a rename from staging locally, one PUT on object stores."""
+        """Write one file atomically and durably: fsync, rename from staging and fsync the directory
+        locally; one PUT on object stores."""
         if self.local:
             if staged is None:
-                staged = f"{self.root}/staging/{uuid.uuid4().hex}"
-                Path(staged).write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
+                staged = self.stage(content)[2]
             os.chmod(staged, 0o444)
             Path(dest).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, dest)
+            fd = os.open(Path(dest).parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         elif isinstance(content, bytes):
             self.fs.pipe_file(dest, content)
         else:

@@ -91,7 +91,7 @@ def main() -> int:
             ours_w, npy_w = paired(write, lambda: np.save(npy, x), args.repeats, clear)
             write()
             assert np.array_equal(np.asarray(read(args.steps - 1)), x[-1])
-            ours_r, npy_r = paired(lambda: [read(k) for k in range(args.steps)],
+            ours_r, npy_r = paired(lambda read=read: [read(k) for k in range(args.steps)],
                                    lambda: [np.load(work / f"step{k}.npy") for k in range(args.steps)], args.repeats)
             rows.append((name, total_mb / ours_w, npy_w / ours_w, ours_r / args.steps * 1e3,
                          npy_r / args.steps * 1e3, npy_r / ours_r, path.stat().st_size / 1e6))

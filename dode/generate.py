@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -14,8 +14,8 @@ what PIL's ``convert("RGB")`` does to an ``L`` image inside pytorch-fid.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch

@@ -6,7 +6,7 @@ The generators run on the CPU in float64, so a seed gives the same noise on ever
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

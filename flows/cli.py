@@ -150,13 +150,13 @@ def wait_for_server(flow_run_id: Any, timeout: float = 30.0) -> None:
 def report(stage: str, result: Any) -> None:
     """Print a stage's result for a person: the results table and the report path, or the ids."""
     if stage == "pipeline":
-        from .evaluate import print_table
+        from .sweep import print_table
 
         print(print_table(result["rows"]))
         print(f"report: {result['report']}")
     elif stage == "score":
         if result and "solver" in result[0]:
-            from .evaluate import print_table
+            from .sweep import print_table
 
             print(print_table(result))
         else:

@@ -1,4 +1,4 @@
-"""Wiring shared by the flows: registry and model handles, cache keys, run provenance, UI artifacts.
+"""Prefect wiring shared by the flows: cache keys, run provenance, link artifacts in the UI.
 
 Tasks exchange registry ids and small JSON configs, never tensors. A task's Prefect cache key is the
 sha256 of its name, the dode version and its (JSON) parameters, which include the registry URI and the
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +18,7 @@ from prefect.artifacts import create_link_artifact
 from prefect.context import TaskRunContext
 
 import dode
-from dode.models import Model, load_model
 from dode.store.registry import Artifact, Registry
-
-
-def registry_uri(uri: str | None) -> str:
-    """The registry URI every task of a run uses: ``uri``, else $DODE_REGISTRY, else <repo>/data/registry;
-    local paths made absolute (tasks may run in other processes or directories)."""
-    reg = Registry(uri)
-    return str(Path(reg.uri).resolve()) if reg.local and "://" not in reg.uri else reg.uri
-
-
-@lru_cache(maxsize=8)
-def open_registry(uri: str) -> Registry:
-    """One Registry per URI and process (it caches manifests it has read)."""
-    return Registry(uri)
-
-
-@lru_cache(maxsize=4)
-def model(name: str) -> Model:
-    """One loaded model per name and process."""
-    return load_model(name)
 
 
 def cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:

@@ -10,7 +10,8 @@ from dode.store.lambdas import load_lambdas
 
 from . import tasks
 from .checks import plan_cells, validate
-from .common import link_artifacts, open_registry, registry_uri
+from .common import link_artifacts
+from .steps import open_registry, registry_uri
 
 
 @flow(name="dode-distill", version=dode.__version__)

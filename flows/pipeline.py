@@ -19,7 +19,8 @@ from dode.grids import GridSpec
 
 from . import tasks
 from .checks import plan_cells, validate
-from .common import link_artifacts, open_registry, registry_uri
+from .common import link_artifacts
+from .steps import open_registry, registry_uri
 from .evaluate import evaluate_cells, resolve_metrics
 from .report import REPORT_FILE, publish_report
 

@@ -12,12 +12,13 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import task
 
 from dode.generate import load_samples
 from dode.store.lambdas import load_lambdas
 
-from .common import CACHED, open_registry, provenance
+from .common import CACHED, provenance
+from .steps import log, open_registry
 
 REPORT_FILE = "report.md"
 GRID_TILES = 4  # sample grids show GRID_TILES x GRID_TILES samples per panel
@@ -130,9 +131,8 @@ def plot_samples(panels: dict[str, dict[str, np.ndarray]], out: Path) -> Path:
     return path
 
 
-@task(name="report", **CACHED, retries=2, retry_delay_seconds=1)
-def publish_report(registry: str, title: str, meta: dict, rows: list[dict], cells: list[dict],
-                   teacher_samples: str, parents: list[str]) -> str:
+def render_report(registry: str, title: str, meta: dict, rows: list[dict], cells: list[dict], teacher_samples: str,
+                  parents: list[str], *, provenance: dict | None = None) -> str:
     """Render the report (markdown + PNGs) and publish it as a "report" artifact; returns its id."""
     reg = open_registry(registry)
     lambdas: dict[str, dict[int, list[float]]] = {}
@@ -156,6 +156,13 @@ def publish_report(registry: str, title: str, meta: dict, rows: list[dict], cell
         (out / REPORT_FILE).write_text("\n".join(lines) + "\n")
         (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "cells": cells}, indent=2))
         files = {p.name: p for p in (out / REPORT_FILE, out / "results.json", *pngs)}
-        art = reg.publish("report", title, files, params={"meta": meta}, parents=parents, provenance=provenance())
-    get_run_logger().info("report -> %s", reg.local_path(art, REPORT_FILE) if reg.local else art.id)
+        art = reg.publish("report", title, files, params={"meta": meta}, parents=parents, provenance=provenance)
+    log.info("report -> %s", reg.local_path(art, REPORT_FILE) if reg.local else art.id)
     return art.id
+
+
+@task(name="report", **CACHED, retries=2, retry_delay_seconds=1)
+def publish_report(registry: str, title: str, meta: dict, rows: list[dict], cells: list[dict],
+                   teacher_samples: str, parents: list[str]) -> str:
+    """The report as a registry artifact (see ``render_report``)."""
+    return render_report(registry, title, meta, rows, cells, teacher_samples, parents, provenance=provenance())

@@ -1,230 +1,65 @@
-"""Thin Prefect tasks: look the artifact up in the registry, else load -> one library call -> publish; return its id.
+"""The Prefect tasks: each wraps one step of ``flows.steps`` with its retry and cache policy.
 
-Every task takes the registry URI, input artifact ids and small JSON configs, and returns an artifact id.
+Tasks exchange registry ids and small JSON configs, never tensors; their cache keys are content hashes of
+those (``flows.common.cache_key``), and the steps look their artifact up in the registry before computing.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from functools import lru_cache
-from pathlib import Path
-from tempfile import TemporaryDirectory
-
-import numpy as np
-import torch
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from dode import get_solver, refine
-from dode.distill_stored import distill_from_states
-from dode.generate import SamplingJob, iter_samples, load_samples, run_sampling
-from dode.grids import GridSpec
-from dode.images import to_model, to_uint8
-from dode.metrics.features import FeatureExtractor, get_extractor, inception_weights_path
-from dode.metrics.fid import frechet_distance, stats_from_bytes, stats_from_images, stats_to_bytes
-from dode.metrics.sources import STATS_FILE, implementation
-from dode.models import EMBEDDED_MODEL_DIR, GaussianDenoiser, MixtureDenoiser, Model
-from dode.rng import seeded_noise
-from dode.store.lambdas import save_lambdas
-from dode.store.trajectory import read_steps, write_teacher
+from . import steps
+from .common import CACHED, provenance
 
-from .checks import FEATURES
-from .common import CACHED, model, open_registry, provenance
-
-TEACHER_FILE = "teacher.parquet"
+RETRY_IO = {"retries": 2, "retry_delay_seconds": 1}  # registry reads and writes (local disk or object store)
 
 
-def auto_metrics(name: str) -> list[str]:
-    """FD-digits for the embedded digits model, FD-pixels for analytic ones, RMSE to the teacher for all;
-    FID too where pytorch-fid's Inception weights are in place."""
-    m = model(name)
-    metrics = ["fd-digits"] if name == "digits-ddpm" else ["fd-pixels"] if is_analytic(m) else []
-    try:
-        inception_weights_path()
-        metrics.append("fid")
-    except FileNotFoundError:
-        pass
-    return [*metrics, "rmse"]
-
-
-def is_analytic(m: Model) -> bool:
-    return isinstance(m.denoiser, (MixtureDenoiser, GaussianDenoiser))
-
-
-@lru_cache(maxsize=4)
-def extractor(features: str) -> FeatureExtractor:
-    return get_extractor(features)
-
-
-@task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+@task(name="register-model", cache_policy=NO_CACHE, **RETRY_IO)
 def register_model(registry: str, name: str) -> str:
-    """The model as a "model" artifact (its diffusers folder, or a JSON description of an analytic model):
-    the root of every lineage. Never cached by Prefect, so a retrained model is always noticed."""
-    reg, m = open_registry(registry), model(name)
-    found = reg.find("model", fingerprint=m.fingerprint)
-    if found:
-        return found[0].id
-    folder = EMBEDDED_MODEL_DIR if name == "digits-ddpm" else Path(name) if Path(name).is_dir() else None
-    info = {"name": m.name, "fingerprint": m.fingerprint, "shape": list(m.shape), "type": type(m.denoiser).__name__}
-    files = {"model": folder} if folder is not None else {"model.json": _json(info)}
-    art = reg.publish("model", m.name, files, params=info,
-                      provenance={**provenance(), "model": {"name": m.name, "fingerprint": m.fingerprint}})
-    get_run_logger().info("registered model %s as %s", name, art.short)
-    return art.id
+    """The model artifact, the root of every lineage; never cached, so a retrained model is always noticed."""
+    return steps.register_model(registry, name, provenance=provenance())
 
 
 @task(name="teacher", **CACHED)
 def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teacher_solver: str, n_samples: int,
             first_seed: int, batch_size: int) -> str:
-    """The teacher on the ``teacher_factor``-fold refinement of a student grid, from seeded noise; only its
-    states on the student grid are stored (a "trajectory" artifact). Every solver on that grid reuses it."""
-    reg, log = open_registry(registry), get_run_logger()
-    model_art = reg.get(model_id)
-    m = model(model_art.params["name"])
-    spec = GridSpec(**grid)
-    params = {"model": m.name, "fingerprint": m.fingerprint, "grid": spec.to_dict(), "teacher_factor": teacher_factor,
-              "teacher_solver": teacher_solver, "alignment": "exact", "n_samples": n_samples,
-              "first_seed": first_seed, "batch_size": batch_size}
-    seeds = range(first_seed, first_seed + n_samples)
-    key = (f"{m.name}/{spec.family}-{spec.steps}/teacher-{teacher_solver}-x{teacher_factor}/"
-           f"seeds-{seeds.start}-{seeds.stop - 1}")
-    found = reg.find("trajectory", key, **params)
-    if found:
-        log.info("teacher %s found in the registry (%s)", key, found[0].short)
-        return found[0].id
-    log.info("computing teacher %s", key)
-    sigmas = refine(spec.sigmas(m.denoiser), teacher_factor)
-    keep = {teacher_factor * i for i in range(1, spec.steps + 1)}
-    with TemporaryDirectory() as tmp:
-        path = write_teacher(Path(tmp) / TEACHER_FILE, m.denoiser, seeded_noise(seeds, m.shape), sigmas,
-                             teacher_solver, keep=keep, sample_ids=list(seeds), batch_size=batch_size,
-                             meta={"model_fingerprint": m.fingerprint, "teacher_factor": teacher_factor})
-        art = reg.publish("trajectory", key, {TEACHER_FILE: path}, params=params, parents=[model_id],
-                          provenance=provenance())
-    log.info("computed teacher %s -> %s", key, art.short)
-    return art.id
+    """The teacher trajectory of a student grid (stored states on that grid only)."""
+    return steps.teacher(registry, model_id, grid, teacher_factor, teacher_solver, n_samples, first_seed, batch_size,
+                         provenance=provenance())
 
 
 @task(name="distill", **CACHED)
 def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout: float, correction: str) -> str:
-    """D-ODE lambdas for ``solver`` on the teacher's student grid, fitted to its stored states."""
-    reg, log = open_registry(registry), get_run_logger()
-    traj_art = reg.get(trajectory_id)
-    p = traj_art.params
-    m = model(p["model"])
-    if m.fingerprint != p["fingerprint"]:
-        raise ValueError(f"model {m.name!r} changed since teacher {traj_art.short} was computed; "
-                         "rerun the teacher (the pipeline does so by itself)")
-    spec, factor = GridSpec(**p["grid"]), p["teacher_factor"]
-    sigmas = spec.sigmas(m.denoiser)
-    n_eval = get_solver(solver).nfe(spec.steps)
-    params = {"model": m.name, "fingerprint": m.fingerprint, "solver": solver, "nfe": n_eval, "grid": spec.to_dict(),
-              "teacher": traj_art.id, "guard": guard, "holdout": holdout, "correction": correction}
-    key = f"{m.name}/{solver}/nfe{n_eval}/{spec.family}-{spec.steps}"
-    found = reg.find("lambdas", key, **params)
-    if found:
-        log.info("lambdas %s found in the registry (%s)", key, found[0].short)
-        return found[0].id
-    traj = read_steps(reg.local_path(traj_art, TEACHER_FILE))
-    noise = seeded_noise(traj.sample_ids.tolist(), m.shape)
-    states = {step // factor: traj.at(step) for step in traj.steps}
-    record = {"solver": p["teacher_solver"], "factor": factor, "alignment": "exact", "steps": factor * spec.steps,
-              "trajectory": traj_art.id}
-    lam = distill_from_states(m.denoiser, noise, sigmas, states, solver, teacher=record, guard=guard,
-                              holdout=holdout, correction=correction)
-    art = save_lambdas(reg, lam, key, [traj_art.id], params, provenance=provenance())
-    log.info("distilled %s: lambdas %s (guard scale %s) -> %s", key, [round(v, 4) for v in lam.values],
-             lam.guard.get("scale"), art.short)
-    return art.id
+    """D-ODE lambdas for ``solver``, fitted to a stored teacher trajectory."""
+    return steps.distill(registry, trajectory_id, solver, guard, holdout, correction, provenance=provenance())
 
 
 @task(name="sample", **CACHED, retries=1, retry_delay_seconds=1)
 def sample(registry: str, job: dict, shard: int = 0, num_shards: int = 1) -> str:
-    """One shard of a sampling job (its chunks, each published when done, found again on a rerun)."""
-    reg, log = open_registry(registry), get_run_logger()
-    sampling = SamplingJob.from_dict(job)
-    chunks = sampling.shard_chunks(shard, num_shards)
-    progress = create_progress_artifact(0.0, description=f"sampling {sampling.key()} shard {shard}/{num_shards}")
+    """One shard of a sampling job, with a progress artifact (resumable chunk by chunk)."""
+    progress = create_progress_artifact(0.0, description=f"sampling shard {shard}/{num_shards} of {job}")
 
-    def done(c: int, art: object) -> None:
-        update_progress_artifact(progress, 100.0 * (c - chunks.start + 1) / len(chunks))
+    def advance(done: int, total: int) -> None:
+        update_progress_artifact(progress, 100.0 * done / total)
 
-    art = run_sampling(sampling, reg, shard=shard, num_shards=num_shards, on_chunk=done)
-    log.info("samples %s shard %d/%d -> %s", sampling.key(), shard, num_shards, art.short)
-    return art.id
+    return steps.sample(registry, job, shard, num_shards, on_chunk=advance)
 
 
-@task(name="gather-samples", **CACHED, retries=2, retry_delay_seconds=1)
+@task(name="gather-samples", **CACHED, **RETRY_IO)
 def gather_samples(registry: str, job: dict) -> str:
-    """The whole job's samples artifact (an index over its chunks), once every shard has run."""
-    return run_sampling(SamplingJob.from_dict(job), open_registry(registry)).id
+    """The whole job's samples artifact, once every shard has run."""
+    return steps.gather_samples(registry, job)
 
 
-@task(name="reference-stats", **CACHED, retries=2, retry_delay_seconds=1)
+@task(name="reference-stats", **CACHED, **RETRY_IO)
 def reference_stats(registry: str, model_id: str, metric: str, n_samples: int, first_seed: int) -> str:
-    """Feature statistics of the model's data ("reference-stats"): exact draws of an analytic model, the
-    bundled 8x8 digits for the embedded digits model."""
-    reg, log = open_registry(registry), get_run_logger()
-    m = model(reg.get(model_id).params["name"])
-    ext = extractor(FEATURES[metric])
-    images, source = reference_images(m, n_samples, first_seed)
-    params = {"features": ext.name, "fingerprint": ext.fingerprint, "n": len(images), "source": source,
-              "model_fingerprint": m.fingerprint, "implementation": implementation(ext.name)}
-    key = f"{m.name}/{ext.name}/{source}"
-    found = reg.find("reference-stats", key, **params)
-    if found:
-        return found[0].id
-    stats = stats_from_images(images, ext, batch_size=500)
-    art = reg.publish("reference-stats", key, {STATS_FILE: stats_to_bytes(stats)}, params={**params, "dims": stats.dims},
-                      parents=[model_id], provenance=provenance())
-    log.info("reference statistics %s (%d images) -> %s", key, len(images), art.short)
-    return art.id
+    """Feature statistics of the model's data."""
+    return steps.reference_stats(registry, model_id, metric, n_samples, first_seed, provenance=provenance())
 
 
-def reference_images(m: Model, n: int, seed: int) -> tuple[np.ndarray, str]:
-    """uint8 images of the model's data distribution, and a name for where they come from."""
-    den, gen = m.denoiser, torch.Generator().manual_seed(seed)
-    if isinstance(den, MixtureDenoiser):
-        return to_uint8(den.sample_data(n, gen)), f"exact-draws-{n}-seed{seed}"
-    if isinstance(den, GaussianDenoiser):
-        x = den.mu + den.s * torch.randn((n, *m.shape), generator=gen, dtype=torch.float64)
-        return to_uint8(x), f"exact-draws-{n}-seed{seed}"
-    if m.name == "digits-ddpm":
-        from dode.metrics.digits import load_digits_images
-
-        return to_uint8(load_digits_images()[0]), "sklearn-digits-1797"
-    raise ValueError(f"no built-in reference data for model {m.name!r}; pass reference=<id of a 'reference-stats' "
-                     "artifact> (make one with `dode fid DATA_FOLDER --register KEY`)")
-
-
-@task(name="score", **CACHED, retries=1, retry_delay_seconds=1)
+@task(name="score", **CACHED, **RETRY_IO)
 def score(registry: str, samples_id: str, metric: str, reference_id: str) -> str:
-    """One metric of a samples artifact: a Fréchet distance to reference statistics, or the RMSE to the
-    teacher's samples from the same seeds (``reference_id`` then names those samples)."""
-    reg, log = open_registry(registry), get_run_logger()
-    samples, ref = reg.get(samples_id), reg.get(reference_id)
-    params = {"metric": metric, "samples": samples.id, "reference": ref.id}
-    key = f"{samples.key}/{metric}"
-    found = reg.find("score", key, **params)
-    if found:
-        return found[0].id
-    if metric == "rmse":
-        if samples.params["seeds"] != ref.params["seeds"]:
-            raise ValueError(f"RMSE pairs samples by seed: {samples.short} has seeds {samples.params['seeds']}, "
-                             f"{ref.short} has {ref.params['seeds']}")
-        diff = to_model(load_samples(reg, samples)) - to_model(load_samples(reg, ref))
-        value, label, n = math.sqrt(float(diff.square().mean())), "RMSE to teacher", len(diff)
-    else:
-        ext = extractor(FEATURES[metric])
-        stats = stats_from_images((images for _, images in iter_samples(reg, samples)), ext, batch_size=500)
-        value, label, n = frechet_distance(stats, stats_from_bytes(reg.read_bytes(ref, STATS_FILE))), stats.label, stats.n
-    result = {"metric": metric, "label": label, "value": value, "n": n, "samples": samples.id, "reference": ref.id}
-    art = reg.publish_json("score", key, result, params=params, parents=[samples.id, ref.id], provenance=provenance())
-    log.info("%s of %s: %.6g -> %s", label, samples.key, value, art.short)
-    return art.id
-
-
-def _json(obj: object) -> bytes:
-    return json.dumps(obj, indent=2, sort_keys=True).encode()
+    """One metric of one samples artifact."""
+    return steps.score(registry, samples_id, metric, reference_id, provenance=provenance())

@@ -39,8 +39,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    for art in Registry(args.registry).list(args.kind):
+    reg = Registry(args.registry)
+    arts = reg.list(args.kind)
+    for art in arts:
         print(art.line())
+    if not arts:
+        print(f"no {args.kind or ''} artifacts in registry {reg.uri}".replace("  ", " "), file=sys.stderr)
     return 0
 
 

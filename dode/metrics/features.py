@@ -14,9 +14,10 @@ or from an explicit path, never downloaded.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 from unittest import mock
 
 import numpy as np

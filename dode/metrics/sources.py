@@ -6,9 +6,10 @@ Registry artifacts are "samples" (their images are streamed chunk by chunk) or "
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..images import iter_folder
 from .features import FeatureExtractor

@@ -15,6 +15,7 @@ nothing visible, and concurrent publishers of the same artifact write identical 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -136,7 +137,7 @@ def static_provenance() -> dict[str, Any]:
     if (REPO_ROOT / ".git").exists():
         try:
             head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                  text=True, timeout=10)
+                                  text=True, timeout=10, check=False)
             if head.returncode == 0:
                 out["git_commit"] = head.stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -283,8 +284,7 @@ class Registry:
         """(sha256, size, staged temp path or '') of one file; local registries copy it into staging."""
         digest, size = hashlib.sha256(), 0
         tmp = f"{self.root}/staging/{uuid.uuid4().hex}" if self.local else ""
-        out = open(tmp, "wb") if tmp else None
-        try:
+        with open(tmp, "wb") if tmp else contextlib.nullcontext() as out:
             for block in chunks(content):
                 digest.update(block)
                 size += len(block)
@@ -293,9 +293,6 @@ class Registry:
             if out is not None:
                 out.flush()
                 os.fsync(out.fileno())
-        finally:
-            if out is not None:
-                out.close()
         return digest.hexdigest(), size, tmp
 
     def put(self, content: Path | bytes, staged: str | None, dest: str) -> None:
@@ -335,7 +332,7 @@ class Registry:
         unknown = [d for d in dirs if d not in self.manifests]
         if unknown:
             found = self.fs.cat([self.manifest_path(d) for d in unknown], on_error="omit")
-            for path, data in found.items():
+            for data in found.values():
                 try:
                     art = Artifact.from_dict(json.loads(data))
                 except (ValueError, TypeError, KeyError):

@@ -126,7 +126,7 @@ class TrajectoryWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.writer: pq.ParquetWriter | None = pq.ParquetWriter(
             self.partial, schema, compression=compression, compression_level=compression_level,
-            use_dictionary=False, write_statistics=["step", "sample_id"], data_page_size=1 << 24,
+            use_dictionary=False, write_statistics=["step", "sample_id"],
         )
 
     def write_step(
@@ -145,6 +145,8 @@ class TrajectoryWriter:
         """
         if self.writer is None:
             raise ValueError(f"trajectory writer for {self.path} is closed")
+        if not 0 <= int(step) < 2**31:
+            raise ValueError(f"step must be a grid index (a non-negative integer), got {step}")
         arr = as_float32(x, self.shape, f"the states of step {step}")
         n = len(arr)
         sigma = self.sigma_of(step) if sigma is None else float(sigma)
@@ -200,7 +202,7 @@ class TrajectoryWriter:
     def __enter__(self) -> TrajectoryWriter:
         return self
 
-    def __exit__(self, kind: type | None, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         self.abort() if kind is not None else self.close()
 
 

@@ -1,0 +1,146 @@
+"""The flows under a Prefect test server, on the analytic mixture, in a temporary registry."""
+
+import warnings
+
+import pytest
+
+import dode
+from dode.grids import GridSpec
+from dode.models import load_model
+from dode.rng import seeded_noise
+from dode.store.lambdas import load_lambdas
+from dode.store.registry import Registry
+
+SMALL = dict(model="mixture-smooth", solvers=("euler", "heun", "dpmpp_2m"), nfes=(3, 5), teacher_factor=4,
+             n_distill=48, n_samples=96, batch_size=48)
+
+
+def task_states(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return [(r.name.rsplit("-", 1)[0], r.state.name) for r in runs]
+
+
+def read_artifacts():
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts()
+
+
+@pytest.fixture(scope="module")
+def swept(prefect_harness, tmp_path_factory):
+    from flows.pipeline import pipeline_flow
+
+    reg = Registry(tmp_path_factory.mktemp("registry"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = pipeline_flow(**SMALL, registry=reg.uri, return_state=True)
+    return reg, state.result(), state.state_details.flow_run_id, caught
+
+
+def test_one_teacher_per_grid_size_serves_every_solver(swept):
+    reg, out, _, _ = swept
+    trajectories = {a.id: a for a in reg.list("trajectory")}
+    steps = {a.params["grid"]["steps"] for a in trajectories.values()}
+    assert steps == {2, 3, 5}  # heun NFE 3 -> 2 steps; euler, dpmpp_2m NFE 3 and heun NFE 5 -> 3; NFE 5 -> 5
+    users = {}
+    for lam in reg.list("lambdas"):
+        (parent,) = lam.parents
+        assert trajectories[parent].params["grid"] == lam.params["grid"]
+        users.setdefault(parent, set()).add((lam.params["solver"], lam.params["nfe"]))
+    shared = next(t for t in trajectories.values() if t.params["grid"]["steps"] == 3)
+    assert users[shared.id] == {("euler", 3), ("dpmpp_2m", 3), ("heun", 5)}
+    assert all(t.params["teacher_solver"] == "dpmpp_2m" for t in trajectories.values())
+
+
+@pytest.mark.parametrize(("solver", "nfe"), [("euler", 3), ("heun", 5)])
+def test_lambdas_equal_a_direct_distillation(swept, solver, nfe):
+    # The stored teacher (float32 on disk) gives the lambdas dode.distill gets from its own teacher run.
+    reg, _, _, _ = swept
+    (art,) = [a for a in reg.list("lambdas") if (a.params["solver"], a.params["nfe"]) == (solver, nfe)]
+    stored = load_lambdas(reg, art)
+    m = load_model("mixture-smooth")
+    noise = seeded_noise(range(1_000_000, 1_000_048), m.shape)
+    sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas(m.denoiser)
+    direct = dode.distill(m.denoiser, noise, sigmas, solver, teacher_factor=4, teacher_solver="dpmpp_2m")
+    assert stored.values == pytest.approx(direct.values, rel=1e-4, abs=1e-5)
+    assert stored.guard["scale"] == direct.guard["scale"]
+    assert stored.teacher["trajectory"] == art.parents[0]
+
+
+def test_results_table_report_and_ui_artifacts(swept):
+    reg, out, _, caught = swept
+    rows = {(r["solver"], r["nfe"], r["metric"]): r for r in out["rows"]}
+    assert len(rows) == 6 * 2 and {m for _, _, m in rows} == {"fd-pixels", "rmse"}
+    assert rows[("euler", 3, "rmse")]["dode"] < 0.8 * rows[("euler", 3, "rmse")]["base"]  # D-ODE's point
+    assert all(r["teacher"] is not None for k, r in rows.items() if k[2] == "fd-pixels")
+    report = reg.get(out["report_id"])
+    assert {"report.md", "results.json", "lambdas.png", "samples.png", "metric-rmse.png"} <= set(report.files)
+    text = reg.read_bytes(report, "report.md").decode()
+    assert "| euler | 3 |" in text and "![samples](samples.png)" in text
+    assert out["report"].endswith("report.md") and open(out["report"]).read() == text
+    keys = {a.key for a in read_artifacts()}
+    assert {"dode-results", "dode-report", "dode-pipeline-progress"} <= keys
+    assert f"dode-report-{report.id[:12]}" in keys and f"dode-lambdas-{rows[('euler', 3, 'rmse')]['lambdas'][:12]}" in keys
+    noisy = [str(w.message) for w in caught if "dode" in w.filename or "flows" in w.filename]
+    assert not noisy
+
+
+def test_unchanged_rerun_is_cached_and_adds_nothing(swept):
+    from flows.pipeline import pipeline_flow
+
+    reg, out, _, _ = swept
+    before = {a.id for a in reg.list()}
+    state = pipeline_flow(**SMALL, registry=reg.uri, return_state=True)
+    assert state.result()["rows"] == out["rows"]
+    assert {a.id for a in Registry(reg.uri).list()} == before
+    states = task_states(state.state_details.flow_run_id)
+    assert {s for name, s in states if name != "register-model"} == {"Cached"}, states
+
+
+def test_stage_flows_reuse_the_pipeline_artifacts(swept):
+    from flows.distill import distill_flow
+    from flows.sample import sample_flow
+    from flows.score import score_flow
+    from flows.teacher import teacher_flow
+
+    reg, out, _, _ = swept
+    common = dict(model="mixture-smooth", teacher_factor=4, n_distill=48, batch_size=48, registry=reg.uri)
+    row = next(r for r in out["rows"] if (r["solver"], r["nfe"], r["metric"]) == ("euler", 3, "fd-pixels"))
+    lam = reg.get(row["lambdas"])
+    assert teacher_flow(steps=3, **common) == lam.parents[0]
+    assert distill_flow(solver="euler", nfe=3, **common)["lambdas"] == lam.id
+    samples = sample_flow(model="mixture-smooth", lambdas=lam.id[:16], n_samples=96, batch_size=48,
+                          registry=reg.uri, num_shards=2)
+    (score,) = score_flow(model="mixture-smooth", samples=[samples], n_samples=96, registry=reg.uri)
+    assert score["value"] == row["dode"]
+    again = score_flow(model="mixture-smooth", n_samples=96, batch_size=48, registry=reg.uri)
+    assert sorted(again, key=str) == sorted(out["rows"], key=str)
+
+
+def test_library_loggers_reach_the_flow_run_logs(prefect_harness):
+    # PREFECT_LOGGING_EXTRA_LOGGERS=dode (set by importing flows): dode.* records are shipped with the run's.
+    import logging
+    import time
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    @flow
+    def emits():
+        logging.getLogger("dode.generate").info("a dode library record")
+
+    run_id = emits(return_state=True).state_details.flow_run_id
+    flt = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+    for _ in range(40):
+        with get_client(sync_client=True) as client:
+            messages = [log.message for log in client.read_logs(log_filter=flt)]
+        if "a dode library record" in messages:
+            return
+        time.sleep(0.25)
+    pytest.fail(f"the dode record never reached the API; logs: {messages}")

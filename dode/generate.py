@@ -1,9 +1,11 @@
 """Sampling at scale: a SamplingJob cut into seeded chunks, each chunk stored as its own registry artifact.
 
 Sample k of a job is ``sample(D, seeded_noise([first_seed + k]), sigmas, solver, lambdas)`` converted to
-uint8 by ``dode.images.to_uint8``: it depends on its seed only (``dode.rng``), never on the batch, chunk,
-shard or worker that computed it. Chunk c holds the seeds ``first_seed + c * batch_size`` onwards (one
-batch, so memory is bounded by the batch). Each chunk is published as soon as it is done, with the hash of
+uint8 by ``dode.images.to_uint8``. Its noise depends on its seed only (``dode.rng``); so does the sample
+wherever the denoiser is batch-invariant (the float64 analytic models: bit for bit in any batch). Float32
+networks may round differently at another batch size, so chunks are fixed by ``batch_size``: shards,
+workers and reruns of one job always reproduce the same bits. Chunk c holds the seeds
+``first_seed + c * batch_size`` onwards (one batch, so memory is bounded by the batch). Each chunk is published as soon as it is done, with the hash of
 the sampler (model, solver, grid, lambdas) and its seed range in its params, and found again by any later
 job with the same sampler and chunk: an interrupted job resumes where it stopped, a longer job reuses a
 shorter one's chunks, and ``num_shards`` workers split one job's chunks into contiguous blocks.
@@ -79,6 +81,10 @@ class SamplingJob:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamplingJob:
+        fields = ("model", "solver", "grid", "lambdas_id", "n_samples", "first_seed", "batch_size")
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown sampling job field(s) {unknown}; a job has {list(fields)}")
         return cls(**data)
 
     def sampler(self) -> dict[str, Any]:
@@ -137,6 +143,7 @@ class _Run:
 
     def __init__(self, job: SamplingJob, registry: Any, device: str | torch.device | None) -> None:
         self.registry, self.device = registry, resolve_device(device)
+        registry.check_writable()  # fail before any sampling, not after the first chunk
         lambdas, parents = None, []
         if job.lambdas_id:
             art = registry.get(job.lambdas_id)

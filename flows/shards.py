@@ -6,9 +6,10 @@ sample drawn from its own seed), so a Dask run gives bit-identical artifacts, an
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prefect import Task
@@ -39,12 +40,49 @@ def shard_runner(dask: bool = False, dask_address: str | None = None) -> Iterato
         workers = max(1, min(4, os.cpu_count() or 1))
         runner = DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                                                 "dashboard_address": None})
-    with runner:
+    # Cluster start/stop chatter: warnings only, here and in the worker processes (which read DASK_* at start).
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    for name in ("distributed", "prefect.task_runner.dask"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with ExitStack() as stack:
+        stack.enter_context(api_url_for_workers())
+        stack.enter_context(runner)
+
         def run(calls: Calls) -> list[Any]:
             futures = [runner.submit(t, params) for t, params in calls]
             return [f.result() for f in futures]
 
         yield run
+        runner._client.run(drain_prefect)  # ship the workers' logs and events now, so they stop promptly
+        def trace():
+            import atexit, faulthandler, os
+            f = open(f"/tmp/dode-dev/trace-{os.getpid()}.txt", "w")
+            atexit.register(lambda: faulthandler.dump_traceback_later(1.5, file=f))
+        runner._client.run(trace)
+
+
+async def drain_prefect() -> None:
+    """In a Dask worker: send Prefect's queued logs and events and stop its background services."""
+    from prefect._internal.concurrency.services import QueueService
+
+    await QueueService.drain_all(timeout=30, at_exit=False)
+
+
+@contextmanager
+def api_url_for_workers() -> Iterator[None]:
+    """Point Dask workers at this process's Prefect API: a local ephemeral server has no URL in the settings
+    (each worker would start its own), so name it while the workers run."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the running ephemeral server of this process
+    server.start()
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
 
 
 def sample_jobs(run: Runner, registry: str, jobs: list[dict], num_shards: int) -> list[str]:

@@ -105,7 +105,10 @@ def stats_from_images(
 def check_comparable(a: FeatureStats, b: FeatureStats) -> None:
     """One ValueError unless a and b come from the same features; a warning when either has n < dims."""
     if a.dims != b.dims:
-        raise ValueError(f"statistics have {a.dims} and {b.dims} feature dims; compute both with the same --dims")
+        raise ValueError(
+            f"statistics have {a.dims} and {b.dims} feature dims; use the same --dims for Inception features, "
+            "and images of one size and channel count for pixel features"
+        )
     if a.features and b.features and a.features != b.features:
         raise ValueError(f"statistics of {a.features!r} and {b.features!r} features are not comparable")
     if a.fingerprint and b.fingerprint and a.fingerprint != b.fingerprint:

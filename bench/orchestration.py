@@ -20,13 +20,13 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="dode-bench-prefect-"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import flows  # noqa: E402,F401 - Prefect defaults before Prefect is imported
-from dode.grids import GridSpec  # noqa: E402
-from dode.store.registry import Registry  # noqa: E402
-from flows import steps  # noqa: E402
-from flows.checks import FEATURES, plan_cells  # noqa: E402
-from flows.report import render_report  # noqa: E402
-from flows.sweep import result_rows, sampling_jobs, score_items, with_samples  # noqa: E402
+import flows  # noqa: F401 - Prefect defaults before Prefect is imported
+from dode.grids import GridSpec
+from dode.store.registry import Registry
+from flows import steps
+from flows.checks import FEATURES, plan_cells
+from flows.report import render_report
+from flows.sweep import result_rows, sampling_jobs, score_items, with_samples
 
 
 def plain_pipeline(cfg: dict, uri: str) -> None:

@@ -1,4 +1,4 @@
-"""Training the embedded models on scikit-learn's 8x8 digits: a DDPM epsilon-model and the FD-digits classifier.
+"""Training the embedded models on scikit-learn's 8x8 digits: a DDPM epsilon-model and the FD classifier.
 
 The diffusion model is the DDPM family (Ho et al., 2020) shrunk to 8x8: a diffusers ``UNet2DModel``
 trained with L_simple = E_{t, x0, eps} ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2
@@ -11,17 +11,23 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .metrics.digits import DigitsClassifier, classifier_accuracy, digits_split, fd_digits, load_digits_images
 from .images import to_uint8
-from .metrics.digits import save_digits_classifier
+from .metrics.digits import (
+    DigitsClassifier,
+    classifier_accuracy,
+    digits_split,
+    fd_digits,
+    load_digits_images,
+    save_digits_classifier,
+)
 from .models.vp import VPDenoiser
 from .types import Tensor
 
@@ -56,18 +62,23 @@ def _batches(n: int, batch: int, gen: torch.Generator) -> Iterator[Tensor]:
 
 def _warmup_cosine(steps: int, warmup: int, floor: float = 0.1) -> Callable[[int], float]:
     """Learning-rate factor: linear warm-up, then cosine decay to ``floor``."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(steps - warmup, 1)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
     return factor
 
 
 @contextmanager
 def _deterministic(seed: int) -> Iterator[torch.Generator]:
     """Seed torch, use deterministic kernels while training, and hand out the data generator."""
-    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
@@ -76,9 +87,17 @@ def _deterministic(seed: int) -> Iterator[torch.Generator]:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-def train_digits_model(out: str | Path, *, steps: int = 4000, batch: int = 128, lr: float = 5e-4,
-                       ema_decay: float = 0.999, seed: int = 0, log: Log = print) -> dict:
-    """Train the epsilon-prediction UNet on all 1797 digits; save the EMA weights as a DDPMPipeline at ``out``."""
+def train_digits_model(
+    out: str | Path,
+    *,
+    steps: int = 4000,
+    batch: int = 128,
+    lr: float = 5e-4,
+    ema_decay: float = 0.999,
+    seed: int = 0,
+    log: Log = print,
+) -> dict:
+    """Train the epsilon-prediction UNet on all 1797 digits; save its EMA as a DDPMPipeline at ``out``."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     images, _ = load_digits_images()
@@ -109,17 +128,30 @@ def train_digits_model(out: str | Path, *, steps: int = 4000, batch: int = 128, 
                     p_ema.lerp_(p, 1 - decay)
             losses.append(loss.item())
             if (step + 1) % 500 == 0 or step + 1 == steps:
-                log(f"model step {step + 1}/{steps}: loss {sum(losses[-500:]) / len(losses[-500:]):.4f} "
-                    f"({time.perf_counter() - start:.0f} s)")
+                log(
+                    f"model step {step + 1}/{steps}: loss {sum(losses[-500:]) / len(losses[-500:]):.4f} "
+                    f"({time.perf_counter() - start:.0f} s)"
+                )
     DDPMPipeline(unet=ema, scheduler=scheduler).save_pretrained(str(out), safe_serialization=True)
     tail = losses[-500:]
-    return {"params": sum(p.numel() for p in unet.parameters()), "final_loss": sum(tail) / len(tail),
-            "seconds": time.perf_counter() - start, "steps": steps}
+    return {
+        "params": sum(p.numel() for p in unet.parameters()),
+        "final_loss": sum(tail) / len(tail),
+        "seconds": time.perf_counter() - start,
+        "steps": steps,
+    }
 
 
-def train_digits_classifier(out: str | Path, *, steps: int = 2000, batch: int = 128, lr: float = 2e-3,
-                            seed: int = 0, split_seed: int = 0, test_fraction: float = 0.25,
-                            log: Log = print) -> dict:
+def train_digits_classifier(
+    out: str | Path,
+    *,
+    steps: int = 2000,
+    batch: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    split_seed: int = 0,
+    test_fraction: float = 0.25,
+) -> dict:
     """Train the FD-digits classifier on the training split; save it at ``out`` with its held-out accuracy."""
     images, labels = load_digits_images()
     train, test = digits_split(len(images), test_fraction, split_seed)
@@ -127,7 +159,9 @@ def train_digits_classifier(out: str | Path, *, steps: int = 2000, batch: int = 
     with _deterministic(seed) as gen:
         model = DigitsClassifier()
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-        lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps, min(100, steps // 10 + 1), 0.0))
+        lr_sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, _warmup_cosine(steps, min(100, steps // 10 + 1), 0.0)
+        )
         batches = _batches(len(train), batch, gen)
         for _ in range(steps):
             idx = train[next(batches)]
@@ -138,14 +172,21 @@ def train_digits_classifier(out: str | Path, *, steps: int = 2000, batch: int = 
             lr_sched.step()
     model.eval()
     accuracy = classifier_accuracy(model, images[test], labels[test])
-    log(f"classifier: {steps} steps, held-out accuracy {accuracy:.4f} on {len(test)} images")
-    save_digits_classifier(model, out, split_seed=split_seed, test_fraction=test_fraction, test_accuracy=accuracy)
-    return {"params": sum(p.numel() for p in model.parameters()), "accuracy": accuracy,
-            "seconds": time.perf_counter() - start, "final_loss": loss.item()}
+    save_digits_classifier(
+        model, out, split_seed=split_seed, test_fraction=test_fraction, test_accuracy=accuracy
+    )
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "accuracy": accuracy,
+        "seconds": time.perf_counter() - start,
+        "final_loss": loss.item(),
+    }
 
 
-def sample_digits(denoiser: VPDenoiser, n: int, *, steps: int = 100, seed: int = 0, batch: int = 500) -> Tensor:
-    """``n`` samples by Euler (= DDIM) on the time-uniform VP grid, clamped to [-1, 1], float32 (n, 1, 8, 8)."""
+def sample_digits(
+    denoiser: VPDenoiser, n: int, *, steps: int = 100, seed: int = 0, batch: int = 500
+) -> Tensor:
+    """``n`` samples by Euler (= DDIM) on the time-uniform VP grid, clamped to [-1, 1], (n, 1, 8, 8)."""
     from . import sample, vp_sigmas
 
     alphas_cumprod = 1 / (1 + denoiser.sigmas_train**2)  # sigma_t^2 = (1 - abar_t) / abar_t
@@ -156,8 +197,9 @@ def sample_digits(denoiser: VPDenoiser, n: int, *, steps: int = 100, seed: int =
     return torch.cat(out).clamp(-1, 1).to(torch.float32)
 
 
-def evaluate_digits_model(denoiser: VPDenoiser, classifier: DigitsClassifier, n: int, *, steps: int = 100,
-                          seed: int = 0) -> dict:
+def evaluate_digits_model(
+    denoiser: VPDenoiser, classifier: DigitsClassifier, n: int, *, steps: int = 100, seed: int = 0
+) -> dict:
     """FD-digits of ``n`` model samples against one half of the digits, with two yardsticks against the same
     half: the other half of the data (the floor at this sample size) and ``n`` uniform-noise images."""
     images, _ = load_digits_images()
@@ -165,9 +207,12 @@ def evaluate_digits_model(denoiser: VPDenoiser, classifier: DigitsClassifier, n:
     reference = images[half_b]
     noise = torch.rand((n, 1, 8, 8), generator=torch.Generator().manual_seed(seed)) * 2 - 1
     samples = sample_digits(denoiser, n, steps=steps, seed=seed)
-    return {"samples": samples, "fd_model": fd_digits(samples, reference, classifier),
-            "fd_data_halves": fd_digits(images[half_a], reference, classifier),
-            "fd_noise": fd_digits(noise, reference, classifier)}
+    return {
+        "samples": samples,
+        "fd_model": fd_digits(samples, reference, classifier),
+        "fd_data_halves": fd_digits(images[half_a], reference, classifier),
+        "fd_noise": fd_digits(noise, reference, classifier),
+    }
 
 
 def save_grid(images: Tensor, path: str | Path, *, nrow: int = 8, scale: int = 6, pad: int = 2) -> Path:
@@ -180,7 +225,7 @@ def save_grid(images: Tensor, path: str | Path, *, nrow: int = 8, scale: int = 6
     canvas = np.zeros((rows * cell_h + pad, nrow * cell_w + pad), dtype=np.uint8)
     for i, img in enumerate(to_uint8(images)[:, 0].repeat(scale, 1).repeat(scale, 2)):
         top, left = pad + (i // nrow) * cell_h, pad + (i % nrow) * cell_w
-        canvas[top: top + h * scale, left: left + w * scale] = img
+        canvas[top : top + h * scale, left : left + w * scale] = img
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(path)

@@ -12,7 +12,6 @@ import importlib
 import inspect
 import json
 import sys
-import time
 from typing import Any
 
 from .checks import validate
@@ -120,31 +119,15 @@ def run_stage(stage: str, params: dict[str, Any]) -> Any:
     return state.result()
 
 
-def wait_for_server(flow_run_id: Any, timeout: float = 30.0) -> None:
+def wait_for_server(flow_run_id: Any) -> None:
     """On the ephemeral server, wait until it has recorded every task run of the flow run as final, so
     stopping it at exit interrupts no database write (which it would log as errors)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_URL
 
-    if PREFECT_API_URL.value() or flow_run_id is None:
-        return  # a real server keeps running after this process
-    flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-    deadline, last = time.monotonic() + timeout, None
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs, offset = [], 0
-            while True:
-                page = client.read_task_runs(flow_run_filter=flt, limit=200, offset=offset)
-                runs += page
-                offset += len(page)
-                if len(page) < 200:
-                    break
-            now = sorted((str(r.id), str(r.state_type)) for r in runs)
-            if now == last and all(r.state is not None and r.state.is_final() for r in runs):
-                return
-            last = now
-            time.sleep(0.5)
+    from .common import settled_task_runs
+
+    if flow_run_id is not None and not PREFECT_API_URL.value():  # else a real server goes on running
+        settled_task_runs(flow_run_id)
 
 
 def report(stage: str, result: Any) -> None:

@@ -1,4 +1,4 @@
-"""Prefect wiring shared by the flows: cache keys, run provenance, link artifacts in the UI.
+"""Prefect wiring shared by the flows: cache keys, run provenance, link artifacts, settled task runs.
 
 Tasks exchange registry ids and small JSON configs, never tensors. A task's Prefect cache key is the
 sha256 of its name, the dode version and its (JSON) parameters, which include the registry URI and the
@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from prefect import runtime
 from prefect.artifacts import create_link_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 
 import dode
@@ -51,3 +55,22 @@ def link_artifacts(reg: Registry, ids: list[str]) -> None:
             link=artifact_url(reg, art), link_text=f"{art.kind}: {art.key}",
             key=f"dode-{art.kind}-{art.id[:12]}", description=f"registry {reg.uri}, artifact {art.id}",
         )
+
+
+def settled_task_runs(flow_run_id: Any, timeout: float = 30.0) -> list[TaskRun]:
+    """The flow run's task runs once the server has recorded them all as final (task-run states reach the
+    server as events, recorded asynchronously): polled until every run is final and nothing changes."""
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    deadline, last, runs = time.monotonic() + timeout, None, []
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs, page = [], [None]
+            while len(page):
+                page = client.read_task_runs(flow_run_filter=flt, limit=200, offset=len(runs))
+                runs += page
+            now = sorted((str(r.id), str(r.state_type)) for r in runs)
+            if now == last and all(r.state is not None and r.state.is_final() for r in runs):
+                break
+            last = now
+            time.sleep(0.5)
+    return runs

@@ -11,8 +11,12 @@ the students for that reason, and recorded with each lambdas artifact.
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
-from prefect.artifacts import update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 import dode
 from dode.grids import GridSpec
@@ -20,9 +24,11 @@ from dode.grids import GridSpec
 from . import tasks
 from .checks import plan_cells, validate
 from .common import link_artifacts
-from .steps import open_registry, registry_uri
 from .evaluate import evaluate_cells, resolve_metrics
 from .report import REPORT_FILE, publish_report
+from .shards import shard_runner
+from .steps import open_registry, registry_uri
+
 
 @flow(name="dode-pipeline", version=dode.__version__)
 def pipeline_flow(
@@ -63,21 +69,26 @@ def pipeline_flow(
     metric_list = resolve_metrics(list(metrics), model)
     log.info("%d cells on %s (%s grids), metrics %s, registry %s", len(cells), model, family, metric_list, uri)
 
-    # Teachers: one per student grid size, shared by every solver on that grid.
-    steps = sorted({c["grid"]["steps"] for c in cells})
-    teachers = {s: tasks.teacher(uri, model_id, GridSpec(family, s).to_dict(), teacher_factor, teacher_solver,
-                                 n_distill, distill_seed, batch_size) for s in steps}
-    update_progress_artifact(progress, 20.0)
+    with shard_runner(dask, dask_address) as run:  # in this process, or on Dask
+        # Teachers: one per student grid size, shared by every solver on that grid.
+        steps = sorted({c["grid"]["steps"] for c in cells})
+        teachers = dict(zip(steps, run([(tasks.teacher, {
+            "registry": uri, "model_id": model_id, "grid": GridSpec(family, s).to_dict(),
+            "teacher_factor": teacher_factor, "teacher_solver": teacher_solver, "n_samples": n_distill,
+            "first_seed": distill_seed, "batch_size": batch_size}) for s in steps])))
+        update_progress_artifact(progress, 20.0)
 
-    # Lambdas: one closed-form fit per cell against its grid's stored teacher states.
-    cells = [{**c, "lambdas": tasks.distill(uri, teachers[c["grid"]["steps"]], c["solver"], guard, holdout,
-                                            correction)} for c in cells]
-    update_progress_artifact(progress, 35.0)
+        # Lambdas: one closed-form fit per cell against its grid's stored teacher states.
+        fitted = run([(tasks.distill, {"registry": uri, "trajectory_id": teachers[c["grid"]["steps"]],
+                                       "solver": c["solver"], "guard": guard, "holdout": holdout,
+                                       "correction": correction}) for c in cells])
+        cells = [{**c, "lambdas": lam} for c, lam in zip(cells, fitted)]
+        update_progress_artifact(progress, 35.0)
 
-    # Base, D-ODE and teacher samples, scored (sharded, optionally on Dask).
-    rows, cells, teacher_samples, used = evaluate_cells(
-        uri, model_id, model, cells, {"solver": teacher_solver, "factor": teacher_factor}, metric_list, reference,
-        n_samples, first_seed, batch_size, num_shards, dask, dask_address)
+        # Base, D-ODE and teacher samples (in shards), scored.
+        rows, cells, teacher_samples, used = evaluate_cells(
+            run, uri, model_id, model, cells, {"solver": teacher_solver, "factor": teacher_factor}, metric_list,
+            reference, n_samples, first_seed, batch_size, num_shards)
     update_progress_artifact(progress, 90.0)
 
     # Table, report and links in the Prefect UI; the report itself in the registry.

@@ -11,8 +11,8 @@ from dode.grids import GridSpec
 from . import tasks
 from .checks import validate
 from .common import link_artifacts
-from .steps import open_registry, registry_uri
 from .shards import sample_jobs, shard_runner
+from .steps import open_registry, registry_uri
 
 
 @flow(name="dode-sample", version=dode.__version__)

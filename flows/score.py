@@ -16,9 +16,9 @@ from dode.store.lambdas import load_lambdas
 from . import tasks
 from .checks import FEATURES, validate
 from .common import link_artifacts
-from .steps import open_registry, registry_uri
 from .evaluate import evaluate_cells, resolve_metrics
 from .shards import score_all, shard_runner
+from .steps import open_registry, registry_uri
 
 
 @flow(name="dode-score", version=dode.__version__)
@@ -68,8 +68,9 @@ def score_flow(
              for a in arts]
     record = load_lambdas(reg, arts[0]).teacher
     teacher = {"solver": record["solver"], "factor": record["factor"]}
-    rows, _, _, used = evaluate_cells(uri, model_id, model, cells, teacher, metric_list, reference, n_samples,
-                                      first_seed, batch_size, num_shards, dask, dask_address)
+    with shard_runner(dask, dask_address) as run:
+        rows, _, _, used = evaluate_cells(run, uri, model_id, model, cells, teacher, metric_list, reference,
+                                          n_samples, first_seed, batch_size, num_shards)
     create_table_artifact(rows, key="dode-reevaluation", description=f"registered lambdas on {model} as it is now")
     link_artifacts(reg, [model_id, *(a.id for a in arts), *used])
     log.info("re-evaluated %d lambdas; results in the table artifact 'dode-reevaluation'", len(arts))

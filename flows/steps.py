@@ -36,6 +36,7 @@ from dode.store.trajectory import read_steps, write_teacher
 from .checks import FEATURES
 
 log = logging.getLogger("dode.flows")
+ANALYTIC_MODELS = ("gaussian", "mixture-smooth", "mixture-digits")  # dode.models entries with no network
 
 
 def registry_uri(uri: str | None) -> str:
@@ -53,7 +54,13 @@ def open_registry(uri: str) -> Registry:
 
 @lru_cache(maxsize=4)
 def model(name: str) -> Model:
-    """One loaded model per name and process."""
+    """One loaded model per name and process; a diffusers model loads without progress bars or hints about
+    optional packages in the run logs."""
+    if name not in ANALYTIC_MODELS:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
     return load_model(name)
 
 
@@ -168,6 +175,7 @@ def sample(registry: str, job: dict, shard: int = 0, num_shards: int = 1, *,
     ``on_chunk(done, total)`` follows its progress."""
     reg = open_registry(registry)
     sampling = SamplingJob.from_dict(job)
+    model(sampling.model)  # loaded once per process, quietly (run_sampling loads it again, from the OS cache)
     chunks = sampling.shard_chunks(shard, num_shards)
     stored = {a.id for a in reg.find("samples", sampler_hash=sampling.sampler_hash())}
     computed = []

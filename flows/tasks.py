@@ -6,6 +6,8 @@ those (``flows.common.cache_key``), and the steps look their artifact up in the 
 
 from __future__ import annotations
 
+import time
+
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -14,6 +16,7 @@ from . import steps
 from .common import CACHED, provenance
 
 RETRY_IO = {"retries": 2, "retry_delay_seconds": 1}  # registry reads and writes (local disk or object store)
+PROGRESS_EVERY_S = 2.0  # progress artifacts are updated at most this often (and when done)
 
 
 @task(name="register-model", cache_policy=NO_CACHE, **RETRY_IO)
@@ -40,9 +43,12 @@ def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout
 def sample(registry: str, job: dict, shard: int = 0, num_shards: int = 1) -> str:
     """One shard of a sampling job, with a progress artifact (resumable chunk by chunk)."""
     progress = create_progress_artifact(0.0, description=f"sampling shard {shard}/{num_shards} of {job}")
+    last = [time.monotonic()]
 
     def advance(done: int, total: int) -> None:
-        update_progress_artifact(progress, 100.0 * done / total)
+        if done == total or time.monotonic() - last[0] >= PROGRESS_EVERY_S:
+            update_progress_artifact(progress, 100.0 * done / total)
+            last[0] = time.monotonic()
 
     return steps.sample(registry, job, shard, num_shards, on_chunk=advance)
 

@@ -15,24 +15,49 @@ ONLY = ("model", "classifier")
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
-        name, help="(re)train the embedded digits DDPM and the FD-digits classifier",
+        name,
+        help="(re)train the embedded digits DDPM and the FD-digits classifier",
         description="Trains on scikit-learn's bundled 8x8 digits, seeded and deterministic on CPU. Writes "
         "OUT/digits-ddpm (a diffusers DDPMPipeline folder) and OUT/digits-classifier, then prints the "
         "classifier's held-out accuracy and the FD-digits of many-step model samples vs the data.",
     )
     p.add_argument("--only", choices=ONLY, default=None, help="train only the model or only the classifier")
-    p.add_argument("--out", type=Path, default=DATA_DIR / "models", metavar="DIR",
-                   help="parent folder of digits-ddpm/ and digits-classifier/ (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DATA_DIR / "models",
+        metavar="DIR",
+        help="parent folder of digits-ddpm/ and digits-classifier/ (default: %(default)s)",
+    )
     p.add_argument("--steps", type=int, default=4000, help="model optimiser steps (default: %(default)s)")
-    p.add_argument("--classifier-steps", type=int, default=2000, help="classifier optimiser steps (default: %(default)s)")
+    p.add_argument(
+        "--classifier-steps", type=int, default=2000, help="classifier optimiser steps (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="training and sampling seed (default: %(default)s)")
-    p.add_argument("--samples", type=int, default=900, help="model samples scored by FD-digits against half "
-                   "the digits (899 images), 0 to skip scoring (default: %(default)s)")
-    p.add_argument("--sample-steps", type=int, default=100, help="Euler (DDIM) steps per sample (default: %(default)s)")
-    p.add_argument("--grid-dir", type=Path, default=None, metavar="DIR",
-                   help="also write DIR/digits-samples.png and DIR/digits-real.png (8x8 grids)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads; 1 is fastest on shared cores and "
-                   "keeps the run reproducible (default: %(default)s)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=900,
+        help="model samples scored by FD-digits against half "
+        "the digits (899 images), 0 to skip scoring (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sample-steps", type=int, default=100, help="Euler (DDIM) steps per sample (default: %(default)s)"
+    )
+    p.add_argument(
+        "--grid-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write DIR/digits-samples.png and DIR/digits-real.png (8x8 grids)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; 1 is fastest on shared cores and "
+        "keeps the run reproducible (default: %(default)s)",
+    )
     p.set_defaults(func=run)
 
 
@@ -53,21 +78,30 @@ def run(args: argparse.Namespace) -> int:
 
     if args.only != "model":
         stats = train_digits_classifier(classifier_dir, steps=args.classifier_steps, seed=args.seed)
-        print(f"classifier: {stats['params']:,} parameters, held-out accuracy {stats['accuracy']:.4f} "
-              f"({stats['seconds']:.0f} s) -> {classifier_dir}")
+        print(
+            f"classifier: {stats['params']:,} parameters, held-out accuracy {stats['accuracy']:.4f} "
+            f"({stats['seconds']:.0f} s) -> {classifier_dir}"
+        )
     if args.only != "classifier":
         stats = train_digits_model(model_dir, steps=args.steps, seed=args.seed)
-        print(f"model: {stats['params']:,} parameters, final loss {stats['final_loss']:.4f} "
-              f"({stats['seconds']:.0f} s) -> {model_dir}")
+        print(
+            f"model: {stats['params']:,} parameters, final loss {stats['final_loss']:.4f} "
+            f"({stats['seconds']:.0f} s) -> {model_dir}"
+        )
     if args.samples == 0:
         return 0
 
-    # Score many-step samples with the classifier next to the model (else the shipped one).
+    # Score many-step samples; models not trained in OUT are the shipped ones.
     classifier = load_digits_classifier(classifier_dir if classifier_dir.is_dir() else None)
-    model = load_model(str(model_dir))
-    fd = evaluate_digits_model(model.denoiser, classifier, args.samples, steps=args.sample_steps, seed=args.seed)
-    print(f"FD-digits vs half the data: {args.samples} samples ({args.sample_steps} Euler steps) {fd['fd_model']:.2f}; "
-          f"yardsticks: the other half {fd['fd_data_halves']:.2f}, uniform noise {fd['fd_noise']:.2f}")
+    model = load_model(str(model_dir) if model_dir.is_dir() else "digits-ddpm")
+    fd = evaluate_digits_model(
+        model.denoiser, classifier, args.samples, steps=args.sample_steps, seed=args.seed
+    )
+    print(
+        f"FD-digits vs half the data: {args.samples} samples ({args.sample_steps} Euler steps) "
+        f"{fd['fd_model']:.2f}; "
+        f"yardsticks: the other half {fd['fd_data_halves']:.2f}, uniform noise {fd['fd_noise']:.2f}"
+    )
     if args.grid_dir:
         images, _ = load_digits_images()
         real = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[:64]]

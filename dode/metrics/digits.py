@@ -25,7 +25,7 @@ IMAGE_SHAPE = (1, 8, 8)
 
 
 def load_digits_images() -> tuple[Tensor, Tensor]:
-    """scikit-learn's bundled digits (1797 images, values 0..16) as float32 (N, 1, 8, 8) in [-1, 1], labels (N,)."""
+    """scikit-learn's digits (1797, values 0..16) as float32 (N, 1, 8, 8) in [-1, 1], and labels (N,)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -41,21 +41,30 @@ def digits_split(n: int, test_fraction: float = 0.25, seed: int = 0) -> tuple[Te
 
 
 class DigitsClassifier(nn.Module):
-    """Three 3x3 conv layers (8x8 -> 4x4 -> 2x2) and a ``feature_dim`` hidden layer, then 10 logits."""
+    """Three 3x3 conv layers (8x8 -> 4x4 -> 2x2), a ``feature_dim`` hidden layer, ReLU, then 10 logits.
+
+    The features are the hidden layer's pre-activations: every unit varies (a ReLU unit that is dead
+    on the data would make the feature covariance singular)."""
 
     def __init__(self, width: int = 32, feature_dim: int = 64, classes: int = 10) -> None:
         super().__init__()
         self.config = {"width": width, "feature_dim": feature_dim, "classes": classes}
         self.body = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(2 * width * 4, feature_dim), nn.ReLU(),
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * width * 4, feature_dim),
         )
-        self.head = nn.Linear(feature_dim, classes)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(feature_dim, classes))
 
     def features(self, x: Tensor) -> Tensor:
-        """Penultimate-layer features (B, feature_dim) of images in [-1, 1], shape (B, 1, 8, 8)."""
+        """Penultimate-layer features (B, feature_dim), before the ReLU, of images (B, 1, 8, 8) in [-1, 1]."""
         return self.body(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -86,8 +95,10 @@ def load_digits_classifier(path: str | Path | None = None, *, device: str = "cpu
         )
     config = json.loads((path / "config.json").read_text())
     if config.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: classifier schema_version {config.get('schema_version')!r}, "
-                         f"this dode reads {SCHEMA_VERSION}; retrain with `dode train-model --only classifier`")
+        raise ValueError(
+            f"{path}: classifier schema_version {config.get('schema_version')!r}, "
+            f"this dode reads {SCHEMA_VERSION}; retrain with `dode train-model --only classifier`"
+        )
     model = DigitsClassifier(config["width"], config["feature_dim"], config["classes"])
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     return model.to(device).eval().requires_grad_(False)
@@ -100,7 +111,7 @@ def _default_classifier() -> DigitsClassifier:
 
 @torch.no_grad()
 def digits_features(images: Tensor, classifier: DigitsClassifier | None = None, batch: int = 1024) -> Tensor:
-    """Penultimate features of the (default) digits classifier: images (B, 1, 8, 8) in [-1, 1] -> float64 (B, D)."""
+    """Penultimate features of the (shipped) classifier: images (B, 1, 8, 8) in [-1, 1] -> float64 (B, D)."""
     if not isinstance(images, torch.Tensor) or tuple(images.shape[1:]) != IMAGE_SHAPE:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"digits_features needs a tensor of shape (B, 1, 8, 8) in [-1, 1], got {shape}")
@@ -111,11 +122,13 @@ def digits_features(images: Tensor, classifier: DigitsClassifier | None = None, 
 
 
 def frechet_distance(feats_a: Tensor | np.ndarray, feats_b: Tensor | np.ndarray) -> float:
-    """FD between Gaussians fitted to two feature sets (N, D), by pytorch-fid's ``calculate_frechet_distance``."""
+    """FD of Gaussians fitted to two feature sets (N, D), by pytorch-fid's ``calculate_frechet_distance``."""
     from pytorch_fid.fid_score import calculate_frechet_distance
 
     a, b = np.asarray(feats_a, dtype=np.float64), np.asarray(feats_b, dtype=np.float64)
-    return float(calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
+    return float(
+        calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    )
 
 
 def fd_digits(images_a: Tensor, images_b: Tensor, classifier: DigitsClassifier | None = None) -> float:

@@ -10,9 +10,17 @@ from pathlib import Path
 
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dode-prefect-home-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# One torch thread here and in the processes the tests start: the flows' small analytic-model ops are
+# latency-bound, and on a busy 2-core machine OpenMP wake-ups cost ms per op (a (30, 10) softmax: 6 ms on
+# 2 threads vs 9 us on 1). Results do not depend on it (the Dask test compares with 1-thread workers).
+os.environ["OMP_NUM_THREADS"] = "1"
 
-import flows  # noqa: E402,F401 - sets the flows' logging defaults before Prefect is imported
-import pytest  # noqa: E402
+import pytest
+import torch
+
+import flows  # noqa: F401 - sets the flows' logging defaults before Prefect is imported
+
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,9 +30,10 @@ def prefect_harness():
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
+    with prefect_test_harness(server_startup_timeout=180), temporary_settings(
+        updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    ):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from flows.checks import validate
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
 DEPLOYMENTS = SPEC["deployments"]
-STAGE_OF = {f"{module.replace('.', '/')}.py:{fn}": stage for stage, (module, fn, _) in cli.STAGES.items()}
+STAGE_OF = {f"{module}:{fn}": stage for stage, (module, fn, _) in cli.STAGES.items()}
 
 
 @pytest.mark.parametrize("dep", DEPLOYMENTS, ids=lambda d: d["name"])
@@ -41,7 +41,7 @@ def test_prefect_yaml_matches_the_cli_schema_and_covers_every_stage():
     from prefect.cli.deploy._models import PrefectYamlModel  # private model of prefect 3.9's `prefect deploy`
 
     PrefectYamlModel.model_validate(SPEC)
-    assert set(STAGE_OF[d["entrypoint"]] for d in DEPLOYMENTS) == set(cli.STAGES)
+    assert {STAGE_OF[d["entrypoint"]] for d in DEPLOYMENTS} == set(cli.STAGES)
     kinds = {k for d in DEPLOYMENTS for s in d.get("schedules", []) for k in ("cron", "interval") if k in s}
     assert kinds == {"cron", "interval"}
 
@@ -51,7 +51,7 @@ def test_a_bad_parameter_is_rejected_before_any_run(monkeypatch, root):
     from prefect.flows import load_flow_from_entrypoint
 
     monkeypatch.chdir(root)
-    flow = load_flow_from_entrypoint("flows/pipeline.py:pipeline_flow")
+    flow = load_flow_from_entrypoint("flows.pipeline:pipeline_flow")
     with pytest.raises(ParameterTypeError):
         flow.validate_parameters({"nfes": "many"})
     with pytest.raises(ValueError, match="unknown solver 'rk45'; choose one of"):

@@ -1,6 +1,7 @@
 """The flows under a Prefect test server, on the analytic mixture, in a temporary registry."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -11,17 +12,14 @@ from dode.rng import seeded_noise
 from dode.store.lambdas import load_lambdas
 from dode.store.registry import Registry
 
-SMALL = dict(model="mixture-smooth", solvers=("euler", "heun", "dpmpp_2m"), nfes=(3, 5), teacher_factor=4,
-             n_distill=48, n_samples=96, batch_size=48)
+SMALL = {"model": "mixture-smooth", "solvers": ("euler", "heun", "dpmpp_2m"), "nfes": (3, 5), "teacher_factor": 4,
+         "n_distill": 48, "n_samples": 96, "batch_size": 48}
 
 
 def task_states(flow_run_id):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from flows.common import settled_task_runs
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return [(r.name.rsplit("-", 1)[0], r.state.name) for r in runs]
+    return [(r.name.rsplit("-", 1)[0], r.state.name) for r in settled_task_runs(flow_run_id)]
 
 
 def read_artifacts():
@@ -43,7 +41,7 @@ def swept(prefect_harness, tmp_path_factory):
 
 
 def test_one_teacher_per_grid_size_serves_every_solver(swept):
-    reg, out, _, _ = swept
+    reg = swept[0]
     trajectories = {a.id: a for a in reg.list("trajectory")}
     steps = {a.params["grid"]["steps"] for a in trajectories.values()}
     assert steps == {2, 3, 5}  # heun NFE 3 -> 2 steps; euler, dpmpp_2m NFE 3 and heun NFE 5 -> 3; NFE 5 -> 5
@@ -82,7 +80,7 @@ def test_results_table_report_and_ui_artifacts(swept):
     assert {"report.md", "results.json", "lambdas.png", "samples.png", "metric-rmse.png"} <= set(report.files)
     text = reg.read_bytes(report, "report.md").decode()
     assert "| euler | 3 |" in text and "![samples](samples.png)" in text
-    assert out["report"].endswith("report.md") and open(out["report"]).read() == text
+    assert out["report"].endswith("report.md") and Path(out["report"]).read_text() == text
     keys = {a.key for a in read_artifacts()}
     assert {"dode-results", "dode-report", "dode-pipeline-progress"} <= keys
     assert f"dode-report-{report.id[:12]}" in keys and f"dode-lambdas-{rows[('euler', 3, 'rmse')]['lambdas'][:12]}" in keys
@@ -109,7 +107,7 @@ def test_stage_flows_reuse_the_pipeline_artifacts(swept):
     from flows.teacher import teacher_flow
 
     reg, out, _, _ = swept
-    common = dict(model="mixture-smooth", teacher_factor=4, n_distill=48, batch_size=48, registry=reg.uri)
+    common = {"model": "mixture-smooth", "teacher_factor": 4, "n_distill": 48, "batch_size": 48, "registry": reg.uri}
     row = next(r for r in out["rows"] if (r["solver"], r["nfe"], r["metric"]) == ("euler", 3, "fd-pixels"))
     lam = reg.get(row["lambdas"])
     assert teacher_flow(steps=3, **common) == lam.parents[0]

@@ -1,8 +1,8 @@
 """Orchestration overhead: the pipeline flow through Prefect vs the same steps (flows.steps) in a plain loop.
 
 Both compute everything into fresh registries and must produce the same artifacts (same ids). The
-Prefect side runs on the local ephemeral server, started (and warmed by one trivial flow run) before
-timing, with default settings (flow heartbeat on, as `dode run` uses them).
+Prefect side runs on the local ephemeral server, started (and warmed by a small run) before timing,
+with the settings `dode run` uses there (``flows.cli.local_settings``: no flow heartbeats).
 
     .venv/bin/python bench/orchestration.py                       # the embedded model, a small sweep
     .venv/bin/python bench/orchestration.py --model mixture-smooth --repeats 1
@@ -19,6 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="dode-bench-prefect-"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
 
 import flows  # noqa: F401 - Prefect defaults before Prefect is imported
 from dode.grids import GridSpec
@@ -64,8 +66,11 @@ def main() -> int:
     parser.add_argument("--n-distill", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per side; the minimum is reported")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: as the demo's processes)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
+    from flows.cli import local_settings
     from flows.pipeline import pipeline_flow
 
     metrics = ["fd-digits", "rmse"] if args.model == "digits-ddpm" else ["fd-pixels", "rmse"]
@@ -84,14 +89,18 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
             for side in ("plain loop", "Prefect flow")[:: 1 if r % 2 == 0 else -1]:
                 t0 = time.perf_counter()
-                plain_pipeline(cfg, a) if side == "plain loop" else pipeline_flow(**cfg, registry=b)
+                if side == "plain loop":
+                    plain_pipeline(cfg, a)
+                else:
+                    with local_settings():
+                        pipeline_flow(**cfg, registry=b)
                 times[side].append(time.perf_counter() - t0)
             if artifact_ids(a) != artifact_ids(b):
                 raise SystemExit("the two sides produced different artifacts")
     plain, prefect = min(times["plain loop"]), min(times["Prefect flow"])
     cells = len(plan_cells(cfg["solvers"], cfg["nfes"], None, "karras"))
     print(f"\n`{' '.join([Path(sys.executable).name, *sys.argv])}`  ({cells} cells x {args.n_samples} samples, "
-          f"{args.model}, {os.cpu_count()} CPUs, best of {args.repeats})\n")
+          f"{args.model}, {args.threads} torch thread(s), {os.cpu_count()} CPUs, best of {args.repeats})\n")
     print("| run | wall time (s) | all runs (s) |\n|---|---:|---|")
     for name, values in times.items():
         print(f"| {name} | {min(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")

@@ -65,8 +65,8 @@ def main() -> None:
         nfe = args.nfe if solver != "heun" else args.nfe - 1
         sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas(den)
         lam = dode.Lambdas([0.1] * nfe, solver, sigmas.tolist())
-        base = best_time(lambda: dode.sample(den, noise, sigmas, solver), args.repeats)
-        corrected = best_time(lambda: dode.sample(den, noise, sigmas, solver, lam), args.repeats)
+        base = best_time(lambda s=sigmas, v=solver: dode.sample(den, noise, s, v), args.repeats)
+        corrected = best_time(lambda s=sigmas, v=solver, m=lam: dode.sample(den, noise, s, v, m), args.repeats)
         plan = teacher_plan(den, sigmas, solver, 10, "exact", None)
         teacher_calls, distill_calls = Counting(den), Counting(den)
         t0 = time.perf_counter()

@@ -13,8 +13,8 @@ from .solvers import SOLVERS, get_solver
 __version__ = "0.1.0"
 
 __all__ = [
-    "Lambdas",
     "SOLVERS",
+    "Lambdas",
     "__version__",
     "distill",
     "dode_correct",

@@ -133,32 +133,53 @@ def distill(
     halved or dropped, whichever gives the smallest final error to the teacher there, so the result
     is never worse than the base solver on held-out noise. What the guard measured is in ``.guard``.
     """
-    noise, sigmas, solver_, nfe = prepare(noise, sigmas, solver, correction)
+    noise, sigmas, _, _ = prepare(noise, sigmas, solver, correction)
     plan = teacher_plan(denoiser, sigmas.cpu(), solver, teacher_factor, alignment, teacher_solver)
+    # Teacher: the states at the student's target indices only (bounded memory).
+    states = teacher_states(denoiser, noise, plan)
+    targets = [states[i] for i in plan.targets]
+    return fit_guarded(
+        denoiser, noise, sigmas, solver, targets, plan.record(), guard=guard, holdout=holdout, correction=correction
+    )
+
+
+def fit_guarded(
+    denoiser: Denoiser,
+    noise: Tensor,
+    sigmas: Tensor,
+    solver: str,
+    targets: list[Tensor],
+    teacher: dict,
+    *,
+    guard: bool = True,
+    holdout: float = 0.25,
+    correction: str = "data",
+) -> Lambdas:
+    """The greedy fit against given teacher ``targets`` (one per evaluation, full batch; the last is
+    the teacher's final state), then the held-out guard. ``teacher`` is recorded with the result."""
+    noise, sigmas, _, nfe = prepare(noise, sigmas, solver, correction)
+    if len(targets) != nfe or any(t.shape != noise.shape for t in targets):
+        raise ValueError(f"need {nfe} teacher targets of shape {tuple(noise.shape)}, one per network evaluation")
     n_hold = 0
     if guard:
         if len(noise) < 2:
             raise ValueError("the guard needs at least 2 noise samples (one held out); pass more noise or guard=False")
         n_hold = min(len(noise) - 1, max(1, round(holdout * len(noise))))
-    fit_noise, hold_noise = noise[: len(noise) - n_hold], noise[len(noise) - n_hold :]
-
-    # Teacher: the states at the student's target indices only (bounded memory).
-    states = teacher_states(denoiser, noise, plan)
-    targets = [states[i][: len(fit_noise)] for i in plan.targets]
+    n_fit = len(noise) - n_hold
+    targets = [t.to(noise.device, torch.float64) for t in targets]
 
     # Greedy closed-form fit, one evaluation at a time.
-    values, _ = fit(denoiser, fit_noise, sigmas, solver, targets, correction=correction)
-    fitted = Lambdas(values, solver, sigmas.tolist(), correction, plan.record(), {}, len(fit_noise))
+    values, _ = fit(denoiser, noise[:n_fit], sigmas, solver, [t[:n_fit] for t in targets], correction=correction)
+    grid = sigmas.tolist()
     if not guard:
-        return fitted
+        return Lambdas(values, solver, grid, correction, teacher, {}, n_fit)
 
     # Guard: keep, shrink or drop the lambdas by their final error to the teacher on held-out noise.
-    final_teacher = states[plan.targets[-1]][len(fit_noise) :]
     errors = {}
     for scale in GUARD_SCALES:
-        lam = Lambdas([scale * v for v in values], solver, sigmas.tolist(), correction)
-        x = sample(denoiser, hold_noise, sigmas, solver, lam if scale else None, correction=correction)
-        errors[scale] = float((x - final_teacher).square().mean())
+        lam = Lambdas([scale * v for v in values], solver, grid, correction)
+        x = sample(denoiser, noise[n_fit:], sigmas, solver, lam if scale else None, correction=correction)
+        errors[scale] = float((x - targets[-1][n_fit:]).square().mean())
     best = min(GUARD_SCALES, key=lambda s: (errors[s], -s))
     report = {
         "holdout": n_hold,
@@ -167,4 +188,4 @@ def distill(
         "fitted": list(values),
         "mse": {str(s): e for s, e in errors.items()},
     }
-    return Lambdas([best * v for v in values], solver, sigmas.tolist(), correction, plan.record(), report, len(fit_noise))
+    return Lambdas([best * v for v in values], solver, grid, correction, teacher, report, n_fit)

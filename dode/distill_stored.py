@@ -12,11 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 from .correction import Lambdas
-from .distill import GUARD_SCALES, fit
-from .sampling import prepare, sample
+from .distill import fit_guarded
+from .sampling import prepare
 from .types import Denoiser, Tensor
 
 
@@ -53,35 +51,7 @@ def distill_from_states(
     for i in needed:
         if tuple(states[i].shape) != tuple(noise.shape):
             raise ValueError(f"teacher state {i} has shape {tuple(states[i].shape)}, the noise {tuple(noise.shape)}")
-    n_hold = 0
-    if guard:
-        if len(noise) < 2:
-            raise ValueError("the guard needs at least 2 noise samples (one held out); pass more noise or guard=False")
-        n_hold = min(len(noise) - 1, max(1, round(holdout * len(noise))))
-    n_fit = len(noise) - n_hold
-    target = {i: states[i].to(noise.device, torch.float64) for i in needed}
-
-    # Greedy closed-form fit against the stored targets, one evaluation at a time.
-    targets = [target[solver_.out_index(k, steps)][:n_fit] for k in range(nfe)]
-    values, _ = fit(denoiser, noise[:n_fit], sigmas, solver, targets, correction=correction)
-    record = dict(teacher or {})
-    fitted = Lambdas(values, solver, sigmas.tolist(), correction, record, {}, n_fit)
-    if not guard:
-        return fitted
-
-    # Guard: keep, shrink or drop the lambdas by their final error to the teacher on held-out noise.
-    final_teacher = target[steps][n_fit:]
-    errors = {}
-    for scale in GUARD_SCALES:
-        lam = Lambdas([scale * v for v in values], solver, sigmas.tolist(), correction)
-        x = sample(denoiser, noise[n_fit:], sigmas, solver, lam if scale else None, correction=correction)
-        errors[scale] = float((x - final_teacher).square().mean())
-    best = min(GUARD_SCALES, key=lambda s: (errors[s], -s))
-    report = {
-        "holdout": n_hold,
-        "scale": best,
-        "changed": best != 1.0,
-        "fitted": list(values),
-        "mse": {str(s): e for s, e in errors.items()},
-    }
-    return Lambdas([best * v for v in values], solver, sigmas.tolist(), correction, record, report, n_fit)
+    targets = [states[solver_.out_index(k, steps)] for k in range(nfe)]
+    return fit_guarded(
+        denoiser, noise, sigmas, solver, targets, dict(teacher or {}), guard=guard, holdout=holdout, correction=correction
+    )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from .correction import CORRECTIONS, Lambdas, correction_basis, corrected_denoised
+from .correction import CORRECTIONS, Lambdas, corrected_denoised, correction_basis
 from .schedules import check_sigmas
 from .solvers import Solver, get_solver
 from .types import Denoiser, Evaluation, SolverState, Tensor
@@ -75,8 +75,8 @@ def integrate(
         ev = Evaluation(state.x, sigma, evaluate(denoiser, state.x, sigma, k))
 
         # D-ODE correction and solver update, as a function of lambda_k.
-        def update(lam: float, state: SolverState = state, ev: Evaluation = ev) -> SolverState:
-            return solver_.advance(sigmas, state, ev, corrected_denoised(ev, basis_prev, lam, correction))
+        def update(lam: float, state: SolverState = state, ev: Evaluation = ev, prev: Tensor | None = basis_prev) -> SolverState:
+            return solver_.advance(sigmas, state, ev, corrected_denoised(ev, prev, lam, correction))
 
         state = update(lam_for(k, update))
         basis_prev = correction_basis(ev, correction)
@@ -103,7 +103,7 @@ def sample(
     correction = correction or (lambdas.correction if lambdas is not None else "data")
     if lambdas is None:
         return integrate(denoiser, noise, sigmas, solver, lambda k, update: 0.0, correction=correction, on_state=on_state)
-    _, sigmas64, solver_, nfe = prepare(noise, sigmas, solver, correction)
+    _, sigmas64, _, nfe = prepare(noise, sigmas, solver, correction)
     lambdas.check_matches(sigmas64.cpu(), solver, correction)
     if lambdas.nfe != nfe:
         raise ValueError(f"{lambdas.nfe} lambdas for a solver that makes {nfe} evaluations; distill new lambdas")

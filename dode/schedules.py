@@ -120,12 +120,12 @@ def log_sigma_gap(sigma: Tensor, sigma_next: Tensor) -> Tensor:
 
 __all__ = [
     "VP_SPACINGS",
-    "karras_sigmas",
-    "vp_sigmas",
-    "vp_sigmas_table",
-    "sigma_at",
-    "refine",
     "check_sigmas",
     "is_karras",
+    "karras_sigmas",
     "log_sigma_gap",
+    "refine",
+    "sigma_at",
+    "vp_sigmas",
+    "vp_sigmas_table",
 ]

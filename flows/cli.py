@@ -12,6 +12,8 @@ import importlib
 import inspect
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .checks import validate
@@ -114,9 +116,24 @@ def run_stage(stage: str, params: dict[str, Any]) -> Any:
         raise ValueError(f"{stage}: {err}") from None
     bound.apply_defaults()
     validate(stage, bound.arguments)
-    state = flow(**params, return_state=True)
-    wait_for_server(state.state_details.flow_run_id)
+    with local_settings():
+        state = flow(**params, return_state=True)
+        wait_for_server(state.state_details.flow_run_id)
     return state.result()
+
+
+@contextmanager
+def local_settings() -> Iterator[None]:
+    """On the ephemeral server (no PREFECT_API_URL), flow runs send no heartbeats: they serve a server's
+    detection of crashed runs, and this server stops with the process; each run saves ~1 s (its heartbeat
+    thread's join). Against a real server, the settings are left alone."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def wait_for_server(flow_run_id: Any) -> None:

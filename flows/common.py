@@ -8,6 +8,7 @@ by (kind, key, params) before computing, and a rerun resumes even with a fresh P
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import runtime
-from prefect.artifacts import create_link_artifact
+from prefect.artifacts import acreate_link_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
@@ -48,13 +49,17 @@ def artifact_url(reg: Registry, art: Artifact) -> str:
 
 
 def link_artifacts(reg: Registry, ids: list[str]) -> None:
-    """One Prefect link artifact per registry entry the run produced or used (the UI's way to them)."""
-    for id in dict.fromkeys(ids):
-        art = reg.get(id)
-        create_link_artifact(
-            link=artifact_url(reg, art), link_text=f"{art.kind}: {art.key}",
-            key=f"dode-{art.kind}-{art.id[:12]}", description=f"registry {reg.uri}, artifact {art.id}",
-        )
+    """One Prefect link artifact per registry entry the run produced or used (the UI's way to them), sent
+    concurrently (one request each)."""
+    arts = [reg.get(id) for id in dict.fromkeys(ids)]
+
+    async def send() -> None:
+        async with get_client() as client:
+            await asyncio.gather(*(acreate_link_artifact(
+                link=artifact_url(reg, art), link_text=f"{art.kind}: {art.key}", key=f"dode-{art.kind}-{art.id[:12]}",
+                description=f"registry {reg.uri}, artifact {art.id}", client=client) for art in arts))
+
+    asyncio.run(send())
 
 
 def settled_task_runs(flow_run_id: Any, timeout: float = 30.0) -> list[TaskRun]:

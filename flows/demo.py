@@ -1,9 +1,10 @@
 """``make demo``: the end-to-end D-ODE sweep on the embedded 8x8 digits model, base vs D-ODE vs teacher.
 
 Solvers euler, heun, ipndm, dpmpp_2m, deis, unipc at NFE 3, 4, 5, 6, 8, 10 (heun at its own NFEs 3, 5, 7, 9),
-2,000 samples per cell, scored by FD-digits and the RMSE to the teacher's samples; the pipeline flow runs
-on Prefect's ephemeral server, with its sampling and scoring shards on a local Dask cluster (one
-single-threaded worker per core). Prints the results table and the path of the report.
+2,000 samples per cell, scored by FD-digits and the RMSE to the teacher's samples: the parameters of the
+digits-sweep deployment in prefect.yaml. The pipeline flow runs on Prefect's ephemeral server, its
+teachers, fits, sampling and scoring shards on a local Dask cluster (one single-threaded worker per
+core). Prints the results table and the path of the report.
 
     python -m flows.demo                 # the full sweep (about 10 minutes on 2 cores)
     python -m flows.demo --quick         # 2 solvers x 2 NFEs, 256 samples (tests)
@@ -15,32 +16,30 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
+
+import yaml
 
 from .cli import report, run_stage
 
-SWEEP = {
-    "model": "digits-ddpm",
-    "solvers": ["euler", "heun", "ipndm", "dpmpp_2m", "deis", "unipc"],
-    "nfes": [3, 4, 5, 6, 8, 10],
-    "nfes_by_solver": {"heun": [3, 5, 7, 9]},
-    "teacher_factor": 10,
-    "teacher_solver": "dpmpp_2m",
-    "n_distill": 256,
-    "n_samples": 2000,
-    "batch_size": 500,
-    "num_shards": 1,
-    "metrics": ["fd-digits", "rmse"],
-}
+PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
+DEPLOYMENT = "digits-sweep"  # the demo's parameters are this deployment's: one source for both
 QUICK = {"solvers": ["euler", "dpmpp_2m"], "nfes": [3, 5], "nfes_by_solver": None, "n_distill": 64,
          "n_samples": 256, "batch_size": 128}
+
+
+def sweep_parameters() -> dict:
+    """The parameters of the digits-sweep deployment in prefect.yaml."""
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    return dict(next(d for d in spec["deployments"] if d["name"] == DEPLOYMENT)["parameters"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small sweep (2 solvers x 2 NFEs, 256 samples)")
     parser.add_argument("--registry", default=None, help="registry path or URL (default $DODE_REGISTRY or data/registry)")
-    parser.add_argument("--dask", action=argparse.BooleanOptionalAction, default=True,
-                        help="sampling and scoring shards on a local Dask cluster (default on)")
+    parser.add_argument("--dask", action=argparse.BooleanOptionalAction, default=None,
+                        help="shards on a local Dask cluster (default: as the deployment, on)")
     args = parser.parse_args(argv)
     # Small convolutions on a shared 2-core machine: one thread per process is several times faster than two
     # (OpenMP wake-ups); the parallelism comes from the Dask workers.
@@ -48,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    params = {**SWEEP, **(QUICK if args.quick else {}), "registry": args.registry, "dask": args.dask}
+    params = {**sweep_parameters(), **(QUICK if args.quick else {}), "registry": args.registry}
+    if args.dask is not None:
+        params["dask"] = args.dask
     start = time.perf_counter()
     result = run_stage("pipeline", params)
     report("pipeline", result)

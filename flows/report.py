@@ -83,15 +83,20 @@ def plot_lambdas(lambdas: dict[str, dict[int, list[float]]], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(lambdas), figsize=(3.2 * len(lambdas), 3.0), squeeze=False, sharey=True)
-    for ax, (solver, by_nfe) in zip(axes[0], lambdas.items()):
+    cols = min(3, len(lambdas))
+    rows = -(-len(lambdas) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(lambdas):]:
+        ax.set_visible(False)
+    for ax, (solver, by_nfe) in zip(axes.flat, lambdas.items()):
         for nfe, values in sorted(by_nfe.items()):
             ax.plot(range(len(values)), values, "-o", ms=3, label=f"NFE {nfe}")
         ax.axhline(0, color="k", lw=0.5)
         ax.set_title(solver)
         ax.set_xlabel("evaluation k")
         ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("λ_k")
+    for row in axes:
+        row[0].set_ylabel("λ_k")
     fig.tight_layout()
     path = out / "lambdas.png"
     fig.savefig(path, dpi=110)

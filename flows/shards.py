@@ -49,6 +49,7 @@ def shard_runner(dask: bool = False, dask_address: str | None = None) -> Iterato
         logging.getLogger(name).setLevel(level)
     with ExitStack() as stack:
         stack.enter_context(api_url_for_workers())
+        stack.enter_context(worker_environment())
         stack.enter_context(runner)
 
         def run(calls: Calls) -> list[Any]:
@@ -56,6 +57,17 @@ def shard_runner(dask: bool = False, dask_address: str | None = None) -> Iterato
             return [f.result() for f in futures]
 
         yield run
+
+
+def worker_environment() -> Any:
+    """Dask's default worker environment without MALLOC_TRIM_THRESHOLD_: set at all, it turns off glibc's
+    dynamic mmap threshold, so every large tensor is mmapped and page-faulted anew, which doubled the
+    sampling time of the embedded model here (sys time 4.7 s vs 0.5 s for 10,000 sample evaluations)."""
+    import dask
+
+    env = dask.config.get("distributed.nanny.pre-spawn-environ", {})
+    return dask.config.set({"distributed.nanny.pre-spawn-environ": {
+        k: v for k, v in env.items() if k != "MALLOC_TRIM_THRESHOLD_"}})
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from . import steps
 from .common import CACHED, provenance
 
 RETRY_IO = {"retries": 2, "retry_delay_seconds": 1}  # registry reads and writes (local disk or object store)
-PROGRESS_EVERY_S = 2.0  # progress artifacts are updated at most this often (and when done)
+PROGRESS_EVERY_S = 2.0  # sampling progress artifacts: for shards that run longer, updated at most this often
 
 
 @task(name="register-model", cache_policy=NO_CACHE, **RETRY_IO)
@@ -41,14 +41,17 @@ def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout
 
 @task(name="sample", **CACHED, retries=1, retry_delay_seconds=1)
 def sample(registry: str, job: dict, shard: int = 0, num_shards: int = 1) -> str:
-    """One shard of a sampling job, with a progress artifact (resumable chunk by chunk)."""
-    progress = create_progress_artifact(0.0, description=f"sampling shard {shard}/{num_shards} of {job}")
-    last = [time.monotonic()]
+    """One shard of a sampling job (resumable chunk by chunk), with a progress artifact once it has run for
+    PROGRESS_EVERY_S seconds, updated at most that often."""
+    progress, last = [], [time.monotonic()]
 
     def advance(done: int, total: int) -> None:
-        if done == total or time.monotonic() - last[0] >= PROGRESS_EVERY_S:
-            update_progress_artifact(progress, 100.0 * done / total)
-            last[0] = time.monotonic()
+        if time.monotonic() - last[0] < PROGRESS_EVERY_S and not (progress and done == total):
+            return
+        if not progress:
+            progress.append(create_progress_artifact(0.0, description=f"sampling shard {shard}/{num_shards} of {job}"))
+        update_progress_artifact(progress[0], 100.0 * done / total)
+        last[0] = time.monotonic()
 
     return steps.sample(registry, job, shard, num_shards, on_chunk=advance)
 

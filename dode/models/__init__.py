@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -77,5 +77,16 @@ def load_model(name: str, *, device: str = "cpu") -> Model:
     )
 
 
-__all__ = ["MODELS", "Model", "load_model", "GaussianDenoiser", "MixtureDenoiser", "digits_mixture",
-           "VPDenoiser", "EDMDenoiser", "EMBEDDED_MODEL_DIR", "DATA_DIR", "tensor_fingerprint"]
+__all__ = [
+    "DATA_DIR",
+    "EMBEDDED_MODEL_DIR",
+    "MODELS",
+    "EDMDenoiser",
+    "GaussianDenoiser",
+    "MixtureDenoiser",
+    "Model",
+    "VPDenoiser",
+    "digits_mixture",
+    "load_model",
+    "tensor_fingerprint",
+]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -77,7 +78,7 @@ class VPDenoiser:
         return out
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "VPDenoiser":
+    def from_pretrained(cls, path_or_id: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> VPDenoiser:
         """Load a diffusers pipeline folder (or hub id) holding a ``unet`` and a DDPM-style ``scheduler``."""
         from diffusers import DiffusionPipeline
 

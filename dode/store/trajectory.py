@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from typing_extensions import Self
 
 from .. import __version__
 from ..sampling import sample
@@ -199,7 +200,7 @@ class TrajectoryWriter:
             self.writer = None
         self.partial.unlink(missing_ok=True)
 
-    def __enter__(self) -> TrajectoryWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
@@ -347,7 +348,7 @@ class TrajectoryFile:
     def close(self) -> None:
         self.file.close()
 
-    def __enter__(self) -> TrajectoryFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="dode-bench-prefect-"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import psutil
 import torch
 
 import flows  # noqa: F401 - Prefect defaults before Prefect is imported
@@ -84,6 +85,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         plain_pipeline(tiny, a)
         pipeline_flow(**tiny, registry=b)
+    server = psutil.Process().children(recursive=True)  # the ephemeral server (uvicorn)
+    server_cpu = []
     times: dict[str, list[float]] = {"plain loop": [], "Prefect flow": []}
     for r in range(args.repeats):
         with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
@@ -92,8 +95,10 @@ def main() -> int:
                 if side == "plain loop":
                     plain_pipeline(cfg, a)
                 else:
+                    cpu = sum(sum(p.cpu_times()[:2]) for p in server)
                     with local_settings():
                         pipeline_flow(**cfg, registry=b)
+                    server_cpu.append(sum(sum(p.cpu_times()[:2]) for p in server) - cpu)
                 times[side].append(time.perf_counter() - t0)
             if artifact_ids(a) != artifact_ids(b):
                 raise SystemExit("the two sides produced different artifacts")
@@ -105,6 +110,8 @@ def main() -> int:
     for name, values in times.items():
         print(f"| {name} | {min(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
     print(f"| **Prefect overhead** | **{prefect - plain:+.2f} ({100 * (prefect / plain - 1):+.1f} %)** | |")
+    print(f"| (Prefect server CPU during the flow) | {min(server_cpu):.2f} | "
+          f"{', '.join(f'{v:.2f}' for v in server_cpu)} |")
     return 0
 
 

@@ -52,7 +52,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--nfe", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable timings on shared cores)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     den = random_unet_denoiser() if args.model == "random-unet" else load_model(args.model).denoiser
     shape = (1, 8, 8)
     noise = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(0))

@@ -37,6 +37,7 @@ from .checks import FEATURES
 
 log = logging.getLogger("dode.flows")
 ANALYTIC_MODELS = ("gaussian", "mixture-smooth", "mixture-digits")  # dode.models entries with no network
+TEACHER_FILE = "teacher.parquet"
 
 
 def registry_uri(uri: str | None) -> str:
@@ -62,9 +63,6 @@ def model(name: str) -> Model:
         diffusers_logging.set_verbosity_error()
         diffusers_logging.disable_progress_bar()
     return load_model(name)
-
-
-TEACHER_FILE = "teacher.parquet"
 
 
 def auto_metrics(name: str) -> list[str]:

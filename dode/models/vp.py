@@ -81,9 +81,11 @@ class VPDenoiser:
     def from_pretrained(cls, path_or_id: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> VPDenoiser:
         """Load a diffusers pipeline folder (or hub id) holding a ``unet`` and a DDPM-style ``scheduler``."""
         from diffusers import DiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
 
+        diffusers_logging.disable_progress_bar()
         try:
-            pipe = DiffusionPipeline.from_pretrained(path_or_id)
+            pipe = DiffusionPipeline.from_pretrained(path_or_id, dtype=dtype)
         except (OSError, ValueError) as err:
             raise ValueError(
                 f"could not load a diffusers pipeline from {path_or_id!r}: {err}. Pass a local folder written "
@@ -91,7 +93,7 @@ class VPDenoiser:
             ) from err
         if not hasattr(pipe, "unet") or not hasattr(pipe.scheduler, "alphas_cumprod"):
             raise ValueError(f"{path_or_id!r} has no unet with a DDPM-style scheduler (alphas_cumprod)")
-        unet = pipe.unet.to(device=device, dtype=dtype).eval()
+        unet = pipe.unet.to(device).eval()
         return cls(unet, pipe.scheduler.alphas_cumprod, pipe.scheduler.config.prediction_type)
 
 

@@ -264,3 +264,16 @@ def test_gaussian_denoiser_is_the_exact_posterior_mean_and_flow():
     x = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     fine = dode.sample(g, x / 10.0, dode.refine(torch.tensor([10.0, 0.0], dtype=torch.float64), 4000), "heun")
     torch.testing.assert_close(fine, g.exact(x, 10.0, 0.0), rtol=0, atol=2e-7)
+
+
+def test_euler_and_dpmpp_2m_span_the_same_corrected_family(mixture):
+    # Both updates are (sigma'/sigma) x + (1 - sigma'/sigma) * (a point on the line D_k + mu (D_k - D_{k-1})),
+    # so against the same targets the greedy fit reaches the same states: only the printed lambdas differ.
+    sigmas = dode.karras_sigmas(5)
+    plan = teacher_plan(mixture, sigmas, "euler", 4, "exact", "heun")
+    states = teacher_states(mixture, noise(16), plan)
+    targets = [states[i] for i in plan.targets]
+    lam_euler, x_euler = fit(mixture, noise(16), sigmas, "euler", targets)
+    lam_2m, x_2m = fit(mixture, noise(16), sigmas, "dpmpp_2m", targets)
+    torch.testing.assert_close(x_euler, x_2m, rtol=1e-9, atol=1e-9)
+    assert lam_euler[1:4] != pytest.approx(lam_2m[1:4])

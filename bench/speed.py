@@ -3,7 +3,7 @@
     .venv/bin/python bench/speed.py [--model digits-ddpm] [--batch 64] [--repeats 5]
 
 Uses a real UNet (the embedded digits model, or a 1 M-parameter random UNet2DModel at 8x8 when the
-embedded model is absent). Times are the minimum over repeats; ratios are what to read.
+embedded model is absent). Times are the minimum over interleaved repeats; ratios are what to read.
 """
 
 from __future__ import annotations
@@ -37,20 +37,22 @@ def random_unet_denoiser() -> VPDenoiser:
     return VPDenoiser(unet.eval(), DDPMScheduler().alphas_cumprod)
 
 
-def best_time(fn, repeats: int) -> float:
-    times = []
+def best_times(fns, repeats: int) -> list[float]:
+    """Minimum wall time of each function, the runs interleaved so machine noise hits all alike."""
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [min(ts) for ts in times]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="digits-ddpm" if EMBEDDED_MODEL_DIR.exists() else "random-unet")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--nfe", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable timings on shared cores)")
     args = parser.parse_args()
@@ -67,8 +69,11 @@ def main() -> None:
         nfe = args.nfe if solver != "heun" else args.nfe - 1
         sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas(den)
         lam = dode.Lambdas([0.1] * nfe, solver, sigmas.tolist())
-        base = best_time(lambda s=sigmas, v=solver: dode.sample(den, noise, s, v), args.repeats)
-        corrected = best_time(lambda s=sigmas, v=solver, m=lam: dode.sample(den, noise, s, v, m), args.repeats)
+        base, corrected = best_times(
+            [lambda s=sigmas, v=solver: dode.sample(den, noise, s, v),
+             lambda s=sigmas, v=solver, m=lam: dode.sample(den, noise, s, v, m)],
+            args.repeats,
+        )
         plan = teacher_plan(den, sigmas, solver, 10, "exact", None)
         teacher_calls, distill_calls = Counting(den), Counting(den)
         t0 = time.perf_counter()

@@ -5,6 +5,7 @@ to the exact ODE solution from the same noise (a 400-step Heun solve; its own er
 
     .venv/bin/python bench/quality.py                       # both mixtures, every solver, NFE 3..10
     .venv/bin/python bench/quality.py --testbeds mixture-smooth --solvers euler --nfe 4 5
+    .venv/bin/python bench/quality.py --plot-only          # redraw bench/results/quality-*.png from the JSON
 """
 
 from __future__ import annotations
@@ -51,6 +52,31 @@ def run_cell(model, solver, nfe, fit_noise, eval_noise, exact, data_stats, facto
     }
 
 
+def plot(results: dict, out_dir: Path) -> None:
+    """FD-pixels and RMSE vs NFE per testbed: base dashed, D-ODE (exact, guarded) solid, one colour per solver."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    testbeds = sorted({key.split("/")[0] for key in results})
+    for testbed in testbeds:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        cells = {tuple(k.split("/")[1:]): v for k, v in results.items() if k.startswith(testbed + "/")}
+        for i, solver in enumerate(sorted({s for s, _ in cells})):
+            nfes = sorted(int(n) for s, n in cells if s == solver)
+            for ax, metric in zip(axes, ("fd", "rmse")):
+                for variant, style in (("base", "--"), ("dode", "-")):
+                    ys = [cells[(solver, str(n))][variant][metric] for n in nfes]
+                    ax.plot(nfes, ys, style, color=f"C{i}", marker=".", label=solver if variant == "dode" else None)
+        for ax, label in zip(axes, ("FD-pixels", "RMSE to the exact solution")):
+            ax.set(yscale="log", xlabel="NFE", ylabel=label, title=f"{testbed}: base (dashed) vs D-ODE (solid)")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"quality-{testbed}.png", dpi=90)
+        plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--testbeds", nargs="+", default=["mixture-smooth", "mixture-digits"])
@@ -60,7 +86,11 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=2000)
     parser.add_argument("--teacher-factor", type=int, default=10)
     parser.add_argument("--json", type=Path, default=Path("bench/results/quality.json"))
+    parser.add_argument("--plot-only", action="store_true", help="only redraw the plots from --json")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.json.read_text()), args.json.parent)
+        return
     results = {}
     for name in args.testbeds:
         model = load_model(name)
@@ -89,6 +119,7 @@ def main() -> None:
                       flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
+    plot(results, args.json.parent)
 
 
 if __name__ == "__main__":

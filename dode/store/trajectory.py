@@ -123,7 +123,7 @@ class TrajectoryWriter:
         self.partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
         self.denoised = denoised
         self.index: list[dict[str, Any]] = []
-        self.seen: dict[int, set[int]] = {}
+        self.seen: dict[int, np.ndarray] = {}  # per step: the sorted sample ids written so far
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.writer: pq.ParquetWriter | None = pq.ParquetWriter(
             self.partial, schema, compression=compression, compression_level=compression_level,
@@ -155,11 +155,11 @@ class TrajectoryWriter:
             torch.as_tensor(sample_ids).cpu().numpy() if isinstance(sample_ids, torch.Tensor) else sample_ids, np.int64)
         if ids.shape != (n,):
             raise ValueError(f"{len(ids)} sample ids for {n} states at step {step}")
-        seen = self.seen.setdefault(int(step), set())
-        new = set(ids.tolist())
-        if len(new) != n or seen & new:
+        seen = self.seen.get(int(step), np.empty(0, np.int64))
+        new = np.unique(ids)
+        if len(new) != n or len(np.intersect1d(seen, new, assume_unique=True)):
             raise ValueError(f"step {step}: sample ids repeat (within the batch or with an earlier batch)")
-        seen |= new
+        self.seen[int(step)] = np.union1d(seen, new)
         if denoised is not None and not self.denoised:
             raise ValueError("this writer was opened with denoised=False; open it with denoised=True to store D(x)")
         den = None if denoised is None else as_float32(denoised, self.shape, f"the denoised of step {step}")

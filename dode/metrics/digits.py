@@ -13,7 +13,6 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -121,19 +120,13 @@ def digits_features(images: Tensor, classifier: DigitsClassifier | None = None, 
     return torch.cat(chunks).to("cpu", torch.float64)
 
 
-def frechet_distance(feats_a: Tensor | np.ndarray, feats_b: Tensor | np.ndarray) -> float:
-    """FD of Gaussians fitted to two feature sets (N, D), by pytorch-fid's ``calculate_frechet_distance``."""
-    from pytorch_fid.fid_score import calculate_frechet_distance
-
-    a, b = np.asarray(feats_a, dtype=np.float64), np.asarray(feats_b, dtype=np.float64)
-    return float(
-        calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
-    )
-
-
 def fd_digits(images_a: Tensor, images_b: Tensor, classifier: DigitsClassifier | None = None) -> float:
-    """FD-digits between two image sets in [-1, 1], (N, 1, 8, 8), on the classifier's penultimate features."""
-    return frechet_distance(digits_features(images_a, classifier), digits_features(images_b, classifier))
+    """FD-digits between two image sets in [-1, 1], (N, 1, 8, 8), on the classifier's penultimate features,
+    through the same streaming statistics and pytorch-fid distance as every other Fréchet distance here."""
+    from .fid import StreamingMoments, frechet_distance
+
+    a, b = (StreamingMoments().add(digits_features(x, classifier).numpy()).stats("digits") for x in (images_a, images_b))
+    return frechet_distance(a, b)
 
 
 @torch.no_grad()

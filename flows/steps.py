@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -125,7 +125,7 @@ def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teach
     sigmas = refine(spec.sigmas(m.denoiser), teacher_factor)
     keep = {teacher_factor * i for i in range(1, spec.steps + 1)}
     with TemporaryDirectory() as tmp:
-        path = write_teacher(Path(tmp) / TEACHER_FILE, m.denoiser, seeded_noise(seeds, m.shape), sigmas,
+        path = write_teacher(Path(tmp) / TEACHER_FILE, m.denoiser, partial(seeded_noise, shape=m.shape), sigmas,
                              teacher_solver, keep=keep, sample_ids=list(seeds), batch_size=batch_size,
                              meta={"model_fingerprint": m.fingerprint, "teacher_factor": teacher_factor})
         art = reg.publish("trajectory", key, {TEACHER_FILE: path}, params=params, parents=[model_id],

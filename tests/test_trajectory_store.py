@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -14,8 +15,10 @@ import torch
 import dode
 from dode.distill import teacher_plan, teacher_states
 from dode.models import GaussianDenoiser
+from dode.rng import seeded_noise
 from dode.store import trajectory
 from dode.store.trajectory import (
+    IdRuns,
     TrajectoryFile,
     TrajectoryWriter,
     read_meta,
@@ -87,6 +90,45 @@ def test_a_step_written_in_batches_reads_as_one(tmp_path):
             w.write_step(1, x[1, :1], sample_ids=[2])
     assert torch.equal(read_steps(tmp_path / "b.parquet").x, torch.from_numpy(x))
     assert torch.equal(read_steps(tmp_path / "b.parquet", samples=[5, 0]).at(1), torch.from_numpy(x[1, [5, 0]]))
+
+
+def test_id_runs_match_a_python_set_and_stay_compact():
+    # Random batches against a set: add() refuses exactly the batches that meet the set, and the runs
+    # cover exactly its members; a contiguous range written in batches (and ids near int64's max) is one run.
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        runs, want = IdRuns(), set()
+        for _ in range(6):
+            lo = int(rng.integers(-20, 40))
+            ids = np.unique(rng.integers(lo, lo + 30, int(rng.integers(1, 20))))
+            fresh = not want & set(ids.tolist())
+            assert runs.add(ids) == fresh
+            want |= set(ids.tolist()) if fresh else set()
+            assert {i for a, b in zip(runs.first, runs.last) for i in range(a, b + 1)} == want
+            assert np.all(runs.first[1:] - 1 > runs.last[:-1])
+    runs = IdRuns()
+    for start in (512, 0, 1024, 1536):
+        assert runs.add(np.arange(start, start + 512, dtype=np.int64))
+    assert runs.first.tolist() == [0] and runs.last.tolist() == [2047]
+    top = np.array([2**63 - 3, 2**63 - 2, 2**63 - 1], np.int64)
+    assert runs.add(top) and not runs.add(top[1:]) and runs.first.tolist() == [0, 2**63 - 3]
+
+
+def test_write_teacher_from_a_noise_function_of_the_seeds(tmp_path, gaussian):
+    # Seeded noise made batch by batch gives the same file contents as the whole noise tensor.
+    seeds, shape, sigmas = list(range(40, 47)), (1, 4, 4), dode.karras_sigmas(4)
+    whole = write_teacher(tmp_path / "a.parquet", gaussian, seeded_noise(seeds, shape), sigmas, "heun",
+                          sample_ids=seeds)
+    streamed = write_teacher(tmp_path / "b.parquet", gaussian, partial(seeded_noise, shape=shape), sigmas, "heun",
+                             sample_ids=seeds, batch_size=3)
+    a, b = read_steps(whole), read_steps(streamed)
+    assert torch.equal(a.x, b.x) and a.sample_ids.tolist() == b.sample_ids.tolist() == seeds
+    with pytest.raises(ValueError, match="pass them as sample_ids"):
+        write_teacher(tmp_path / "c.parquet", gaussian, partial(seeded_noise, shape=shape), sigmas)
+    with pytest.raises(ValueError, match=r"noise for sample ids 13\.\.15 has shape \(2, 1, 4, 4\); expected \(3,"):
+        write_teacher(tmp_path / "d.parquet", gaussian, lambda ids: seeded_noise(ids[:2] if ids[0] > 10 else ids, shape),
+                      sigmas, sample_ids=range(10, 17), batch_size=3)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["a.parquet", "b.parquet"]  # no partial file left
 
 
 def test_writer_rejects_bad_input_and_a_failed_run_leaves_no_file(tmp_path):

@@ -15,6 +15,9 @@ caller's metadata (model fingerprint, grid, solver, teacher factor, seeds). The 
 written at close) lists every row group with its step, sigma and 64-bit word sums of its sample ids
 and states, checked on every read, so a corrupted file raises instead of returning garbage. A writer
 fills a hidden temporary file and renames it on close: a crashed run never leaves a readable file.
+The writer does its Parquet work on its own thread, so the footer's and id checks' long-lived
+allocations live in that thread's malloc arena, away from the caller's transient tensors; interleaved
+in one arena they fragmented glibc's heap and peak memory grew with the sample count (bench/memory.py).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,11 +91,43 @@ def states_column(arr: np.ndarray | None, n: int) -> pa.Array:
     return pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(arr)])
 
 
+class IdRuns:
+    """A set of int64 ids as sorted, disjoint, non-adjacent runs ``[first, last]``.
+
+    Memory grows with the number of runs, not of ids: a contiguous seed range written in any number of
+    batches stays one run.
+    """
+
+    def __init__(self) -> None:
+        self.first = np.empty(0, np.int64)
+        self.last = np.empty(0, np.int64)
+
+    def add(self, ids: np.ndarray) -> bool:
+        """Add sorted unique ``ids``; False (and nothing added) when one of them is already in the set."""
+        if not len(ids):
+            return True
+        starts = np.flatnonzero(ids[1:] - 1 != ids[:-1]) + 1
+        first, last = ids[np.r_[0, starts]], ids[np.r_[starts - 1, len(ids) - 1]]
+        # overlap: the last held run starting at or before a new run's end reaches into it
+        before = np.searchsorted(self.first, last, side="right") - 1
+        held = before >= 0
+        if np.any(self.last[before[held]] >= first[held]):
+            return False
+        # merge, then join runs that touch
+        first, last = np.concatenate([self.first, first]), np.concatenate([self.last, last])
+        order = np.argsort(first, kind="stable")
+        first, last = first[order], last[order]
+        opens = np.r_[True, first[1:] - 1 != last[:-1]]
+        self.first, self.last = first[opens], last[np.r_[opens[1:], True]]
+        return True
+
+
 class TrajectoryWriter:
     """Streaming writer: ``write_step`` appends one row group; nothing but the current step is held.
 
     ``meta`` is JSON metadata (by convention: model, sigmas, solver, teacher_factor, seeds); the writer
     adds the schema version, shape, dtype and dode version. The file appears at ``path`` on ``close``.
+    Every call runs to completion on the writer's own thread before it returns (errors included).
     """
 
     def __init__(
@@ -123,12 +159,19 @@ class TrajectoryWriter:
         self.partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
         self.denoised = denoised
         self.index: list[dict[str, Any]] = []
-        self.seen: dict[int, np.ndarray] = {}  # per step: the sorted sample ids written so far
+        self.seen: dict[int, IdRuns] = {}  # per step: the sample ids written so far
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer: pq.ParquetWriter | None = pq.ParquetWriter(
-            self.partial, schema, compression=compression, compression_level=compression_level,
+        self.thread: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="dode-trajectory")
+        self.writer: pq.ParquetWriter | None = self.on_thread(
+            pq.ParquetWriter, self.partial, schema, compression=compression, compression_level=compression_level,
             use_dictionary=False, write_statistics=["step", "sample_id"],
         )
+
+    def on_thread(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on the writer's thread; returns its result or raises its error."""
+        if self.thread is None:
+            raise ValueError(f"trajectory writer for {self.path} is closed")
+        return self.thread.submit(fn, *args, **kwargs).result()
 
     def write_step(
         self,
@@ -144,6 +187,16 @@ class TrajectoryWriter:
         ``sigma`` defaults to ``meta["sigmas"][step]``; ``sample_ids`` to 0..n-1 (pass them when a
         step is written in several batches); ``denoised`` is D(x; sigma) when the writer stores it.
         """
+        self.on_thread(self.append, step, x, sigma, sample_ids, denoised)
+
+    def append(
+        self,
+        step: int,
+        x: Tensor | np.ndarray,
+        sigma: float | None,
+        sample_ids: Sequence[int] | np.ndarray | Tensor | None,
+        denoised: Tensor | np.ndarray | None,
+    ) -> None:
         if self.writer is None:
             raise ValueError(f"trajectory writer for {self.path} is closed")
         if not 0 <= int(step) < 2**31:
@@ -155,11 +208,9 @@ class TrajectoryWriter:
             torch.as_tensor(sample_ids).cpu().numpy() if isinstance(sample_ids, torch.Tensor) else sample_ids, np.int64)
         if ids.shape != (n,):
             raise ValueError(f"{len(ids)} sample ids for {n} states at step {step}")
-        seen = self.seen.get(int(step), np.empty(0, np.int64))
         new = np.unique(ids)
-        if len(new) != n or len(np.intersect1d(seen, new, assume_unique=True)):
+        if len(new) != n or not self.seen.setdefault(int(step), IdRuns()).add(new):
             raise ValueError(f"step {step}: sample ids repeat (within the batch or with an earlier batch)")
-        self.seen[int(step)] = np.union1d(seen, new)
         if denoised is not None and not self.denoised:
             raise ValueError("this writer was opened with denoised=False; open it with denoised=True to store D(x)")
         den = None if denoised is None else as_float32(denoised, self.shape, f"the denoised of step {step}")
@@ -186,19 +237,29 @@ class TrajectoryWriter:
     def close(self) -> Path:
         """Write the footer index and move the finished file to ``path``."""
         if self.writer is not None:
-            index = json.dumps({"row_groups": self.index, "meta_sha256": meta_digest(self.writer.schema)})
-            self.writer.add_key_value_metadata({INDEX_KEY: index})
-            self.writer.close()
-            self.writer = None
-            os.replace(self.partial, self.path)
+            self.on_thread(self.finish)
+        self.stop_thread()
         return self.path
+
+    def finish(self) -> None:
+        index = json.dumps({"row_groups": self.index, "meta_sha256": meta_digest(self.writer.schema)})
+        self.writer.add_key_value_metadata({INDEX_KEY: index})
+        self.writer.close()
+        self.writer = None
+        os.replace(self.partial, self.path)
 
     def abort(self) -> None:
         """Drop the unfinished file."""
         if self.writer is not None:
-            self.writer.close()
+            self.on_thread(self.writer.close)
             self.writer = None
+        self.stop_thread()
         self.partial.unlink(missing_ok=True)
+
+    def stop_thread(self) -> None:
+        if self.thread is not None:
+            self.thread.shutdown()
+            self.thread = None
 
     def __enter__(self) -> Self:
         return self
@@ -427,7 +488,7 @@ class StepBuffer:
 def write_teacher(
     path: str | os.PathLike,
     denoiser: Denoiser,
-    noise: Tensor,
+    noise: Tensor | Callable[[np.ndarray], Tensor],
     sigmas: Tensor,
     solver: str = "euler",
     *,
@@ -440,28 +501,44 @@ def write_teacher(
 ) -> Path:
     """Run a teacher with ``dode.sample`` from ``noise`` and stream its states into a trajectory file.
 
-    Stores the states at grid indices ``keep`` (default: every index 0..len(sigmas)-1; pass the
-    student targets, e.g. ``set(teacher_plan(...).targets) | {0}``, to store only those). Only the
-    current state is held in memory; with ``batch_size`` the teacher runs batch by batch and each
-    step is written as one row group per batch. ``meta`` adds e.g. the model fingerprint, teacher
-    factor and seeds; the grid, solver and sample count are recorded automatically.
+    ``noise`` is the initial states (n, *shape), or a function from a batch's sample ids to their
+    initial states (e.g. ``partial(dode.rng.seeded_noise, shape=shape)`` with the seeds as
+    ``sample_ids``), so that nothing of size n is ever held. Stores the states at grid indices
+    ``keep`` (default: every index 0..len(sigmas)-1; pass the student targets, e.g.
+    ``set(teacher_plan(...).targets) | {0}``, to store only those). Only the current state is held in
+    memory; with ``batch_size`` the teacher runs batch by batch and each step is written as one row
+    group per batch. ``meta`` adds e.g. the model fingerprint, teacher factor and seeds; the grid,
+    solver and sample count are recorded automatically.
     """
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
     steps = len(sigmas) - 1
     keep = set(range(steps + 1)) if keep is None else {int(i) for i in keep}
     if not keep or min(keep) < 0 or max(keep) > steps:
         raise ValueError(f"keep must be grid indices in 0..{steps}; got {sorted(keep)[:10]}")
-    n = len(noise)
+    if callable(noise) and sample_ids is None:
+        raise ValueError("noise is a function of the sample ids: pass them as sample_ids (e.g. the seeds)")
+    n = len(sample_ids) if callable(noise) else len(noise)
     ids = np.arange(n, dtype=np.int64) if sample_ids is None else np.asarray(sample_ids, dtype=np.int64)
     if ids.shape != (n,):
         raise ValueError(f"{len(ids)} sample ids for {n} noise samples")
-    batch = n if batch_size is None else int(batch_size)
+    batch = max(n, 1) if batch_size is None else int(batch_size)
     if batch < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+
+    def initial(start: int) -> Tensor:
+        x = noise(ids[start : start + batch]) if callable(noise) else noise[start : start + batch]
+        rows = len(ids[start : start + batch])
+        if x.ndim < 2 or len(x) != rows:
+            raise ValueError(f"noise for sample ids {ids[start]}..{ids[start + rows - 1]} has shape {tuple(x.shape)}; "
+                             f"expected ({rows}, *sample_shape)")
+        return x
+
+    x0 = initial(0)
     info = {"sigmas": sigmas.tolist(), "solver": solver, "n_samples": n, "kept": sorted(keep), **(meta or {})}
-    with TrajectoryWriter(path, tuple(noise.shape[1:]), info, denoised=denoised, compression=compression) as w:
+    with TrajectoryWriter(path, tuple(x0.shape[1:]), info, denoised=denoised, compression=compression) as w:
         for start in range(0, n, batch):
+            x0 = x0 if start == 0 else initial(start)
             buffer = StepBuffer(w, sigmas, keep, ids[start : start + batch])
-            sample(denoiser, noise[start : start + batch], sigmas, solver, on_state=buffer)
+            sample(denoiser, x0, sigmas, solver, on_state=buffer)
             buffer.flush()
     return Path(path)

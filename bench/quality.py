@@ -1,9 +1,14 @@
-"""Quality benchmark on the exact testbeds: base vs D-ODE vs the Cx teacher, per solver x NFE.
+"""Quality benchmark: base vs D-ODE (exact / official alignment, guard on / off) vs the Cx teacher, per solver x NFE.
 
-Metrics: FD-pixels (Frechet distance of raw pixels to exact draws from the data distribution) and RMSE
-to the exact ODE solution from the same noise (a 400-step Heun solve; its own error is printed).
+Testbeds: the exact mixtures (metric FD-pixels: Frechet distance of raw pixels to 50,000 exact draws
+from the data distribution) and the embedded digits-ddpm (metric FD-digits: Frechet distance of the
+digits classifier's features to the 1,797 real digits). RMSE is to the ODE solution from the same
+noise, approximated by a --ref-steps Heun solve (its error against twice the steps is printed): exact
+up to that error on the mixtures, the network's own ODE on digits-ddpm. Results merge into --json
+under "testbed/solver/nfe".
 
     .venv/bin/python bench/quality.py                       # both mixtures, every solver, NFE 3..10
+    .venv/bin/python bench/quality.py --testbeds digits-ddpm --n-eval 1000 --ref-steps 100
     .venv/bin/python bench/quality.py --testbeds mixture-smooth --solvers euler --nfe 4 5
     .venv/bin/python bench/quality.py --plot-only          # redraw bench/results/quality-*.png from the JSON
 """
@@ -20,19 +25,34 @@ import torch
 import dode
 from dode.distill import teacher_plan, teacher_states
 from dode.grids import GridSpec
+from dode.metrics.digits import digits_features, load_digits_images
 from dode.metrics.fid import StreamingMoments, frechet_distance
 from dode.models import load_model
 
 VARIANTS = ("base", "dode", "dode-noguard", "dode-official", "teacher")
 
 
+METRICS = {"digits-ddpm": "FD-digits"}  # every other testbed: FD-pixels against exact draws
+
+
 def pixel_stats(x: torch.Tensor):
     return StreamingMoments().add(x.reshape(len(x), -1).numpy()).stats("pixels")
 
 
-def run_cell(model, solver, nfe, fit_noise, eval_noise, exact, data_stats, factor):
-    sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas()
+def digits_stats(x: torch.Tensor):
+    return StreamingMoments().add(digits_features(x.clamp(-1, 1).float()).numpy()).stats("digits")
+
+
+def scorer(name: str, model):
+    """(features -> stats of a sample set, the data's stats) for a testbed's metric."""
+    if METRICS.get(name) == "FD-digits":
+        return digits_stats, digits_stats(load_digits_images()[0])
+    return pixel_stats, pixel_stats(model.denoiser.sample_data(50_000, torch.Generator().manual_seed(1)))
+
+
+def run_cell(model, solver, nfe, fit_noise, eval_noise, exact, stats, data_stats, factor):
     den = model.denoiser
+    sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas(den)
     outs = {"base": dode.sample(den, eval_noise, sigmas, solver)}
     outs["dode"] = dode.sample(den, eval_noise, sigmas, solver, dode.distill(den, fit_noise, sigmas, solver, factor))
     outs["dode-noguard"] = dode.sample(
@@ -45,7 +65,7 @@ def run_cell(model, solver, nfe, fit_noise, eval_noise, exact, data_stats, facto
     outs["teacher"] = teacher_states(den, eval_noise, plan, keep={len(plan.sigmas) - 1})[len(plan.sigmas) - 1]
     return {
         name: {
-            "fd": frechet_distance(pixel_stats(x), data_stats),
+            "fd": frechet_distance(stats(x), data_stats),
             "rmse": float((x - exact).square().mean().sqrt()),
         }
         for name, x in outs.items()
@@ -69,7 +89,7 @@ def plot(results: dict, out_dir: Path) -> None:
                 for variant, style in (("base", "--"), ("dode", "-")):
                     ys = [cells[(solver, str(n))][variant][metric] for n in nfes]
                     ax.plot(nfes, ys, style, color=f"C{i}", marker=".", label=solver if variant == "dode" else None)
-        for ax, label in zip(axes, ("FD-pixels", "RMSE to the exact solution")):
+        for ax, label in zip(axes, (METRICS.get(testbed, "FD-pixels"), "RMSE to the ODE solution")):
             ax.set(yscale="log", xlabel="NFE", ylabel=label, title=f"{testbed}: base (dashed) vs D-ODE (solid)")
         axes[0].legend(fontsize=8)
         fig.tight_layout()
@@ -85,24 +105,26 @@ def main() -> None:
     parser.add_argument("--n-fit", type=int, default=256)
     parser.add_argument("--n-eval", type=int, default=2000)
     parser.add_argument("--teacher-factor", type=int, default=10)
+    parser.add_argument("--ref-steps", type=int, default=400, help="Heun steps of the reference ODE solve")
     parser.add_argument("--json", type=Path, default=Path("bench/results/quality.json"))
     parser.add_argument("--plot-only", action="store_true", help="only redraw the plots from --json")
     args = parser.parse_args()
     if args.plot_only:
         plot(json.loads(args.json.read_text()), args.json.parent)
         return
-    results = {}
+    results = json.loads(args.json.read_text()) if args.json.exists() else {}
     for name in args.testbeds:
         model = load_model(name)
         gen = torch.Generator().manual_seed(0)
         fit_noise = torch.randn(args.n_fit, *model.shape, generator=gen, dtype=torch.float64)
         eval_noise = torch.randn(args.n_eval, *model.shape, generator=gen, dtype=torch.float64)
-        data_stats = pixel_stats(model.denoiser.sample_data(50_000, torch.Generator().manual_seed(1)))
-        # Reference: a fine Heun solve, checked against a finer one.
-        exact = dode.sample(model.denoiser, eval_noise, dode.karras_sigmas(400), "heun")
-        finer = dode.sample(model.denoiser, eval_noise, dode.karras_sigmas(800), "heun")
+        stats, data_stats = scorer(name, model)
+        # Reference: a fine Heun solve on the students' sigma range, checked against one twice as fine.
+        exact, finer = (dode.sample(model.denoiser, eval_noise, GridSpec("karras", n).sigmas(model.denoiser), "heun")
+                        for n in (args.ref_steps, 2 * args.ref_steps))
         ref_err = float((exact - finer).square().mean().sqrt())
-        print(f"\n## {name}  (reference RMSE of the 400-step Heun solve vs 800 steps: {ref_err:.2e})\n")
+        print(f"\n## {name}  (reference RMSE of the {args.ref_steps}-step Heun solve vs {2 * args.ref_steps} "
+              f"steps: {ref_err:.2e}; FD is {METRICS.get(name, 'FD-pixels')})\n")
         print("| solver | NFE | " + " | ".join(f"{v} FD / RMSE" for v in VARIANTS) + " |")
         print("|---|---|" + "---|" * len(VARIANTS))
         for solver in args.solvers:
@@ -112,13 +134,14 @@ def main() -> None:
                 except ValueError:
                     continue
                 t0 = time.perf_counter()
-                cell = run_cell(model, solver, nfe, fit_noise, eval_noise, exact, data_stats, args.teacher_factor)
+                cell = run_cell(model, solver, nfe, fit_noise, eval_noise, exact, stats, data_stats,
+                                args.teacher_factor)
                 results[f"{name}/{solver}/{nfe}"] = cell
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(results, indent=1))  # after every cell: a crash keeps what ran
                 cols = [f"{cell[v]['fd']:.3f} / {cell[v]['rmse']:.3f}" if v in cell else "–" for v in VARIANTS]
                 print(f"| {solver} | {nfe} | " + " | ".join(cols) + f" |  <!-- {time.perf_counter() - t0:.1f}s -->",
                       flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1))
     plot(results, args.json.parent)
 
 

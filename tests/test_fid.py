@@ -194,6 +194,17 @@ def test_frechet_distance_closed_form_and_bad_input():
         frechet_distance(FeatureStats(mu1, cov), FeatureStats(mu2[:4], cov[:4, :4]))
 
 
+def test_a_scipy_without_sqrtm_disp_is_one_error_saying_what_to_install(monkeypatch):
+    # scipy 1.18 removed sqrtm's disp, which pytorch-fid 0.3 passes (seen on a CUDA machine's scipy).
+    import scipy.linalg
+
+    real = scipy.linalg.sqrtm
+    monkeypatch.setattr(scipy.linalg, "sqrtm", lambda a: real(a))
+    stats = FeatureStats(np.zeros(3), np.eye(3), 100)
+    with pytest.raises(RuntimeError, match=r"pip install 'scipy>=1\.13,<1\.18'"):
+        frechet_distance(stats, stats)
+
+
 def test_missing_weights_is_one_error_saying_where(tmp_path, monkeypatch, folders):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     expected = tmp_path / "empty" / "hub" / "checkpoints" / FID_WEIGHTS_FILE

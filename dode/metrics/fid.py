@@ -131,7 +131,17 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     from pytorch_fid.fid_score import calculate_frechet_distance
 
     check_comparable(a, b)
-    return float(calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+    try:
+        return float(calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+    except TypeError as err:
+        if "disp" not in str(err):
+            raise
+        import scipy
+
+        raise RuntimeError(
+            f"pytorch-fid's Fréchet distance calls scipy.linalg.sqrtm(disp=False), which scipy {scipy.__version__} "
+            "no longer has; install a scipy it supports: pip install 'scipy>=1.13,<1.18'"
+        ) from err
 
 
 def stats_to_bytes(stats: FeatureStats) -> bytes:

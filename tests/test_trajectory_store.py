@@ -1,9 +1,11 @@
 """The Parquet trajectory store: bit-exact round trips, filters, streaming teachers, and loud failures."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import threading
 from functools import partial
 
 import numpy as np
@@ -129,6 +131,14 @@ def test_write_teacher_from_a_noise_function_of_the_seeds(tmp_path, gaussian):
         write_teacher(tmp_path / "d.parquet", gaussian, lambda ids: seeded_noise(ids[:2] if ids[0] > 10 else ids, shape),
                       sigmas, sample_ids=range(10, 17), batch_size=3)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["a.parquet", "b.parquet"]  # no partial file left
+
+
+def test_a_writer_that_cannot_open_its_file_leaves_no_thread_behind(tmp_path):
+    (tmp_path / f".t.parquet.{os.getpid()}.partial").mkdir()  # the writer's temporary file cannot be created
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(OSError):
+        TrajectoryWriter(tmp_path / "t.parquet", SHAPE)
+    assert not [t.name for t in threading.enumerate() if t.ident not in before]
 
 
 def test_writer_rejects_bad_input_and_a_failed_run_leaves_no_file(tmp_path):

@@ -162,10 +162,14 @@ class TrajectoryWriter:
         self.seen: dict[int, IdRuns] = {}  # per step: the sample ids written so far
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.thread: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="dode-trajectory")
-        self.writer: pq.ParquetWriter | None = self.on_thread(
-            pq.ParquetWriter, self.partial, schema, compression=compression, compression_level=compression_level,
-            use_dictionary=False, write_statistics=["step", "sample_id"],
-        )
+        try:
+            self.writer: pq.ParquetWriter | None = self.on_thread(
+                pq.ParquetWriter, self.partial, schema, compression=compression,
+                compression_level=compression_level, use_dictionary=False, write_statistics=["step", "sample_id"],
+            )
+        except BaseException:
+            self.stop_thread()
+            raise
 
     def on_thread(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` on the writer's thread; returns its result or raises its error."""

@@ -4,7 +4,8 @@ Write: ``TrajectoryWriter`` streaming every step (one row group each) vs ``numpy
 (steps, samples, *shape) float32 array. Read: ``read_step`` (open, read one step, verify its checksums)
 vs ``numpy.load`` of that step's own .npy file. Files live in --dir, page cache warm; each pair runs
 alternately --repeats times and the minimum counts, so a loaded machine skews both alike.
-The canonical Arrow ``fixed_shape_tensor`` layout is timed the same way, for reference.
+The canonical Arrow ``fixed_shape_tensor`` layout and pyarrow writing the state column alone (the
+Parquet encoding's own cost) are timed the same way, for reference.
 
     .venv/bin/python bench/storage.py
     .venv/bin/python bench/storage.py --samples 4096 --steps 8 --shape 3 32 32 --repeats 5
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dode.store.trajectory import TrajectoryWriter, read_step
+from dode.store.trajectory import TrajectoryWriter, read_step, states_column
 
 
 def paired(ours, baseline, repeats: int, setup=lambda: None) -> tuple[float, float]:
@@ -54,6 +55,19 @@ def write_arrow_tensor(path: Path, x: np.ndarray) -> None:
             values = pa.FixedSizeListArray.from_arrays(pa.array(xk.reshape(-1)), xk[0].size)
             w.write_table(pa.table({"step": np.full(len(xk), k, np.int32), "sample_id": np.arange(len(xk)),
                                     "x": pa.ExtensionArray.from_storage(kind, values)}, schema=schema))
+
+
+def write_arrow_binary(path: Path, x: np.ndarray) -> None:
+    """pyarrow's ParquetWriter on dode's state column alone: no ids, checksums, statistics or footer index."""
+    schema = pa.schema([("x", pa.large_binary())])
+    with pq.ParquetWriter(path, schema, compression="none", use_dictionary=False, write_statistics=False) as w:
+        for xk in x:
+            w.write_table(pa.table({"x": states_column(xk, len(xk))}, schema=schema), row_group_size=len(xk))
+
+
+def read_arrow_binary(path: Path, k: int) -> np.ndarray:
+    column = pq.ParquetFile(path, memory_map=True).read_row_group(k).column("x").chunk(0)
+    return np.frombuffer(column.buffers()[2], np.float32).reshape(len(column), -1)
 
 
 def read_arrow_tensor(path: Path, k: int) -> np.ndarray:
@@ -87,10 +101,12 @@ def main() -> int:
             ("dode, zstd", lambda: write_dode(path, x, "zstd"), lambda k: read_step(path, k)),
             ("Arrow fixed_shape_tensor (reference)", lambda: write_arrow_tensor(path, x),
              lambda k: read_arrow_tensor(path, k)),
+            ("pyarrow, state column only (reference)", lambda: write_arrow_binary(path, x),
+             lambda k: read_arrow_binary(path, k)),
         ]:
             ours_w, npy_w = paired(write, lambda: np.save(npy, x), args.repeats, clear)
             write()
-            assert np.array_equal(np.asarray(read(args.steps - 1)), x[-1])
+            assert np.array_equal(np.asarray(read(args.steps - 1)).reshape(x[-1].shape), x[-1])
             ours_r, npy_r = paired(lambda read=read: [read(k) for k in range(args.steps)],
                                    lambda: [np.load(work / f"step{k}.npy") for k in range(args.steps)], args.repeats)
             rows.append((name, total_mb / ours_w, npy_w / ours_w, ours_r / args.steps * 1e3,

@@ -20,15 +20,15 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # the name pipelines look up on load
 from diffusers.utils import BaseOutput
 
-from .correction import CORRECTIONS, Lambdas, corrected_denoised, correction_basis
+from .correction import CORRECTIONS, Lambdas
 from .grids import GridSpec
 from .models.vp import PREDICTION_TYPES, VPDenoiser
+from .sampling import dode_step
 from .schedules import check_sigmas
 from .solvers import get_solver
 from .store.lambdas import load_lambdas
 from .types import Evaluation, SolverState, Tensor
 
-EVALS_PER_STEP = {"heun": 2}  # diffusers' ``order``: network evaluations per solver step (1 unless listed)
 TRAINING_KEYS = (
     "num_train_timesteps",
     "beta_start",
@@ -185,7 +185,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
     @property
     def order(self) -> int:
         """Network evaluations per solver step (pipelines use it for progress bars)."""
-        return EVALS_PER_STEP.get(self.config.solver, 1)
+        return self.ode_solver.evals_per_step
 
     @property
     def nfe(self) -> int:
@@ -271,9 +271,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             self._state = SolverState(x=x)
             self._basis_prev = x / sigma if self.config.correction == "noise" else None  # eps_{-1} := x_T
         lam = self.config.lambdas[k] if self.config.lambdas is not None else 0.0
-        denoised = corrected_denoised(ev, self._basis_prev, lam, self.config.correction)
-        self._state = self.ode_solver.advance(sigmas, replace(self._state, x=x), ev, denoised)
-        self._basis_prev = correction_basis(ev, self.config.correction)
+        self._state, self._basis_prev, denoised = dode_step(
+            self.ode_solver, sigmas, replace(self._state, x=x), ev, self._basis_prev, lam, self.config.correction
+        )
         self._k, self._scaled = k + 1, False
 
         prev = self._state.x.to(sample.dtype)

@@ -49,7 +49,16 @@ def evaluate(denoiser: Denoiser, x: Tensor, sigma: Tensor, k: int) -> Tensor:
     return out
 
 
-@torch.no_grad()
+def dode_step(
+    solver: Solver, sigmas: Tensor, state: SolverState, ev: Evaluation, basis_prev: Tensor | None, lam: float | Tensor, correction: str
+) -> tuple[SolverState, Tensor, Tensor]:
+    """One network evaluation's update, shared by ``integrate`` and ``DODEScheduler.step``: the D-ODE
+    correction D~_k = D_k + lam_k (D_k - D_{k-1}) (Kim et al., 2024, eq. 9), then the solver's pure
+    update with D~_k. Returns the next state, the basis the next correction extrapolates from and D~_k."""
+    denoised = corrected_denoised(ev, basis_prev, lam, correction)
+    return solver.advance(sigmas, state, ev, denoised), correction_basis(ev, correction), denoised
+
+
 def integrate(
     denoiser: Denoiser,
     noise: Tensor,
@@ -59,12 +68,28 @@ def integrate(
     *,
     correction: str = "data",
     on_state: StateHook | None = None,
+    grad: bool = False,
 ) -> Tensor:
     """Integrate the probability-flow ODE from sigmas[0] * noise to sigma = 0 with one base solver.
 
     The one loop of the project: ``sample`` passes given lambdas, ``distill`` fits them inside it, so
     the distilled trajectory and the sampled one cannot drift apart (Kim et al., 2024, Alg. 1 and 2).
+    With ``grad`` the loop records gradients (lambda_k may then be tensors and ``sigmas`` may require
+    grad, for objectives that differentiate through the sampler); by default it runs under no_grad.
     """
+    with torch.set_grad_enabled(grad):
+        return _integrate(denoiser, noise, sigmas, solver, lam_for, correction, on_state)
+
+
+def _integrate(
+    denoiser: Denoiser,
+    noise: Tensor,
+    sigmas: Tensor,
+    solver: str,
+    lam_for: LambdaRule,
+    correction: str,
+    on_state: StateHook | None,
+) -> Tensor:
     noise, sigmas, solver_, nfe = prepare(noise, sigmas, solver, correction)
     steps = len(sigmas) - 1
     state = SolverState(x=noise * sigmas[0])
@@ -76,10 +101,9 @@ def integrate(
 
         # D-ODE correction and solver update, as a function of lambda_k.
         def update(lam: float, state: SolverState = state, ev: Evaluation = ev, prev: Tensor | None = basis_prev) -> SolverState:
-            return solver_.advance(sigmas, state, ev, corrected_denoised(ev, prev, lam, correction))
+            return dode_step(solver_, sigmas, state, ev, prev, lam, correction)[0]
 
-        state = update(lam_for(k, update))
-        basis_prev = correction_basis(ev, correction)
+        state, basis_prev, _ = dode_step(solver_, sigmas, state, ev, basis_prev, lam_for(k, update), correction)
         if on_state is not None:
             on_state(solver_.out_index(k, steps), state.x, ev)
     return state.x

@@ -17,6 +17,7 @@ MAX_HISTORY = 4
 
 class Solver(Protocol):
     name: str
+    evals_per_step: int  # network evaluations per grid step, diffusers' scheduler ``order`` (Heun: 2)
 
     def nfe(self, steps: int) -> int:
         """Network evaluations for a grid of ``steps`` steps (len(sigmas) - 1)."""
@@ -33,6 +34,8 @@ class Solver(Protocol):
 
 class OneEvalPerStep:
     """Mixin for solvers that evaluate once per grid step: evaluation k at sigma_k, result at sigma_{k+1}."""
+
+    evals_per_step = 1
 
     def nfe(self, steps: int) -> int:
         return steps

@@ -33,6 +33,7 @@ class Heun:
     """
 
     name: str = "heun"
+    evals_per_step = 2
 
     def nfe(self, steps: int) -> int:
         return 2 * steps - 1

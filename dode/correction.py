@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -13,7 +14,19 @@ from .types import Evaluation, Tensor
 Correction = Literal["data", "noise"]
 CORRECTIONS: tuple[str, ...] = ("data", "noise")
 ALIGNMENTS: tuple[str, ...] = ("exact", "official")
-LAMBDAS_SCHEMA_VERSION = 1
+LAMBDAS_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)  # version 2 added objective, options, fit and model (defaults for version 1)
+MAX_ABS_LAMBDA = 1e4  # far beyond any fitted weight; larger values are corrupt input
+
+
+def _floats(values: Any, name: str) -> list[float]:
+    """A list of floats from a JSON sequence of numbers; a ValueError naming the field otherwise."""
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"lambdas field {name!r} must be a list of numbers, got {values!r:.80}")
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"lambdas field {name!r} must be a list of numbers, got {values!r:.80}") from None
 
 
 def dode_correct(out: Tensor, out_prev: Tensor | None, lam: float) -> Tensor:
@@ -54,8 +67,12 @@ def fit_lambda(direction: Tensor, residual: Tensor) -> float:
 class Lambdas:
     """D-ODE weights: one scalar per network evaluation, fitted on one student grid and solver.
 
-    ``teacher`` records how the targets were made (solver, factor, alignment, teacher sigmas' length);
-    ``guard`` what the held-out guard measured and changed (empty when the guard was off).
+    ``sigmas`` is the grid to sample on (the given one, or the learned one for objectives that move
+    the timesteps); ``teacher`` records how the targets were made (solver, factor, alignment, teacher
+    steps); ``objective`` and ``options`` the distillation objective (``dode.objectives``) and its
+    options; ``fit`` what the fit reported (iterations, held-out losses); ``guard`` what the held-out
+    guard measured and chose (empty when the guard was off); ``model`` the fingerprint of the model
+    the weights were fitted on ("" when unknown).
     """
 
     values: tuple[float, ...]
@@ -65,12 +82,27 @@ class Lambdas:
     teacher: dict[str, Any] = field(default_factory=dict)
     guard: dict[str, Any] = field(default_factory=dict)
     n_fit: int = 0
+    objective: str = "step"
+    options: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "values", tuple(float(v) for v in self.values))
-        object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
+        object.__setattr__(self, "values", tuple(_floats(self.values, "values")))
+        object.__setattr__(self, "sigmas", tuple(_floats(self.sigmas, "sigmas")))
         if self.correction not in CORRECTIONS:
             raise ValueError(f"unknown correction {self.correction!r}; choose one of {list(CORRECTIONS)}")
+        bad = [v for v in self.values if not math.isfinite(v) or abs(v) > MAX_ABS_LAMBDA]
+        if bad:
+            raise ValueError(
+                f"lambdas must be finite and at most {MAX_ABS_LAMBDA:g} in magnitude, got {bad[:3]}; "
+                "these weights are corrupt: distill new ones"
+            )
+        for name in ("teacher", "guard", "options", "fit"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"lambdas field {name!r} must be a JSON object, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.solver, str) or not isinstance(self.objective, str) or not isinstance(self.model, str):
+            raise ValueError("lambdas fields 'solver', 'objective' and 'model' must be strings")
 
     @property
     def nfe(self) -> int:
@@ -83,19 +115,30 @@ class Lambdas:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Lambdas:
+    def from_dict(cls, data: Any) -> Lambdas:
+        """Lambdas from their JSON object; one ValueError naming the problem for anything malformed."""
+        if not isinstance(data, dict):
+            raise ValueError(f"lambdas must be a JSON object, got a {type(data).__name__}")
         data = dict(data)
         version = data.pop("schema_version", None)
-        if version != LAMBDAS_SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise ValueError(
-                f"lambdas schema version {version!r}, this dode reads {LAMBDAS_SCHEMA_VERSION}; "
+                f"lambdas schema version {version!r}, this dode reads {list(READABLE_SCHEMA_VERSIONS)}; "
                 "re-distill with this version of dode"
             )
+        known = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(data) - known), [k for k in ("values", "solver", "sigmas") if k not in data]
+        if unknown or missing:
+            raise ValueError(f"malformed lambdas: unknown fields {unknown}, missing fields {missing}")
         return cls(**data)
 
     @classmethod
     def from_json(cls, text: str) -> Lambdas:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise ValueError(f"lambdas are not valid JSON: {err}") from None
+        return cls.from_dict(data)
 
     def check_matches(self, sigmas: Tensor, solver: str, correction: str) -> None:
         """Raise a ValueError unless these weights were fitted for this grid, solver and flavour."""

@@ -6,43 +6,69 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .schedules import VP_SPACINGS, karras_sigmas, vp_sigmas
+from .schedules import VP_SPACINGS, check_sigmas, karras_sigmas, vp_sigmas
 from .solvers import get_solver
 from .types import Denoiser, Tensor
 
-FAMILIES: tuple[str, ...] = ("karras", *VP_SPACINGS)
+FAMILIES: tuple[str, ...] = ("karras", *VP_SPACINGS, "explicit")
+MAX_STEPS = 100_000  # far beyond any sampling grid; protects against typos like --nfe 1000000000
 
 
 @dataclass(frozen=True)
 class GridSpec:
     """A grid of ``steps`` solver steps from a family: ``karras`` (EDM, rho = 7; its sigma range clipped
-    to the model's) or one of the discrete-VP spacings (``time_uniform``, ``time_quadratic``,
-    ``logsnr_uniform``, ``ddim``), which need a model with a training schedule (``sigmas_train``)."""
+    to the model's), one of the discrete-VP spacings (``time_uniform``, ``time_quadratic``,
+    ``logsnr_uniform``, ``ddim``), which need a model with a training schedule (``sigmas_train``), or
+    ``explicit``: the given sigma ``values`` (strictly decreasing, ending in 0), e.g. a learned grid."""
 
     family: str
     steps: int
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
+    values: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown grid family {self.family!r}; choose one of {list(FAMILIES)}")
-        if self.steps < 1:
-            raise ValueError(f"a grid needs at least 1 step, got {self.steps}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"a grid needs an integer number of steps in 1..{MAX_STEPS}, got {self.steps!r}")
+        if self.family != "explicit":
+            if self.values:
+                raise ValueError(f"grid family {self.family!r} takes no values; use family='explicit' for given sigmas")
+            return
+        values = torch.tensor([float(v) for v in self.values], dtype=torch.float64)
+        check_sigmas(values)
+        if len(values) != self.steps + 1:
+            raise ValueError(f"an explicit grid of {self.steps} steps needs {self.steps + 1} sigma values, got {len(values)}")
+        object.__setattr__(self, "values", tuple(values.tolist()))
+
+    @classmethod
+    def explicit(cls, sigmas: Tensor | list[float] | tuple[float, ...]) -> GridSpec:
+        """The grid with exactly these sigmas (strictly decreasing, ending in 0), e.g. ``Lambdas.sigmas``."""
+        values = tuple(float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas))
+        return cls("explicit", max(len(values) - 1, 1), values=values)
 
     @classmethod
     def for_nfe(cls, family: str, solver: str, nfe: int, **kw: float) -> GridSpec:
         """The grid on which ``solver`` makes exactly ``nfe`` network evaluations."""
         solver_ = get_solver(solver)
-        for steps in range(1, nfe + 1):
-            if solver_.nfe(steps) == nfe:
-                return cls(family, steps, **kw)
-        valid = [solver_.nfe(s) for s in range(1, nfe + 2)]
-        raise ValueError(f"solver {solver!r} cannot make exactly {nfe} evaluations; valid NFEs include {valid}")
+        max_nfe = solver_.nfe(MAX_STEPS)
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or not 1 <= nfe <= max_nfe:
+            raise ValueError(f"nfe must be an integer in 1..{max_nfe} for solver {solver!r}, got {nfe!r}")
+        lo, hi = 1, MAX_STEPS  # solver_.nfe is increasing in steps: bisect for the smallest steps with nfe(steps) >= nfe
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if solver_.nfe(mid) < nfe else (lo, mid)
+        if solver_.nfe(lo) == nfe:
+            return cls(family, lo, **kw)
+        near = sorted({solver_.nfe(s) for s in range(max(1, lo - 2), lo + 2)})
+        raise ValueError(f"solver {solver!r} cannot make exactly {nfe} evaluations; valid NFEs near it: {near}")
 
     def sigmas(self, denoiser: Denoiser | None = None) -> Tensor:
         """The grid as a float64 sigma vector ending in 0."""
+        if self.family == "explicit":
+            return torch.tensor(self.values, dtype=torch.float64)
         table = getattr(denoiser, "sigmas_train", None)
         if self.family == "karras":
             lo, hi = self.sigma_min, self.sigma_max
@@ -57,4 +83,10 @@ class GridSpec:
         return vp_sigmas(1 / (1 + table.to(torch.float64) ** 2), self.steps, self.family)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The spec as JSON; ``values`` only for explicit grids (so family grids serialise as before)."""
+        data = asdict(self)
+        if self.family != "explicit":
+            del data["values"]
+        else:
+            data["values"] = list(self.values)
+        return data

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..types import Tensor
+from .fid import StreamingMoments, frechet_distance
 
 CLASSIFIER_DIR = Path(__file__).resolve().parents[2] / "data" / "models" / "digits-classifier"
 SCHEMA_VERSION = 1
@@ -123,8 +124,6 @@ def digits_features(images: Tensor, classifier: DigitsClassifier | None = None, 
 def fd_digits(images_a: Tensor, images_b: Tensor, classifier: DigitsClassifier | None = None) -> float:
     """FD-digits between two image sets in [-1, 1], (N, 1, 8, 8), on the classifier's penultimate features,
     through the same streaming statistics and pytorch-fid distance as every other Fréchet distance here."""
-    from .fid import StreamingMoments, frechet_distance
-
     a, b = (StreamingMoments().add(digits_features(x, classifier).numpy()).stats("digits") for x in (images_a, images_b))
     return frechet_distance(a, b)
 

@@ -17,7 +17,6 @@ import hashlib
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
 from unittest import mock
 
 import numpy as np
@@ -25,17 +24,11 @@ import torch
 
 from ..devices import resolve_device
 from ..images import to_gray, to_model, to_rgb, to_unit
+from . import digits
+from .fid import FeatureExtractor
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # basename of pytorch_fid.inception.FID_WEIGHTS_URL
 INCEPTION_DIMS = (64, 192, 768, 2048)  # pytorch_fid.inception.InceptionV3.BLOCK_INDEX_BY_DIM
-
-
-class FeatureExtractor(Protocol):
-    name: str  # e.g. "inception-2048", "digits", "pixels"
-    label: str  # "FID" for Inception, "FD-<name>" otherwise
-    fingerprint: str  # sha256 of the weights ("" when there are none)
-
-    def __call__(self, images: np.ndarray) -> np.ndarray: ...  # uint8 (B, C, H, W) -> float64 (B, D)
 
 
 def file_sha256(path: Path) -> str:
@@ -134,8 +127,6 @@ class DigitsFeatures:
     name, label = "digits", "FD-digits"
 
     def __init__(self, device: str | torch.device | None = None, weights: str | Path | None = None):
-        from . import digits
-
         folder = Path(weights) if weights is not None else digits.CLASSIFIER_DIR
         self.classifier = digits.load_digits_classifier(folder, device=str(resolve_device(device)))
         self.fingerprint = file_sha256(folder / "model.safetensors")

@@ -14,12 +14,21 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from .features import FeatureExtractor
-
 STATS_SCHEMA_VERSION = 1
+
+
+class FeatureExtractor(Protocol):
+    """What ``stats_from_images`` feeds: the extractors of ``dode.metrics.features`` satisfy it."""
+
+    name: str  # e.g. "inception-2048", "digits", "pixels"
+    label: str  # "FID" for Inception, "FD-<name>" otherwise
+    fingerprint: str  # sha256 of the weights ("" when there are none)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...  # uint8 (B, C, H, W) -> float64 (B, D)
 
 
 class UnreliableEstimateWarning(UserWarning):

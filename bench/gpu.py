@@ -35,7 +35,7 @@ from speed import Counting, best_times
 import dode
 from dode.diffusers_pipeline import DODEPipeline
 from dode.diffusers_scheduler import DODEScheduler
-from dode.distill import teacher_plan, teacher_states
+from dode.teacher import TeacherSpec, teacher_states
 from dode.grids import GridSpec
 from dode.models import EMBEDDED_MODEL_DIR, VPDenoiser, load_model
 from dode.rng import seeded_noise
@@ -126,7 +126,7 @@ def speed(device: str, batch: int, repeats: int, nfe: int) -> None:
             synced(partial(dode.sample, den, noise, sigmas, solver, lam)),
             synced(partial(pipe, batch_size=batch, latents=noise, output_type="latent")),
         ], repeats)
-        plan = teacher_plan(den, sigmas, solver, 10, "exact", None)
+        plan = TeacherSpec(None, 10, "exact").plan(sigmas, solver, den)
         teacher_calls, distill_calls = Counting(den), Counting(den)
         t0 = time.perf_counter()
         teacher_states(teacher_calls, noise, plan)

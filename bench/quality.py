@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import dode
-from dode.distill import teacher_plan, teacher_states
+from dode.teacher import TeacherSpec, teacher_states
 from dode.grids import GridSpec
 from dode.metrics.digits import digits_features, load_digits_images
 from dode.metrics.fid import StreamingMoments, frechet_distance
@@ -61,7 +61,7 @@ def run_cell(model, solver, nfe, fit_noise, eval_noise, exact, stats, data_stats
     if solver in ("euler", "heun"):
         lam = dode.distill(den, fit_noise, sigmas, solver, factor, alignment="official", guard=False)
         outs["dode-official"] = dode.sample(den, eval_noise, sigmas, solver, lam)
-    plan = teacher_plan(den, sigmas, solver, factor, "exact", None)
+    plan = TeacherSpec(None, factor, "exact").plan(sigmas, solver, den)
     outs["teacher"] = teacher_states(den, eval_noise, plan, keep={len(plan.sigmas) - 1})[len(plan.sigmas) - 1]
     return {
         name: {

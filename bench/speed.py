@@ -14,7 +14,7 @@ import time
 import torch
 
 import dode
-from dode.distill import teacher_plan, teacher_states
+from dode.teacher import TeacherSpec, teacher_states
 from dode.grids import GridSpec
 from dode.models import EMBEDDED_MODEL_DIR, VPDenoiser, load_model
 
@@ -74,7 +74,7 @@ def main() -> None:
              lambda s=sigmas, v=solver, m=lam: dode.sample(den, noise, s, v, m)],
             args.repeats,
         )
-        plan = teacher_plan(den, sigmas, solver, 10, "exact", None)
+        plan = TeacherSpec(None, 10, "exact").plan(sigmas, solver, den)
         teacher_calls, distill_calls = Counting(den), Counting(den)
         t0 = time.perf_counter()
         teacher_states(teacher_calls, noise, plan)

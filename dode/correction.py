@@ -16,7 +16,7 @@ CORRECTIONS: tuple[str, ...] = ("data", "noise")
 ALIGNMENTS: tuple[str, ...] = ("exact", "official")
 LAMBDAS_SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)  # version 2 added objective, options, fit and model (defaults for version 1)
-MAX_ABS_LAMBDA = 1e4  # far beyond any fitted weight; larger values are corrupt input
+MAX_ABS_LAMBDA = 1e8  # far beyond any fitted weight (degenerate greedy fits reach ~1e4); larger values are corrupt input
 
 
 def _floats(values: Any, name: str) -> list[float]:

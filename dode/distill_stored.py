@@ -1,10 +1,10 @@
 """D-ODE distillation from precomputed teacher states (Kim et al., 2024, Sec. 4), for teachers run once and reused.
 
 ``dode.distill`` runs its own teacher. A pipeline that sweeps several solvers on one student grid runs the
-teacher once, on the ``C``-fold refinement of that grid, stores its states at the student grid's noise
-levels (``dode.store.trajectory``), and fits each solver's lambdas from those states here: with exact
-alignment, the target of student evaluation k is the teacher state at the student grid index
-``out_index(k)`` (which sits at teacher index ``out_index(k) * C``), whatever the student solver.
+teacher once (``dode.teacher.TeacherPlan.on_student_grid``), stores its states at the student grid's noise
+levels (``dode.store.trajectory``), and fits each solver's parameters from those states here: with exact
+alignment, the target of student evaluation k is the teacher state at student grid index ``out_index(k)``
+(``dode.teacher.student_targets``), whatever the student solver.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import Any
 
 from .correction import Lambdas
 from .distill import fit_guarded
+from .guard import Features
 from .sampling import prepare
+from .teacher import student_targets
 from .types import Denoiser, Tensor
 
 
@@ -29,19 +31,21 @@ def distill_from_states(
     guard: bool = True,
     holdout: float = 0.25,
     correction: str = "data",
+    objective: str = "step",
+    objective_options: Mapping[str, Any] | None = None,
+    features: Features | None = None,
 ) -> Lambdas:
     """Fit lambdas for ``solver`` on the student grid ``sigmas`` from teacher ``states``.
 
     ``states[i]`` is the teacher's state (B, *shape) at student grid index i, from the same unit
     ``noise`` (B, *shape); every index the solver's evaluations land on and the final one must be there.
-    ``teacher`` is recorded in the result (how the states were made). With ``guard``, the last
-    ``holdout`` fraction of the noise is held out and the fitted lambdas are kept, halved or dropped,
-    whichever gives the smallest final error to the teacher there (as ``dode.distill``); given the
-    same states, the result equals ``dode.distill(..., alignment="exact")``'s.
+    ``teacher`` is recorded in the result (how the states were made). ``objective``, its options, the
+    guard and ``features`` as in ``dode.distill``; given the same states, the result equals
+    ``dode.distill(..., alignment="exact")``'s.
     """
-    noise, sigmas, solver_, nfe = prepare(noise, sigmas, solver, correction)
-    steps = len(sigmas) - 1
-    needed = sorted({solver_.out_index(k, steps) for k in range(nfe)})
+    noise, sigmas, _, _ = prepare(noise, sigmas, solver, correction)
+    wanted = student_targets(solver, len(sigmas) - 1)
+    needed = sorted(set(wanted))
     missing = [i for i in needed if i not in states]
     if missing:
         raise ValueError(
@@ -51,7 +55,7 @@ def distill_from_states(
     for i in needed:
         if tuple(states[i].shape) != tuple(noise.shape):
             raise ValueError(f"teacher state {i} has shape {tuple(states[i].shape)}, the noise {tuple(noise.shape)}")
-    targets = [states[solver_.out_index(k, steps)] for k in range(nfe)]
     return fit_guarded(
-        denoiser, noise, sigmas, solver, targets, dict(teacher or {}), guard=guard, holdout=holdout, correction=correction
+        denoiser, noise, sigmas, solver, [states[i] for i in wanted], dict(teacher or {}), guard=guard,
+        holdout=holdout, correction=correction, objective=objective, options=objective_options, features=features,
     )

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import dode
-from dode.distill import teacher_plan, teacher_states
+from dode.teacher import TeacherSpec, teacher_states
 from dode.distill_stored import distill_from_states
 from dode.grids import GridSpec
 from dode.models import digits_mixture
@@ -22,7 +22,7 @@ def noise(n: int, seed: int = 0) -> torch.Tensor:
 
 def student_states(den, x, sigmas, factor, teacher_solver):
     """The teacher's states at every student grid index, keyed by the student index."""
-    plan = teacher_plan(den, sigmas, "euler", factor, "exact", teacher_solver)
+    plan = TeacherSpec(teacher_solver, factor, "exact").plan(sigmas, "euler", den)
     steps = len(sigmas) - 1
     held = teacher_states(den, x, plan, keep={i * factor for i in range(steps + 1)})
     return {i: held[i * factor] for i in range(steps + 1)}, plan

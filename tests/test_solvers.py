@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dode
-from dode.distill import fit
+from helpers import greedy_fit as fit
 from dode.models import GaussianDenoiser, MixtureDenoiser
 from dode.solvers.deis import deis_coefficients
 from dode.types import Evaluation, SolverState

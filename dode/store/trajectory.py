@@ -38,8 +38,8 @@ import torch
 from typing_extensions import Self
 
 from .. import __version__
-from ..sampling import sample
-from ..types import Denoiser, Evaluation, Tensor
+from ..teacher import run_teacher
+from ..types import Denoiser, Tensor
 
 SCHEMA_VERSION = 1
 COMPRESSIONS = ("none", "zstd")
@@ -455,40 +455,6 @@ def read_steps(
         return f.read_steps(steps, samples, denoised=denoised)
 
 
-class StepBuffer:
-    """Turns ``on_state`` calls into one row group per kept grid index.
-
-    ``on_state(index, x, ev)`` comes after every network evaluation; a multi-evaluation step (Heun)
-    reports the same index twice and the last call wins, so the latest state is held until the index
-    changes. The raw evaluation made at exactly a held state is its denoiser output.
-    """
-
-    def __init__(self, writer: TrajectoryWriter, sigmas: Tensor, keep: set[int], ids: np.ndarray) -> None:
-        self.writer, self.sigmas, self.keep, self.ids = writer, sigmas, keep, ids
-        self.index: int | None = None
-        self.x: Tensor | None = None
-        self.denoised: Tensor | None = None
-
-    def __call__(self, index: int, x: Tensor, ev: Evaluation) -> None:
-        if self.index is None:  # the first evaluation is made at the initial state x_0
-            self.hold(0, ev.x)
-        if self.x is not None and (ev.x is self.x or torch.equal(ev.x, self.x)):
-            self.denoised = ev.denoised
-        if index != self.index:
-            self.flush()
-        self.hold(index, x)
-
-    def hold(self, index: int, x: Tensor) -> None:
-        self.index, self.x, self.denoised = index, x, None
-
-    def flush(self) -> None:
-        if self.index in self.keep and self.x is not None:
-            den = self.denoised if self.writer.denoised else None
-            self.writer.write_step(self.index, self.x, sigma=float(self.sigmas[self.index]),
-                                   sample_ids=self.ids, denoised=den)
-        self.x = self.denoised = None
-
-
 def write_teacher(
     path: str | os.PathLike,
     denoiser: Denoiser,
@@ -503,13 +469,13 @@ def write_teacher(
     batch_size: int | None = None,
     compression: str = "none",
 ) -> Path:
-    """Run a teacher with ``dode.sample`` from ``noise`` and stream its states into a trajectory file.
+    """Run a teacher (``dode.teacher.run_teacher``) from ``noise`` and stream its states into a trajectory file.
 
     ``noise`` is the initial states (n, *shape), or a function from a batch's sample ids to their
     initial states (e.g. ``partial(dode.rng.seeded_noise, shape=shape)`` with the seeds as
     ``sample_ids``), so that nothing of size n is ever held. Stores the states at grid indices
     ``keep`` (default: every index 0..len(sigmas)-1; pass the student targets, e.g.
-    ``set(teacher_plan(...).targets) | {0}``, to store only those). Only the current state is held in
+    ``TeacherPlan.keep``, to store only those). Only the current state is held in
     memory; with ``batch_size`` the teacher runs batch by batch and each step is written as one row
     group per batch. ``meta`` adds e.g. the model fingerprint, teacher factor and seeds; the grid,
     solver and sample count are recorded automatically.
@@ -542,7 +508,11 @@ def write_teacher(
     with TrajectoryWriter(path, tuple(x0.shape[1:]), info, denoised=denoised, compression=compression) as w:
         for start in range(0, n, batch):
             x0 = x0 if start == 0 else initial(start)
-            buffer = StepBuffer(w, sigmas, keep, ids[start : start + batch])
-            sample(denoiser, x0, sigmas, solver, on_state=buffer)
-            buffer.flush()
+            batch_ids = ids[start : start + batch]
+
+            def sink(index: int, x: Tensor, den: Tensor | None, batch_ids: np.ndarray = batch_ids) -> None:
+                w.write_step(index, x, sigma=float(sigmas[index]), sample_ids=batch_ids,
+                             denoised=den if w.denoised else None)
+
+            run_teacher(denoiser, x0, sigmas, solver, keep, sink)
     return Path(path)

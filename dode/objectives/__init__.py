@@ -1,0 +1,33 @@
+"""Distillation objectives: how D-ODE's parameters are fitted to the teacher, by name (like ``dode.SOLVERS``).
+
+An objective receives a ``FitProblem`` (denoiser, fit noise, student grid, solver, the teacher's targets
+and the held-out split) and its own options, and returns a ``FitResult``: the weights, the grid to sample
+on, what it reported, and the alternatives the held-out guard (``dode.guard``) may choose instead.
+Adding an objective is one module here and one entry in ``OBJECTIVES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .final import fit_final
+from .problem import FitProblem, FitResult
+from .step import fit_step
+
+Objective = Callable[..., FitResult]  # objective(problem: FitProblem, **options) -> FitResult
+
+OBJECTIVES: dict[str, Objective] = {
+    "step": fit_step,  # greedy closed-form least squares per evaluation (Kim et al., 2024)
+    "final": fit_final,  # lambda and timesteps jointly on the final sample, through the unrolled sampler
+}
+
+
+def get_objective(name: str) -> Objective:
+    """The registered objective called ``name``; a ValueError listing the valid names otherwise."""
+    try:
+        return OBJECTIVES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}") from None
+
+
+__all__ = ["OBJECTIVES", "FitProblem", "FitResult", "Objective", "get_objective"]

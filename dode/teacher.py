@@ -1,0 +1,171 @@
+"""The teacher: where D-ODE's distillation targets come from (Kim et al., 2024, Sec. 4).
+
+One owner for the concept: a serialisable ``TeacherSpec`` (solver, factor, alignment), its ``TeacherPlan``
+for a student grid (the teacher's sigmas, the states to keep, the target of each student evaluation), and
+one runner, ``run_teacher``, that streams the kept states into a sink (a dict, or the Parquet writer of
+``dode.store.trajectory``).
+
+``exact`` alignment (the default): the teacher runs on the ``factor``-fold refinement of the student grid,
+so student grid index i is teacher index i * factor and the target of student evaluation k is the teacher
+state at ``out_index(k) * factor``. ``official`` reproduces the reference code's indexing (method.md Sec. 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .correction import ALIGNMENTS
+from .sampling import prepare, sample
+from .schedules import is_karras, karras_sigmas, refine, vp_sigmas
+from .solvers import get_solver
+from .types import Denoiser, Evaluation, Tensor
+
+# Default teacher: the student's own solver, except where its states at multiples of the factor would be
+# intermediate (lower-order) stages: DPM-Solver-3 groups three grid steps, so a factor of 10 splits them.
+DEFAULT_TEACHER = {"dpm_solver_3": "dpmpp_3m"}
+StateSink = Callable[[int, Tensor, "Tensor | None"], None]  # (teacher grid index, state, raw D at that state)
+
+
+def student_targets(solver: str, steps: int) -> tuple[int, ...]:
+    """For each evaluation k of ``solver`` on a ``steps``-step grid, the student grid index of its target:
+    the state its update produces, ``out_index(k)``."""
+    solver_ = get_solver(solver)
+    return tuple(solver_.out_index(k, steps) for k in range(solver_.nfe(steps)))
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """How to make targets: the teacher ``solver`` (None: the student's, see DEFAULT_TEACHER), the
+    ``factor`` C of extra steps, and the ``alignment`` of targets (``exact`` or ``official``)."""
+
+    solver: str | None = None
+    factor: int = 10
+    alignment: str = "exact"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or not 1 <= self.factor <= 1000:
+            raise ValueError(f"teacher_factor must be an integer in 1..1000, got {self.factor!r}")
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"unknown alignment {self.alignment!r}; choose one of {list(ALIGNMENTS)}")
+        if self.solver is not None:
+            get_solver(self.solver)
+        if self.alignment == "official" and self.solver not in (None, "euler"):
+            raise ValueError("official alignment uses the reference code's Euler teacher; drop teacher_solver")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TeacherSpec:
+        if not isinstance(data, dict) or set(data) - {"solver", "factor", "alignment"}:
+            raise ValueError(f"a teacher spec is a JSON object with solver, factor, alignment; got {data!r:.120}")
+        return cls(**data)
+
+    def solver_for(self, student: str) -> str:
+        """The teacher solver for a student solver."""
+        if self.alignment == "official":
+            return "euler"
+        return self.solver or DEFAULT_TEACHER.get(student, student)
+
+    def plan(self, sigmas: Tensor, solver: str, denoiser: Denoiser | None = None) -> TeacherPlan:
+        """The teacher for ``solver`` on the student grid ``sigmas`` (``denoiser`` only for ``official``
+        on a discrete model's DDIM grid, which needs its training schedule)."""
+        _, sigmas, _, _ = prepare(torch.zeros(1, 1), sigmas.detach().cpu(), solver, "data")
+        steps = len(sigmas) - 1
+        if self.alignment == "exact":
+            targets = tuple(i * self.factor for i in student_targets(solver, steps))
+            return TeacherPlan(self, refine(sigmas, self.factor), self.solver_for(solver), targets)
+        return self._official_plan(sigmas, solver, denoiser)
+
+    def _official_plan(self, sigmas: Tensor, solver: str, denoiser: Denoiser | None) -> TeacherPlan:
+        """The reference code's targets: an Euler teacher on a fresh grid of factor x NFE steps of the same
+        family, target of evaluation k at teacher index (k + 1) x factor (method.md Sec. 3)."""
+        steps, nfe, c = len(sigmas) - 1, get_solver(solver).nfe(len(sigmas) - 1), self.factor
+        if solver in ("euler", "heun") and is_karras(sigmas):
+            fine = karras_sigmas(c * nfe, float(sigmas[-2]), float(sigmas[0]))
+            return TeacherPlan(self, fine, "euler", tuple((k + 1) * c for k in range(nfe)))
+        table = getattr(denoiser, "sigmas_train", None)
+        if solver == "euler" and table is not None:
+            abar = 1 / (1 + table.to(torch.float64) ** 2)
+            if torch.allclose(sigmas, vp_sigmas(abar, steps, "ddim").to(sigmas), rtol=1e-9):
+                fine_steps = min(len(table), c * steps)
+                targets = tuple(min((k + 1) * c, fine_steps) for k in range(nfe - 1)) + (fine_steps,)
+                return TeacherPlan(self, vp_sigmas(abar, fine_steps, "ddim"), "euler", targets)
+        raise ValueError(
+            "official alignment is defined for 'euler' and 'heun' on Karras grids (dode.karras_sigmas) and for "
+            "'euler' on the DDIM integer grid of a discrete model (dode.vp_sigmas(..., 'ddim')); "
+            "use alignment='exact' for anything else"
+        )
+
+
+@dataclass(frozen=True)
+class TeacherPlan:
+    """A teacher for one student grid: its ``sigmas`` and resolved ``solver``, and for each student
+    evaluation k the teacher grid index of its target (``targets``)."""
+
+    spec: TeacherSpec
+    sigmas: Tensor
+    solver: str
+    targets: tuple[int, ...]
+    extra_keep: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def keep(self) -> frozenset[int]:
+        """The teacher grid indices whose states are needed: the targets and the start."""
+        return frozenset(self.targets) | {0} | self.extra_keep
+
+    def on_student_grid(self) -> TeacherPlan:
+        """This plan keeping the teacher's state at every student grid point (exact alignment only), so that
+        one stored teacher serves every solver on the grid (``distill_from_states``)."""
+        if self.spec.alignment != "exact":
+            raise ValueError("a teacher stored on the student grid needs alignment='exact'")
+        c = self.spec.factor
+        return TeacherPlan(self.spec, self.sigmas, self.solver, self.targets, frozenset(range(0, len(self.sigmas), c)))
+
+    def student_index(self, teacher_index: int) -> int:
+        """The student grid index of a kept teacher index (exact alignment)."""
+        return teacher_index // self.spec.factor
+
+    def record(self) -> dict[str, Any]:
+        """What is recorded with fitted lambdas."""
+        return {"solver": self.solver, "factor": self.spec.factor, "alignment": self.spec.alignment,
+                "steps": len(self.sigmas) - 1}
+
+
+def run_teacher(
+    denoiser: Denoiser, noise: Tensor, sigmas: Tensor, solver: str, keep: Iterable[int], sink: StateSink
+) -> None:
+    """Run a teacher from unit ``noise`` on ``sigmas`` and pass the state at every grid index in ``keep`` to
+    ``sink(index, x, denoised)``, in order, holding only the current state. ``denoised`` is the raw denoiser
+    output made at exactly that state (None where none was made: the final state)."""
+    keep = set(keep)
+    held: dict[str, Any] = {"index": 0, "x": noise.to(torch.float64) * sigmas[0].to(noise.device), "d": None}
+
+    def flush() -> None:
+        if held["index"] in keep and held["x"] is not None:
+            sink(held["index"], held["x"], held["d"])
+
+    def on_state(index: int, x: Tensor, ev: Evaluation) -> None:
+        # A multi-evaluation step (Heun) reports an index twice; the latest state is held until it changes.
+        if held["x"] is not None and (ev.x is held["x"] or torch.equal(ev.x, held["x"])):
+            held["d"] = ev.denoised
+        if index != held["index"]:
+            flush()
+        held.update(index=index, x=x, d=None)
+
+    sample(denoiser, noise, sigmas, solver, on_state=on_state)
+    flush()
+
+
+def teacher_states(
+    denoiser: Denoiser, noise: Tensor, plan: TeacherPlan, keep: Iterable[int] | None = None
+) -> dict[int, Tensor]:
+    """The teacher's states in memory, by teacher grid index: the plan's ``keep`` unless given."""
+    states: dict[int, Tensor] = {}
+    keep = plan.keep if keep is None else keep
+    run_teacher(denoiser, noise, plan.sigmas, plan.solver, keep, lambda i, x, d: states.__setitem__(i, x))
+    return states

@@ -1,0 +1,18 @@
+"""Small helpers shared by test modules."""
+
+import torch
+
+import dode
+from dode.objectives import FitProblem
+from dode.objectives.step import greedy_lambdas
+
+
+def greedy_fit(denoiser, noise, sigmas, solver, targets, *, correction="data"):
+    """The greedy ``step`` fit on the whole batch: (lambdas, the final state sampled with them)."""
+    noise, sigmas = noise.to(torch.float64), sigmas.to(torch.float64)
+    empty = noise[:0]
+    problem = FitProblem(denoiser, noise, sigmas, solver, correction, tuple(t.to(torch.float64) for t in targets),
+                         empty, empty)
+    values = greedy_lambdas(problem)
+    lam = dode.Lambdas(values, solver, sigmas.tolist(), correction)
+    return values, dode.sample(denoiser, noise, sigmas, solver, lam, correction=correction)

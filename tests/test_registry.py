@@ -1,5 +1,6 @@
 """The content-addressed artifact registry on a local directory: ids, lineage, integrity, atomicity."""
 
+import ast
 import hashlib
 import json
 import os
@@ -13,7 +14,8 @@ import pytest
 
 import dode
 from dode.store import load_lambdas, save_lambdas
-from dode.store.registry import DEFAULT_REGISTRY, KINDS, Registry
+from dode.store.location import DEFAULT_REGISTRY, registry_location
+from dode.store.registry import KINDS, Registry
 
 
 @pytest.fixture
@@ -72,16 +74,27 @@ def test_find_lists_and_lineage(reg):
     assert reg.verify() == []
 
 
-def test_provenance_records_versions_commit_and_the_prefect_run(reg, monkeypatch):
-    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "0f1e2d3c-run")
-    art = reg.publish("report", "r", {"r.md": b"# hi"}, provenance={"model": "fp", "seed": 3})
+def test_provenance_is_what_the_caller_passes_plus_versions(tmp_path, monkeypatch):
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("the registry must run no subprocess")
+
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "from-the-environment")
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    reg = Registry(tmp_path / "registry", provenance={"prefect_flow_run_id": "0f1e2d3c-run", "code_version": "abc123"})
+    art = reg.publish("report", "r", {"r.md": b"# hi"}, provenance={"model": "fp", "seed": 3, "code_version": "def456"})
     prov = art.provenance
     assert prov["dode_version"] == dode.__version__ and prov["prefect_flow_run_id"] == "0f1e2d3c-run"
-    assert prov["model"] == "fp" and prov["seed"] == 3
-    assert {"torch", "numpy", "pyarrow"} <= set(prov["packages"])
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(dode.__file__).parents[1], capture_output=True, text=True, check=False)
-    if head.returncode == 0:
-        assert prov["git_commit"] == head.stdout.strip()
+    assert prov["model"] == "fp" and prov["seed"] == 3 and prov["code_version"] == "def456"  # the call wins
+    assert {"torch", "numpy", "pyarrow"} <= set(prov["packages"]) and "git_commit" not in prov
+    plain = Registry(tmp_path / "plain").publish("report", "r", {"r.md": b"# hi"})
+    assert "prefect_flow_run_id" not in plain.provenance  # nothing is read from the environment
+    for module in Path(dode.__file__).parent.joinpath("store").glob("*.py"):
+        tree = ast.parse(module.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        assert not imported & {"subprocess", "prefect", "flows"}, module
+        assert not [t for t in strings if t.upper().startswith("PREFECT")], module
 
 
 def test_ids_resolve_by_unique_prefix_and_unknown_ones_list_close_matches(reg):
@@ -164,17 +177,20 @@ def test_fetch_verifies_and_never_overwrites_other_content(reg, tmp_path):
     assert (out / "weights.bin").read_bytes() == b"mine"
 
 
-def test_default_location_and_environment_override(tmp_path, monkeypatch):
+def test_default_location_is_the_entry_points_concern_with_environment_override(tmp_path, monkeypatch):
     monkeypatch.delenv("DODE_REGISTRY", raising=False)
-    assert Path(Registry().uri) == DEFAULT_REGISTRY == Path(dode.__file__).parents[1] / "data" / "registry"
+    assert Path(registry_location()) == DEFAULT_REGISTRY == Path(dode.__file__).parents[1] / "data" / "registry"
     monkeypatch.setenv("DODE_REGISTRY", str(tmp_path / "env-registry"))
-    assert Registry().uri == str(tmp_path / "env-registry")
+    assert registry_location() == str(tmp_path / "env-registry")
+    assert registry_location(tmp_path / "given") == str(tmp_path / "given")
+    with pytest.raises(ValueError, match="needs a location .*registry_location"):
+        Registry(None)
     assert set(KINDS) == {"trajectory", "lambdas", "samples", "reference-stats", "score", "report", "model"}
 
 
 CHILD = """
 import os, signal, sys, time
-from dode.store import registry
+from dode.store import registry, storage
 reg = registry.Registry(sys.argv[1])
 mode = sys.argv[2]
 if mode == "slow":  # the file streams in slowly, so the parent can kill us mid-copy
@@ -182,14 +198,14 @@ if mode == "slow":  # the file streams in slowly, so the parent can kill us mid-
         for i in range(300):
             time.sleep(0.01)
             yield bytes([i % 256]) * 65536
-    registry.chunks = slow
+    storage.chunks = slow
 if mode == "die-before-manifest":
-    put = registry.Registry.put
-    def dying_put(self, content, staged, dest):
-        if dest.endswith("manifest.json"):
+    commit = storage.LocalStorage.commit
+    def dying_commit(self, staged, key):
+        if key.endswith("manifest.json"):
             os.kill(os.getpid(), signal.SIGKILL)
-        put(self, content, staged, dest)
-    registry.Registry.put = dying_put
+        commit(self, staged, key)
+    storage.LocalStorage.commit = dying_commit
 if mode == "race":
     print("ready", flush=True)
     while not os.path.exists(sys.argv[3]):
@@ -206,21 +222,24 @@ def child(root, mode, *extra):
 
 
 def assert_nothing_visible(root):
+    """No artifact listed; the killed writer's partial files are reported until `gc` removes them."""
     reg = Registry(root)
-    assert reg.list() == [] and reg.verify() == []
-    assert list(Path(root).glob("artifacts/*/manifest.json")) == []
+    assert reg.list() == [] and list(Path(root).glob("artifacts/*/manifest.json")) == []
+    stale = reg.verify()
+    assert stale and all(p.startswith("staging: stale partial") for p in stale)
+    assert len(reg.gc()) == len(stale) and reg.verify() == [] and list((Path(root) / "staging").iterdir()) == []
 
 
 def test_a_writer_killed_while_copying_leaves_nothing_visible(tmp_path):
     root = tmp_path / "registry"
     proc = child(root, "slow")
     deadline = time.monotonic() + 60
-    while not any(p.stat().st_size > 0 for p in (root / "staging").glob("*")) and time.monotonic() < deadline:
+    while not any(p.stat().st_size > 0 for p in (root / "staging").glob("*/*")) and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    assert any(p.stat().st_size > 0 for p in (root / "staging").glob("*"))  # it was killed mid-write
+    assert any(p.stat().st_size > 0 for p in (root / "staging").glob("*/*"))  # it was killed mid-write
     assert_nothing_visible(root)
 
 

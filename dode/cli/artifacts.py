@@ -1,4 +1,4 @@
-"""``dode artifacts list|show|get|verify``: browse, download and check the artifact registry."""
+"""``dode artifacts list|show|get|verify|gc``: browse, download, check and clean the artifact registry."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 
-from ..store.registry import KINDS, Registry
+from ..store.location import registry_location
+from ..store.manifest import KINDS
+from ..store.registry import Registry
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
-        name, help="list, show, download (get) and verify registry artifacts",
+        name, help="list, show, download (get), verify and clean (gc) registry artifacts",
         description="Artifacts are immutable and addressed by the sha256 of their content; any unique id "
         "prefix works. The registry is --registry URI, else $DODE_REGISTRY, else <repo>/data/registry "
         "(S3: s3://bucket/prefix, with AWS_ENDPOINT_URL or FSSPEC_S3_ENDPOINT_URL for other servers).",
@@ -30,26 +32,41 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
     get = actions.add_parser("get", parents=[registry], help="download an artifact's files, verifying each sha256")
     get.add_argument("id", help="artifact id or unique prefix")
-    get.add_argument("--out", required=True, metavar="DIR", help="directory to write the files into")
+    get.add_argument("--out", required=True, metavar="DIR", help="directory to write the files into (only inside it)")
+    get.add_argument("--force", action="store_true", help="overwrite files in DIR that hold other content")
     get.set_defaults(func=run_get)
 
-    verify = actions.add_parser("verify", parents=[registry], help="check ids, sizes and sha256 of every file")
+    verify = actions.add_parser("verify", parents=[registry],
+                                help="check manifests, ids, names, sizes and sha256 of every file; stale partial files")
     verify.add_argument("id", nargs="?", default=None, help="one artifact id or prefix (default: all)")
     verify.set_defaults(func=run_verify)
 
+    gc = actions.add_parser("gc", parents=[registry], help="remove partial files no live writer owns (staging/)")
+    gc.set_defaults(func=run_gc)
+
+
+def open_registry(args: argparse.Namespace) -> Registry:
+    """The registry named on the command line (or the default), which must exist and be readable."""
+    reg = Registry(registry_location(args.registry))
+    reg.check_readable()
+    return reg
+
 
 def run_list(args: argparse.Namespace) -> int:
-    reg = Registry(args.registry)
+    reg = open_registry(args)
     arts = reg.list(args.kind)
     for art in arts:
         print(art.line())
     if not arts:
         print(f"no {args.kind or ''} artifacts in registry {reg.uri}".replace("  ", " "), file=sys.stderr)
+    if reg.broken:
+        print(f"{len(reg.broken)} artifact(s) with a broken manifest not listed; run `dode artifacts verify`",
+              file=sys.stderr)
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    reg = Registry(args.registry)
+    reg = open_registry(args)
     art = reg.get(args.id)
     print(json.dumps(art.to_dict(), indent=2, sort_keys=True))
     print("lineage:")
@@ -60,18 +77,27 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_get(args: argparse.Namespace) -> int:
-    reg = Registry(args.registry)
+    reg = open_registry(args)
     art = reg.get(args.id)
-    out = reg.fetch(art, args.out)
+    out = reg.fetch(art, args.out, force=args.force)
     print(f"{art.id}: {len(art.files)} file(s) verified into {out}")
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    reg = Registry(args.registry)
+    reg = open_registry(args)
     problems = reg.verify(args.id)
     for problem in problems:
         print(problem, file=sys.stderr)
-    checked = 1 if args.id else len(reg.list())
+    checked = 1 if args.id else len(reg.list()) + len(reg.broken)
     print(f"{checked} artifact(s) checked, {len(problems)} problem(s)")
     return 1 if problems else 0
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    reg = open_registry(args)
+    removed = reg.gc()
+    for entry in removed:
+        print(f"removed {entry.path} ({entry.size} bytes)", file=sys.stderr)
+    print(f"{len(removed)} stale partial file(s) removed, {sum(e.size for e in removed)} bytes")
+    return 0

@@ -80,13 +80,14 @@ def run(args: argparse.Namespace) -> int:
     from ..grids import GridSpec
     from ..pipeline_distill import distill_pipeline
     from ..store.lambdas import save_lambdas
+    from ..store.location import registry_location
     from ..store.registry import Registry
 
     if args.no_register and args.out is None:
         raise ValueError("--no-register without --out would throw the lambdas away; pass --out DIR")
     prompts = read_prompts(args.prompts)
     grid = GridSpec.for_nfe(args.grid, args.solver, args.nfe)
-    registry = None if args.no_register else Registry(args.registry)
+    registry = None if args.no_register else Registry(registry_location(args.registry))
     if registry is not None:
         registry.check_writable()  # fail before the distillation, not after
     pipe = load_pipeline(args.model, args.device)

@@ -1,4 +1,9 @@
-"""Lambdas as registry artifacts: one ``lambdas.json`` (``Lambdas.to_json``) per artifact."""
+"""Lambdas as registry artifacts: one ``lambdas.json`` (``Lambdas.to_json``) per artifact.
+
+Lambdas carry the fingerprint of the model they were fitted on (``Lambdas.model``, also recorded as
+the artifact's ``model_fingerprint`` param); ``load_lambdas(..., model=fingerprint)`` refuses weights
+fitted on another model unless ``allow_other_model``.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +25,45 @@ def save_lambdas(
     *,
     provenance: Mapping[str, Any] | None = None,
 ) -> Artifact:
-    """Publish ``lambdas`` as a 'lambdas' artifact; solver, nfe, steps and correction join ``params``."""
+    """Publish ``lambdas`` as a 'lambdas' artifact; solver, nfe, steps, correction and the model join ``params``."""
     info = {"solver": lambdas.solver, "nfe": lambdas.nfe, "steps": len(lambdas.sigmas) - 1,
             "correction": lambdas.correction, **(params or {})}
+    if lambdas.model:
+        info["model_fingerprint"] = lambdas.model
     files = {LAMBDAS_FILE: lambdas.to_json().encode()}
     return reg.publish("lambdas", key, files, params=info, parents=parents, provenance=provenance)
 
 
-def load_lambdas(reg: Registry, ref: str | Artifact) -> Lambdas:
-    """The Lambdas stored in a 'lambdas' artifact (id, unique id prefix or Artifact)."""
+def fitted_on(reg: Registry, art: Artifact, lambdas: Lambdas) -> str:
+    """The fingerprint of the model the lambdas were fitted on: their own record, the artifact's params,
+    else the 'model' artifact in their lineage; "" when unknown."""
+    if lambdas.model or art.params.get("model_fingerprint"):
+        return lambdas.model or str(art.params["model_fingerprint"])
+    models = [a for a in reg.lineage(art) if a.kind == "model"]
+    return str(models[0].params.get("fingerprint", "")) if models else ""
+
+
+def load_lambdas(
+    reg: Registry, ref: str | Artifact, *, model: str | None = None, allow_other_model: bool = False
+) -> Lambdas:
+    """The Lambdas stored in a 'lambdas' artifact (id, unique id prefix or Artifact), file verified.
+
+    With ``model`` (a ``Model.fingerprint``), weights fitted on another model are refused unless
+    ``allow_other_model``; weights whose model is unknown are accepted.
+    """
     art = reg.get(ref)
     if art.kind != "lambdas":
         raise ValueError(f"artifact {art.short} is a {art.kind!r} artifact ({art.key}), not 'lambdas'")
-    return Lambdas.from_json(reg.read_bytes(art, LAMBDAS_FILE).decode())
+    lambdas = Lambdas.from_json(reg.read_bytes(art, LAMBDAS_FILE).decode())
+    if model:
+        check_model(reg, art, lambdas, model, allow_other_model=allow_other_model)
+    return lambdas
+
+
+def check_model(reg: Registry, art: Artifact, lambdas: Lambdas, model: str, *, allow_other_model: bool = False) -> None:
+    """Refuse lambdas fitted on another model than ``model`` (a fingerprint) unless ``allow_other_model``."""
+    fitted = "" if allow_other_model else fitted_on(reg, art, lambdas)
+    if fitted and fitted != model:
+        raise ValueError(f"lambdas {art.short} ({art.key}) were fitted on model {fitted[:16]}, not on the model "
+                         f"being sampled ({model[:16]}); distill lambdas for this model, or pass "
+                         "--allow-other-model (allow_other_model=True) to use them anyway")

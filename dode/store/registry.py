@@ -1,215 +1,175 @@
-"""The artifact registry: immutable artifacts addressed by the sha256 of their content (``MANIFEST_VERSION``).
+"""The artifact registry: immutable artifacts addressed by the sha256 of their content (``dode.store.manifest``).
 
-Layout under the registry root (a local directory or any fsspec URL, e.g. ``s3://bucket/prefix``)::
+Layout under the registry root (a ``Storage``: a local directory or any fsspec URL, e.g. ``s3://bucket/prefix``)::
 
     artifacts/<id>/files/<name>...   the artifact's files, byte for byte
     artifacts/<id>/manifest.json     kind, key, params, parents, provenance, files' sha256 and sizes
-    staging/                         local temporary files (same file system, so renames are atomic)
+    staging/                         partial files of live writers (``dode.store.staging``)
 
-The id is the sha256 of the canonical JSON of (kind, key, params, parents, every file's sha256), so
-identical inputs give the same id and re-publishing is a no-op. Publishing writes every file first
-(locally to ``staging/`` and renamed into place; on object stores each PUT is atomic) and the
-manifest last: an artifact exists exactly when its manifest does, so a crash at any point leaves
-nothing visible, and concurrent publishers of the same artifact write identical bytes.
+Publishing writes every file first and the manifest last: an artifact exists exactly when its manifest
+does, so a crash leaves nothing visible, and concurrent publishers of the same artifact write identical
+bytes. Every read verifies: a manifest must hash to its id (else the artifact is refused), and every
+file read is checked against its sha256 and size while it is read. Files read through a local path
+(``local_path``, ``local_dir``) are hashed once per process and state: the check is remembered under
+the file's device, inode, size, mtime and ctime, and any write, chmod or replacement changes the ctime,
+which only root can set. Provenance is what the caller passes (``Registry(provenance=...)`` and
+``publish(provenance=...)``) plus the dode, Python and package versions; the registry reads no
+orchestrator state.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import functools
 import hashlib
 import importlib.metadata
 import json
 import os
-import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
-from typing import Any
-
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from .. import __version__
+from .manifest import (
+    HEX64,
+    KINDS,
+    MANIFEST,
+    Artifact,
+    artifact_id,
+    canonical_json,
+    expand_files,
+    parse_manifest,
+)
+from .staging import StagingArea, Stale, collect, stale_entries
+from .storage import CHUNK, LocalStorage, Storage, chunks, local_tree, open_storage, stage
 
-KINDS = ("trajectory", "lambdas", "samples", "reference-stats", "score", "report", "model")
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_REGISTRY = REPO_ROOT / "data" / "registry"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dode" / "registry"
 PACKAGES = ("torch", "numpy", "pyarrow", "diffusers", "fsspec", "s3fs", "pytorch-fid")
-CHUNK = 1 << 22
+VERIFIED: set[tuple[tuple[int, ...], str]] = set()  # (file state token, sha256) checked in this process
 
-
-@dataclass(frozen=True)
-class Artifact:
-    """One published artifact, as its manifest describes it; ``files`` maps name -> {sha256, size}."""
-
-    id: str
-    kind: str
-    key: str
-    params: dict[str, Any]
-    parents: tuple[str, ...]
-    provenance: dict[str, Any]
-    files: dict[str, dict[str, Any]]
-    created: str
-
-    @property
-    def short(self) -> str:
-        return self.id[:12]
-
-    def line(self) -> str:
-        """One line for listings: id first."""
-        return f"{self.id}  {self.kind:<15} {self.key}  {self.created}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"manifest_version": MANIFEST_VERSION, **asdict(self), "parents": list(self.parents)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Artifact:
-        data = dict(data)
-        version = data.pop("manifest_version", None)
-        if version != MANIFEST_VERSION:
-            raise ValueError(f"manifest version {version!r}, this dode {__version__} reads {MANIFEST_VERSION}; "
-                             "upgrade dode to read this registry")
-        return cls(**{**data, "parents": tuple(data["parents"])})
-
-
-def canonical_json(obj: Any) -> str:
-    """Deterministic JSON (sorted keys, no spaces); a ValueError for anything JSON cannot hold."""
-    try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"artifact params must be plain JSON (str, int, float, bool, None, lists, dicts): {err}") from None
-
-
-def artifact_id(kind: str, key: str, params: Mapping[str, Any], parents: Sequence[str], hashes: Mapping[str, str]) -> str:
-    """sha256 over kind, key, params, parents and every file's sha256."""
-    body = {"kind": kind, "key": key, "params": params, "parents": list(parents), "files": dict(hashes)}
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
-
-
-def check_name(name: str) -> str:
-    """A file name inside an artifact: a relative POSIX path without '.', '..' or empty parts."""
-    parts = PurePosixPath(name).parts
-    if not name or "\\" in name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"artifact file name {name!r} must be a relative path like 'data.json' or 'unet/config.json'")
-    return "/".join(parts)
-
-
-def expand_files(files: Mapping[str, Path | bytes]) -> dict[str, Path | bytes]:
-    """Validate names; a directory becomes every file under it, named '<name>/<relative path>'."""
-    if not files:
-        raise ValueError("an artifact needs at least one file: files={'name': path_or_bytes}")
-    out: dict[str, Path | bytes] = {}
-    for name, content in files.items():
-        name = check_name(name)
-        if isinstance(content, (bytes, bytearray, memoryview)):
-            out[name] = bytes(content)
-        elif isinstance(content, (str, os.PathLike)) and Path(content).is_dir():
-            for path in sorted(p for p in Path(content).rglob("*") if p.is_file()):
-                out[f"{name}/{path.relative_to(content).as_posix()}"] = path
-        elif isinstance(content, (str, os.PathLike)) and Path(content).is_file():
-            out[name] = Path(content)
-        else:
-            raise ValueError(f"file {name!r}: {content!r} is neither bytes nor an existing file or directory")
-    return out
-
-
-def chunks(content: Path | bytes) -> Iterator[bytes]:
-    if isinstance(content, bytes):
-        yield content
-        return
-    with open(content, "rb") as f:
-        while block := f.read(CHUNK):
-            yield block
+__all__ = ["KINDS", "Artifact", "Registry", "canonical_json", "file_sha256", "static_provenance"]
 
 
 @functools.lru_cache(maxsize=1)
 def static_provenance() -> dict[str, Any]:
-    """dode version, git commit (when in a git checkout), Python and key package versions."""
-    out: dict[str, Any] = {"dode_version": __version__, "python": sys.version.split()[0]}
-    if (REPO_ROOT / ".git").exists():
-        try:
-            head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                  text=True, timeout=10, check=False)
-            if head.returncode == 0:
-                out["git_commit"] = head.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
+    """dode, Python and key package versions (no environment, no subprocess)."""
     packages = {}
     for name in PACKAGES:
         try:
             packages[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-    out["packages"] = packages
-    return out
+    return {"dode_version": __version__, "python": sys.version.split()[0], "packages": packages}
+
+
+def hash_blocks(blocks: Iterable[bytes], limit: int) -> tuple[str, int, bytes | None]:
+    """(sha256, size, the bytes when ``limit`` >= 0) of a stream; reading stops one byte past ``limit``."""
+    digest, size, kept = hashlib.sha256(), 0, []
+    for block in blocks:
+        digest.update(block)
+        size += len(block)
+        if limit >= 0:
+            kept.append(block)
+            if size > limit:
+                break
+    return digest.hexdigest(), size, b"".join(kept) if limit >= 0 else None
+
+
+def mismatch(art: Artifact, name: str, sha256: str, size: int) -> str | None:
+    """Why a file's content does not match its manifest entry (None when it does)."""
+    entry = art.files[name]
+    if size != entry["size"]:
+        return f"fails its size check ({size} bytes, the manifest says {entry['size']})"
+    if sha256 != entry["sha256"]:
+        return f"fails its sha256 check ({size} bytes)"
+    return None
+
+
+def tee(blocks: Iterable[bytes], out: BinaryIO) -> Iterator[bytes]:
+    """The blocks, each also written to ``out``."""
+    for block in blocks:
+        out.write(block)
+        yield block
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hash_blocks(chunks(Path(path)), -1)[0]
+
+
+def local_token(path: Path) -> tuple[int, ...]:
+    s = os.stat(path, follow_symlinks=False)
+    return s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns
 
 
 class Registry:
-    """Content-addressed artifacts in a local directory or behind any fsspec URL.
+    """Content-addressed artifacts in a ``Storage`` (a local directory or any fsspec URL).
 
-    ``uri`` defaults to ``$DODE_REGISTRY``, else ``<repo>/data/registry``. ``storage_options`` go to
-    fsspec (e.g. ``{"endpoint_url": "http://127.0.0.1:9000"}`` for an S3-compatible server; fsspec's
-    ``FSSPEC_S3_ENDPOINT_URL`` and botocore's ``AWS_ENDPOINT_URL`` work too). Remote files read through
-    ``local_path`` are cached, verified, under ``cache_dir`` (default ``$DODE_CACHE`` or ~/.cache/dode).
+    ``uri`` is required (entry points resolve the default with ``dode.store.location.registry_location``).
+    ``storage_options`` go to fsspec (e.g. ``{"endpoint_url": "http://127.0.0.1:9000"}``; fsspec's
+    ``FSSPEC_S3_ENDPOINT_URL`` and botocore's ``AWS_ENDPOINT_URL`` work too); ``storage`` replaces the
+    storage outright (another backend). Remote files read through ``local_path`` are cached, verified,
+    under ``cache_dir`` (default ``$DODE_CACHE`` or ~/.cache/dode/registry). ``provenance`` is recorded
+    in every artifact this registry publishes (e.g. the flow run and code version).
     """
 
     def __init__(
         self,
-        uri: str | os.PathLike | None = None,
+        uri: str | os.PathLike,
         *,
         storage_options: Mapping[str, Any] | None = None,
         cache_dir: str | os.PathLike | None = None,
+        provenance: Mapping[str, Any] | None = None,
+        storage: Storage | None = None,
     ) -> None:
-        self.uri = str(uri or os.environ.get("DODE_REGISTRY") or DEFAULT_REGISTRY)
-        try:
-            self.fs, root = fsspec.core.url_to_fs(self.uri, **dict(storage_options or {}))
-        except (ImportError, ValueError) as err:
-            raise ValueError(f"cannot open registry {self.uri!r}: {err}; use a local path or an fsspec URL "
-                             "such as s3://bucket/prefix") from None
-        self.local = isinstance(self.fs, LocalFileSystem)
-        self.root = root.rstrip("/")
+        if uri is None or not str(uri).strip():
+            raise ValueError("a Registry needs a location (a directory or an fsspec URL); entry points take the "
+                             "default from dode.store.location.registry_location() ($DODE_REGISTRY, else "
+                             "<checkout>/data/registry)")
+        self.uri = str(uri)
         self.cache_dir = Path(cache_dir or os.environ.get("DODE_CACHE") or DEFAULT_CACHE)
+        self.storage = storage or open_storage(self.uri, dict(storage_options or {}), self.cache_dir)
+        self.base_provenance = json.loads(canonical_json(dict(provenance or {})))
         self.manifests: dict[str, Artifact] = {}
+        self.broken: dict[str, list[str]] = {}
         self.writable = False
 
     def __repr__(self) -> str:
         return f"Registry({self.uri!r})"
 
-    # Paths.
-    def artifact_dir(self, id: str) -> str:
-        return f"{self.root}/artifacts/{id}"
+    @property
+    def local(self) -> bool:
+        """Whether the files are on a local (or mounted) file system."""
+        return isinstance(self.storage, LocalStorage)
 
-    def file_path(self, id: str, name: str) -> str:
-        return f"{self.artifact_dir(id)}/files/{name}"
+    # Keys and places.
+    @staticmethod
+    def file_key(id: str, name: str) -> str:
+        return f"artifacts/{id}/files/{name}"
+
+    @staticmethod
+    def manifest_key(id: str) -> str:
+        return f"artifacts/{id}/{MANIFEST}"
 
     def manifest_path(self, id: str) -> str:
-        return f"{self.artifact_dir(id)}/{MANIFEST}"
+        return self.storage.path(self.manifest_key(id))
+
+    def url(self, art: Artifact) -> str:
+        """Where an artifact's manifest lives: a file:// URI, or the fsspec URL."""
+        return self.storage.url(self.manifest_key(art.id))
+
+    def staging(self) -> StagingArea:
+        """A private local directory for partial files (``with reg.staging() as area: area.path``)."""
+        return StagingArea(self.storage.staging)
 
     # Publishing.
     def check_writable(self) -> None:
         """Raise a ValueError now, before any work, when the registry cannot be written."""
-        if self.writable:
-            return
-        probe = f"{self.root}/staging/probe-{uuid.uuid4().hex}"
-        try:
-            if self.local:
-                Path(probe).parent.mkdir(parents=True, exist_ok=True)
-            self.fs.pipe_file(probe, b"")
-            self.fs.rm_file(probe)
-        except Exception as err:  # noqa: BLE001 - any backend failure means "not writable"
-            raise ValueError(
-                f"registry {self.uri} is not writable ({type(err).__name__}: {err}); "
-                "choose a writable location with --registry URI or $DODE_REGISTRY"
-            ) from None
-        self.writable = True
+        if not self.writable:
+            self.storage.check_writable()
+            self.writable = True
 
     def publish(
         self,
@@ -221,7 +181,11 @@ class Registry:
         parents: Sequence[str | Artifact] = (),
         provenance: Mapping[str, Any] | None = None,
     ) -> Artifact:
-        """Publish an immutable artifact (files first, manifest last); returns the existing one if identical."""
+        """Publish an immutable artifact (files first, manifest last); returns the existing one if identical.
+
+        An existing artifact with a damaged, missing or unlisted file, or a broken manifest, is repaired
+        from the content being published (it hashes to the same id).
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown artifact kind {kind!r}; choose one of {list(KINDS)}")
         if not isinstance(key, str) or not key.strip() or "\n" in key:
@@ -231,30 +195,23 @@ class Registry:
         files = expand_files(files)
         self.check_writable()
 
-        # Hash every file (staged locally in the same pass, so the registry reads each byte once).
-        staged: dict[str, str] = {}
-        hashes, sizes = {}, {}
-        try:
-            for name, content in files.items():
-                hashes[name], sizes[name], tmp = self.stage(content)
-                if tmp:
-                    staged[name] = tmp
-            id = artifact_id(kind, key, params, [p.id for p in parent_arts], hashes)
-            if self.exists(id):
-                return self.get(id)
-
-            # Files into place, then the manifest: only a complete artifact becomes visible.
-            for name, content in files.items():
-                self.put(content, staged.pop(name, None), self.file_path(id, name))
+        # Stage every file (hashed while copied), then files into place and the manifest last.
+        with self.staging() as area:
+            staged = {name: stage(content, area.path) for name, content in files.items()}
+            id = artifact_id(kind, key, params, [p.id for p in parent_arts], {n: s.sha256 for n, s in staged.items()})
+            existing = self.load(id)
+            for name, s in staged.items():
+                if existing is None or self.file_problem(existing, name) is not None:
+                    self.storage.commit(s.path, self.file_key(id, name))
+            if existing is not None:
+                return existing
             art = Artifact(id, kind, key, params, tuple(p.id for p in parent_arts),
                            self.provenance(provenance, parent_arts),
-                           {n: {"sha256": hashes[n], "size": sizes[n]} for n in sorted(hashes)},
+                           {n: {"sha256": s.sha256, "size": s.size} for n, s in sorted(staged.items())},
                            datetime.now(timezone.utc).isoformat())
-            self.put(json.dumps(art.to_dict(), indent=2, sort_keys=True).encode(), None, self.manifest_path(id))
-        finally:
-            for tmp in staged.values():
-                Path(tmp).unlink(missing_ok=True)
+            self.storage.commit(json.dumps(art.to_dict(), indent=2, sort_keys=True).encode(), self.manifest_key(id))
         self.manifests[id] = art
+        self.broken.pop(id, None)
         return art
 
     def publish_json(
@@ -269,75 +226,46 @@ class Registry:
         return self.publish(kind, key, {name: data}, params=params, parents=parents, provenance=provenance)
 
     def provenance(self, extra: Mapping[str, Any] | None, parents: Sequence[Artifact]) -> dict[str, Any]:
-        """Static provenance, the Prefect flow run (when under Prefect), the model inherited from parents."""
-        out = dict(static_provenance())
-        run = os.environ.get("PREFECT__FLOW_RUN_ID")
-        if run:
-            out["prefect_flow_run_id"] = run
+        """Versions, this registry's provenance, the model inherited from parents, then the caller's ``extra``."""
+        out = {**static_provenance(), **self.base_provenance}
         model = next((p.provenance["model"] for p in parents if "model" in p.provenance), None)
         if model is not None:
             out["model"] = model
         out.update(json.loads(canonical_json(dict(extra or {}))))
         return out
 
-    def stage(self, content: Path | bytes) -> tuple[str, int, str]:
-        """(sha256, size, staged temp path or '') of one file; local registries copy it into staging."""
-        digest, size = hashlib.sha256(), 0
-        tmp = f"{self.root}/staging/{uuid.uuid4().hex}" if self.local else ""
-        with open(tmp, "wb") if tmp else contextlib.nullcontext() as out:
-            for block in chunks(content):
-                digest.update(block)
-                size += len(block)
-                if out is not None:
-                    out.write(block)
-            if out is not None:
-                out.flush()
-                os.fsync(out.fileno())
-        return digest.hexdigest(), size, tmp
-
-    def put(self, content: Path | bytes, staged: str | None, dest: str) -> None:
-        """Write one file atomically and durably: fsync, rename from staging and fsync the directory
-        locally; one PUT on object stores."""
-        if self.local:
-            if staged is None:
-                staged = self.stage(content)[2]
-            os.chmod(staged, 0o444)
-            Path(dest).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, dest)
-            fd = os.open(Path(dest).parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        elif isinstance(content, bytes):
-            self.fs.pipe_file(dest, content)
-        else:
-            self.fs.put_file(str(content), dest)
-
-    # Reading.
-    def exists(self, id: str) -> bool:
+    # Manifests.
+    def load(self, id: str) -> Artifact | None:
+        """The artifact ``id`` when its manifest exists and is sound; None otherwise (problems in ``broken``)."""
         if id in self.manifests:
-            return True
-        self.fs.invalidate_cache(self.artifact_dir(id))
-        return self.fs.exists(self.manifest_path(id))
+            return self.manifests[id]
+        try:
+            raw = self.storage.read(self.manifest_key(id))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        except (OSError, ValueError) as err:
+            raw = f"unreadable: {err}".encode()
+        return self.parsed(id, raw)
+
+    def parsed(self, id: str, raw: bytes) -> Artifact | None:
+        art, problems = parse_manifest(id, raw)
+        if art is None:
+            self.broken[id] = problems
+            return None
+        self.manifests[id] = art
+        self.broken.pop(id, None)
+        return art
+
+    def exists(self, id: str) -> bool:
+        return id in self.manifests or self.storage.exists(self.manifest_key(id))
 
     def ids(self) -> list[str]:
-        """Ids of every complete artifact (one whose manifest exists)."""
-        base = f"{self.root}/artifacts"
-        self.fs.invalidate_cache(base)
-        try:
-            dirs = [d.rstrip("/").rsplit("/", 1)[-1] for d in self.fs.ls(base, detail=False)]
-        except FileNotFoundError:
-            return []
+        """Ids of every complete, sound artifact (broken manifests are kept in ``broken``, see ``verify``)."""
+        dirs = [d for d in self.storage.listdir("artifacts") if HEX64.fullmatch(d)]
         unknown = [d for d in dirs if d not in self.manifests]
         if unknown:
-            found = self.fs.cat([self.manifest_path(d) for d in unknown], on_error="omit")
-            for data in found.values():
-                try:
-                    art = Artifact.from_dict(json.loads(data))
-                except (ValueError, TypeError, KeyError):
-                    continue  # unreadable manifests are reported by verify()
-                self.manifests[art.id] = art
+            for key, raw in self.storage.read_many(self.manifest_key(d) for d in unknown).items():
+                self.parsed(key.split("/")[1], raw)
         return sorted(d for d in dirs if d in self.manifests)
 
     def list(self, kind: str | None = None) -> list[Artifact]:
@@ -354,15 +282,20 @@ class Registry:
                 if (key is None or a.key == key) and all(a.params.get(k) == v for k, v in want.items())]
         return hits[::-1]
 
+    def refuse(self, id: str) -> ValueError:
+        return ValueError(f"artifact {id[:12]} in {self.uri} is refused: {'; '.join(self.broken[id])}; "
+                          "run `dode artifacts verify` (republishing the same content repairs it)")
+
     def get(self, ref: str | Artifact) -> Artifact:
-        """The artifact with this id or unique id prefix; a ValueError lists close matches otherwise."""
+        """The artifact with this id or unique id prefix, its manifest verified; a ValueError otherwise."""
         if isinstance(ref, Artifact):
             return ref
         ref = str(ref).strip().lower()
-        if len(ref) == 64 and ref in self.manifests:
-            return self.manifests[ref]
-        if len(ref) == 64 and self.exists(ref):
-            return self.read_manifest(ref)
+        if HEX64.fullmatch(ref):
+            if self.load(ref) is not None:
+                return self.manifests[ref]
+            if ref in self.broken:
+                raise self.refuse(ref)
         ids = self.ids() if ref else []
         hits = [i for i in ids if i.startswith(ref)] if ref else []
         if len(hits) == 1:
@@ -370,147 +303,14 @@ class Registry:
         if hits:
             listing = "\n  ".join(self.manifests[i].line() for i in hits[:10])
             raise ValueError(f"artifact id prefix {ref!r} is ambiguous in {self.uri}; give more characters:\n  {listing}")
+        bad = [i for i in self.broken if ref and i.startswith(ref)]
+        if bad:
+            raise self.refuse(bad[0])
         close = difflib.get_close_matches(ref, [i[: len(ref)] for i in ids], n=5, cutoff=0.5)
         near = [self.manifests[i] for i in ids if i[: len(ref)] in close]
         near += [a for a in (self.manifests[i] for i in ids) if ref and ref in a.key.lower() and a not in near]
         hint = "close matches:\n  " + "\n  ".join(a.line() for a in near[:5]) if near else "see `dode artifacts list`"
         raise ValueError(f"no artifact {ref!r} in registry {self.uri}; {hint}")
-
-    def read_manifest(self, id: str) -> Artifact:
-        try:
-            art = Artifact.from_dict(json.loads(self.fs.cat_file(self.manifest_path(id))))
-        except (ValueError, TypeError, KeyError) as err:
-            raise ValueError(f"artifact {id[:12]}: unreadable manifest ({err}); run `dode artifacts verify`") from None
-        self.manifests[id] = art
-        return art
-
-    def entry(self, ref: str | Artifact, name: str) -> tuple[Artifact, dict[str, Any]]:
-        art = self.get(ref)
-        if name not in art.files:
-            raise ValueError(f"artifact {art.short} ({art.kind} {art.key}) has no file {name!r}; "
-                             f"its files: {sorted(art.files)}")
-        return art, art.files[name]
-
-    def read_bytes(self, ref: str | Artifact, name: str) -> bytes:
-        """One file's content, checked against its sha256."""
-        art, entry = self.entry(ref, name)
-        data = self.fs.cat_file(self.file_path(art.id, name))
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise ValueError(f"file {name!r} of artifact {art.short} fails its sha256 check; "
-                             "the registry copy is corrupted (run `dode artifacts verify`)")
-        return data
-
-    def read_json(self, ref: str | Artifact, name: str = "data.json") -> Any:
-        return json.loads(self.read_bytes(ref, name))
-
-    def local_path(self, ref: str | Artifact, name: str) -> Path:
-        """A local read-only path to one file: the registry's own file, or a verified cached copy."""
-        art, entry = self.entry(ref, name)
-        if self.local:
-            return Path(self.file_path(art.id, name))
-        dest = self.cache_dir / art.id / name
-        if not dest.is_file():
-            self.download(art, name, entry, dest, readonly=True)
-        return dest
-
-    def local_dir(self, ref: str | Artifact) -> Path:
-        """A local directory holding all of the artifact's files under their names (e.g. a model folder)."""
-        art = self.get(ref)
-        if self.local:
-            return Path(self.artifact_dir(art.id)) / "files"
-        for name in art.files:
-            self.local_path(art, name)
-        return self.cache_dir / art.id
-
-    def download(self, art: Artifact, name: str, entry: Mapping[str, Any], dest: Path, readonly: bool = False) -> None:
-        """Copy one file to ``dest`` through a temporary file, verifying its sha256 before it appears."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
-        digest = hashlib.sha256()
-        try:
-            with self.fs.open(self.file_path(art.id, name), "rb") as src, open(tmp, "wb") as out:
-                while block := src.read(CHUNK):
-                    digest.update(block)
-                    out.write(block)
-        except FileNotFoundError:
-            tmp.unlink(missing_ok=True)
-            raise ValueError(f"file {name!r} of artifact {art.short} is missing from {self.uri}") from None
-        if digest.hexdigest() != entry["sha256"]:
-            tmp.unlink()
-            raise ValueError(f"file {name!r} of artifact {art.short} fails its sha256 check (expected "
-                             f"{entry['sha256'][:16]}…, got {digest.hexdigest()[:16]}…): the registry copy is "
-                             "corrupted or was tampered with; it was not written")
-        if readonly:
-            os.chmod(tmp, 0o444)
-        os.replace(tmp, dest)
-
-    def fetch(self, ref: str | Artifact, out_dir: str | os.PathLike) -> Path:
-        """Download every file of an artifact into ``out_dir``, each verified against its sha256."""
-        art = self.get(ref)
-        out = Path(out_dir)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / f".dode-probe-{uuid.uuid4().hex}"
-            probe.touch()
-            probe.unlink()
-        except OSError as err:
-            raise ValueError(f"cannot write to {out} ({err}); choose another --out directory") from None
-        for name, entry in art.files.items():
-            dest = out / name
-            if dest.exists():
-                if file_sha256(dest) == entry["sha256"]:
-                    continue
-                raise ValueError(f"{dest} exists with other content; remove it or choose another --out directory")
-        for name, entry in art.files.items():
-            if not (out / name).exists():
-                self.download(art, name, entry, out / name)
-        return out
-
-    # Checking.
-    def verify(self, ref: str | Artifact | None = None) -> list[str]:
-        """Problems found (empty when all is well): manifests, ids, every file's size and sha256, parents."""
-        if ref is not None:
-            targets = [self.get(ref).id]
-        else:
-            base = f"{self.root}/artifacts"
-            self.fs.invalidate_cache(base)
-            try:
-                dirs = [d.rstrip("/").rsplit("/", 1)[-1] for d in self.fs.ls(base, detail=False)]
-            except FileNotFoundError:
-                dirs = []
-            targets = [d for d in dirs if self.fs.exists(self.manifest_path(d))]
-        problems = []
-        for id in sorted(targets):
-            problems += self.verify_one(id)
-        return problems
-
-    def verify_one(self, id: str) -> list[str]:
-        try:
-            art = self.read_manifest(id)
-        except ValueError as err:
-            return [str(err)]
-        problems = []
-        recomputed = artifact_id(art.kind, art.key, art.params, art.parents,
-                                 {n: e["sha256"] for n, e in art.files.items()})
-        if art.id != id or recomputed != id:
-            problems.append(f"artifact {id[:12]}: manifest does not hash to its id (edited or corrupted)")
-        for name, entry in sorted(art.files.items()):
-            path = self.file_path(id, name)
-            try:
-                digest, size = hashlib.sha256(), 0
-                with self.fs.open(path, "rb") as f:
-                    while block := f.read(CHUNK):
-                        digest.update(block)
-                        size += len(block)
-            except FileNotFoundError:
-                problems.append(f"artifact {id[:12]}: file {name!r} is missing")
-                continue
-            if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
-                problems.append(f"artifact {id[:12]}: file {name!r} fails its sha256 check ({size} bytes)")
-        for parent in art.parents:
-            if not self.exists(parent):
-                problems.append(f"artifact {id[:12]}: parent {parent[:12]} is missing from the registry")
-        return problems
 
     def lineage(self, ref: str | Artifact) -> list[Artifact]:
         """The artifact, then its parents, theirs, ... down to the model (depth first, each once)."""
@@ -527,10 +327,140 @@ class Registry:
                 todo.append(self.get(parent))
         return out
 
+    # Reading files, each verified.
+    def entry(self, ref: str | Artifact, name: str) -> tuple[Artifact, dict[str, Any]]:
+        art = self.get(ref)
+        if name not in art.files:
+            raise ValueError(f"artifact {art.short} ({art.kind} {art.key}) has no file {name!r}; "
+                             f"its files: {sorted(art.files)}")
+        return art, art.files[name]
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    for block in chunks(Path(path)):
-        digest.update(block)
-    return digest.hexdigest()
+    def corrupt(self, art: Artifact, name: str, why: str) -> ValueError:
+        return ValueError(f"file {name!r} of artifact {art.short} ({art.kind} {art.key}) {why}: the registry copy is "
+                          "corrupted or was tampered with; run `dode artifacts verify`")
 
+    def read_bytes(self, ref: str | Artifact, name: str) -> bytes:
+        """One file's content, hashed as it is read and checked against its sha256 and size."""
+        art, entry = self.entry(ref, name)
+        try:
+            sha, size, data = hash_blocks(self.blocks(self.file_key(art.id, name)), entry["size"])
+        except FileNotFoundError:
+            raise self.corrupt(art, name, "is missing") from None
+        why = mismatch(art, name, sha, size)
+        if why:
+            raise self.corrupt(art, name, why)
+        return data
+
+    def read_json(self, ref: str | Artifact, name: str = "data.json") -> Any:
+        return json.loads(self.read_bytes(ref, name))
+
+    def blocks(self, key: str) -> Iterable[bytes]:
+        with self.storage.open(key) as f:
+            while block := f.read(CHUNK):
+                yield block
+
+    def file_problem(self, art: Artifact, name: str, *, fresh: bool = False) -> str | None:
+        """Why the stored file ``name`` does not match the manifest (None when it does).
+
+        A match is remembered per file state (``VERIFIED``); ``fresh`` re-hashes regardless.
+        """
+        key, sha = self.file_key(art.id, name), art.files[name]["sha256"]
+        try:
+            token = self.storage.token(key)
+            if token is not None and not fresh and (token, sha) in VERIFIED:
+                return None
+            digest, size, _ = hash_blocks(self.blocks(key), -1)
+            if token is not None and token != self.storage.token(key):
+                return "changed while it was read"
+        except FileNotFoundError:
+            return "is missing"
+        except ValueError as err:
+            return f"is refused ({err})"
+        why = mismatch(art, name, digest, size)
+        if why is None and token is not None:
+            VERIFIED.add((token, sha))
+        return why
+
+    def local_path(self, ref: str | Artifact, name: str) -> Path:
+        """A local read-only path to one verified file: the registry's own file, or a verified cached copy."""
+        art, entry = self.entry(ref, name)
+        key = self.file_key(art.id, name)
+        try:
+            path = self.storage.local_file(key)
+        except (FileNotFoundError, ValueError) as err:
+            raise self.corrupt(art, name, f"is missing or refused ({err})") from None
+        if path is not None:
+            why = self.file_problem(art, name)
+            if why:
+                raise self.corrupt(art, name, why)
+            return path
+        dest = self.cache_dir / art.id / name
+        if not dest.is_file() or dest.is_symlink() or (local_token(dest), entry["sha256"]) not in VERIFIED:
+            self.install(self.download(art, name, dest), dest, readonly=True)
+            VERIFIED.add((local_token(dest), entry["sha256"]))
+        return dest
+
+    def local_dir(self, ref: str | Artifact) -> Path:
+        """A local directory holding exactly the artifact's files under their names (e.g. a model folder)."""
+        art = self.get(ref)
+        paths = {name: self.local_path(art, name) for name in art.files}
+        name, path = next(iter(paths.items()))
+        folder = path.parents[name.count("/")]
+        tree = local_tree(folder)
+        if tree != dict.fromkeys(art.files, "file"):
+            extra = sorted(n for n, kind in tree.items() if n not in art.files or kind != "file")
+            raise ValueError(f"artifact {art.short}: {folder} holds entries the manifest does not list as files "
+                             f"{extra[:5]}; run `dode artifacts verify`")
+        return folder
+
+    def download(self, art: Artifact, name: str, dest: Path) -> Path:
+        """A verified temporary copy of one file next to ``dest`` (nothing is left when it fails)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+        entry = art.files[name]
+        try:
+            with open(tmp, "xb") as out:
+                digest, size, _ = hash_blocks(tee(self.blocks(self.file_key(art.id, name)), out), -1)
+        except FileNotFoundError:
+            tmp.unlink(missing_ok=True)
+            raise self.corrupt(art, name, f"is missing from {self.uri}") from None
+        why = mismatch(art, name, digest, size)
+        if why:
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"file {name!r} of artifact {art.short} {why} (expected {entry['sha256'][:16]}…, got "
+                             f"{digest[:16]}…): the registry copy is corrupted or was tampered with; it was not written")
+        return tmp
+
+    @staticmethod
+    def install(tmp: Path, dest: Path, readonly: bool = False) -> None:
+        if readonly:
+            os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+
+    def fetch(self, ref: str | Artifact, out_dir: str | os.PathLike, *, force: bool = False) -> Path:
+        """Download every file of an artifact into ``out_dir`` (only inside it), each verified; all or nothing.
+
+        A file already there with the same content is kept; other content is refused unless ``force``.
+        """
+        from .fetch import fetch
+
+        return fetch(self, self.get(ref), Path(out_dir), force=force)
+
+    # Checking and cleaning.
+    def check_readable(self) -> None:
+        """A ValueError unless the registry exists and can be read (a missing path, a file, no credentials)."""
+        self.storage.check_readable()
+
+    def verify(self, ref: str | Artifact | None = None) -> list[str]:
+        """Every problem found (empty when all is well); see ``dode.store.verify``."""
+        from .verify import verify
+
+        return verify(self, ref)
+
+    def stale(self) -> list[Stale]:
+        """Partial files in the staging directory that no live writer owns."""
+        return stale_entries(self.storage.staging)
+
+    def gc(self) -> list[Stale]:
+        """Remove the stale partial files (``dode.store.staging``); returns what was removed."""
+        return collect(self.storage.staging)

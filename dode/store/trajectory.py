@@ -40,6 +40,7 @@ from typing_extensions import Self
 from .. import __version__
 from ..teacher import run_teacher
 from ..types import Denoiser, Tensor
+from .staging import clean_partials, lock_partial
 
 SCHEMA_VERSION = 1
 COMPRESSIONS = ("none", "zstd")
@@ -161,6 +162,8 @@ class TrajectoryWriter:
         self.index: list[dict[str, Any]] = []
         self.seen: dict[int, IdRuns] = {}  # per step: the sample ids written so far
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        clean_partials(self.path)  # left by killed writers of this file (dode.store.staging)
+        self.lock: int | None = lock_partial(self.partial)  # held while this writer lives
         self.thread: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="dode-trajectory")
         try:
             self.writer: pq.ParquetWriter | None = self.on_thread(
@@ -169,6 +172,7 @@ class TrajectoryWriter:
             )
         except BaseException:
             self.stop_thread()
+            self.partial.unlink(missing_ok=True)
             raise
 
     def on_thread(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -264,6 +268,9 @@ class TrajectoryWriter:
         if self.thread is not None:
             self.thread.shutdown()
             self.thread = None
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
 
     def __enter__(self) -> Self:
         return self
@@ -516,3 +523,12 @@ def write_teacher(
 
             run_teacher(denoiser, x0, sigmas, solver, keep, sink)
     return Path(path)
+
+
+def read_artifact(
+    reg: Any, ref: Any, name: str, steps: Iterable[int] | None = None, samples: Iterable[int] | None = None,
+    *, denoised: bool = False,
+) -> Trajectory:
+    """``read_steps`` of the trajectory file ``name`` of a registry artifact, verified against its sha256 and
+    size first (``Registry.local_path``), local registry or remote alike."""
+    return read_steps(reg.local_path(ref, name), steps, samples, denoised=denoised)

@@ -1,0 +1,73 @@
+"""``Registry.fetch`` (``dode artifacts get --out DIR``): every file verified, written only inside DIR.
+
+Names come from a verified manifest (plain relative names, ``dode.store.manifest.check_name``); on top
+of that no existing path component under DIR may be a symbolic link or a file, so nothing is written
+outside DIR. Files are downloaded to temporary names and verified first, then renamed: a tampered
+file leaves DIR as it was. A file already there with the same content is kept; other content is
+refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .manifest import Artifact
+
+
+def writable_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".dode-probe-{uuid.uuid4().hex}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"cannot write to {out} ({err}); choose another --out directory") from None
+
+
+def destination(out: Path, name: str) -> Path:
+    """``out/name``, refusing a symbolic link or a file among the directories on the way."""
+    parts = name.split("/")
+    folder = out
+    for part in parts[:-1]:
+        folder = folder / part
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise ValueError(f"{folder} is a symbolic link or a file; `get` writes only inside {out}: remove it "
+                             "or choose another --out directory")
+    dest = folder / parts[-1]
+    if dest.is_dir() and not dest.is_symlink():
+        raise ValueError(f"{dest} is a directory; remove it or choose another --out directory")
+    return dest
+
+
+def needed(dest: Path, sha256: str, force: bool) -> bool:
+    """Whether ``dest`` must be written: absent, or other content and ``force``."""
+    from .registry import file_sha256
+
+    if not (dest.exists() or dest.is_symlink()):
+        return True
+    if dest.is_file() and not dest.is_symlink() and file_sha256(dest) == sha256:
+        return False
+    if not force:
+        raise ValueError(f"{dest} exists with other content; remove it or choose another --out directory, "
+                         "or pass --force to overwrite it")
+    return True
+
+
+def fetch(reg: Any, art: Artifact, out: Path, *, force: bool = False) -> Path:
+    """Download every file of ``art`` into ``out``, all verified before any is renamed into place."""
+    writable_dir(out)
+    plan = [(name, dest) for name, dest in ((n, destination(out, n)) for n in sorted(art.files))
+            if needed(dest, art.files[name]["sha256"], force)]
+    done: list[tuple[Path, Path]] = []
+    try:
+        for name, dest in plan:
+            done.append((reg.download(art, name, dest), dest))
+    except BaseException:
+        for tmp, _ in done:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, dest in done:
+        reg.install(tmp, dest)
+    return out

@@ -1,11 +1,15 @@
 """Sampling at scale: a SamplingJob cut into seeded chunks, each chunk stored as its own registry artifact.
 
 Sample k of a job is ``sample(D, seeded_noise([first_seed + k]), sigmas, solver, lambdas)`` converted to
-uint8 by ``dode.images.to_uint8``. Its noise depends on its seed only (``dode.rng``); so does the sample
-wherever the denoiser is batch-invariant (the float64 analytic models: bit for bit in any batch). Float32
-networks may round differently at another batch size, so chunks are fixed by ``batch_size``: shards,
-workers and reruns of one job always reproduce the same bits. Chunk c holds the seeds
-``first_seed + c * batch_size`` onwards (one batch, so memory is bounded by the batch). Each chunk is published as soon as it is done, with the hash of
+uint8 by ``dode.images.to_uint8``. Its noise depends on its seed only (``dode.rng``), bit for bit. The
+sample itself depends on the batch it is computed in only through rounding: BLAS and vectorised kernels
+(``cdist``, matmul, ``log``/``exp`` tails) sum and round differently for different batch shapes, and
+differently on different CPUs (Intel and AMD), even in float64. What holds by construction is that chunks
+are fixed by ``batch_size``: a chunk always holds the same seeds in the same batch shape, so shards,
+workers, reruns and fresh registries of one job reproduce the same bits on one machine. Across batch
+sizes, float samples agree to rounding (float64: ~1e-12) and uint8 images agree except where a pixel
+lies within that rounding of a quantisation tie. Chunk c holds the seeds ``first_seed + c * batch_size``
+onwards (one batch, so memory is bounded by the batch). Each chunk is published as soon as it is done, with the hash of
 the sampler (model, solver, grid, lambdas) and its seed range in its params, and found again by any later
 job with the same sampler and chunk: an interrupted job resumes where it stopped, a longer job reuses a
 shorter one's chunks, and ``num_shards`` workers split one job's chunks into contiguous blocks.
@@ -33,11 +37,11 @@ from .correction import Lambdas
 from .devices import resolve_device
 from .grids import GridSpec
 from .images import to_uint8, write_png
-from .models import load_model
+from .models import check_model_name, load_model
 from .rng import MAX_SEED, seeded_noise
 from .sampling import sample
 from .solvers import get_solver
-from .store.lambdas import load_lambdas
+from .store.lambdas import check_model, load_lambdas
 from .types import Denoiser, Tensor
 
 SAMPLES_SCHEMA_VERSION = 1
@@ -63,6 +67,7 @@ class SamplingJob:
     spec: GridSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_model_name(self.model)
         get_solver(self.solver)
         try:
             object.__setattr__(self, "spec", GridSpec(**self.grid))
@@ -141,7 +146,8 @@ def _npy_bytes(images: np.ndarray) -> bytes:
 class _Run:
     """One job resolved against a model, its grid, its lambdas and a registry."""
 
-    def __init__(self, job: SamplingJob, registry: Any, device: str | torch.device | None) -> None:
+    def __init__(self, job: SamplingJob, registry: Any, device: str | torch.device | None,
+                 allow_other_model: bool = False) -> None:
         self.registry, self.device = registry, resolve_device(device)
         registry.check_writable()  # fail before any sampling, not after the first chunk
         lambdas, parents = None, []
@@ -152,6 +158,7 @@ class _Run:
         self.model = load_model(job.model, device=str(self.device))
         self.sigmas = job.spec.sigmas(self.model.denoiser)
         if lambdas is not None:
+            check_model(registry, art, lambdas, self.model.fingerprint, allow_other_model=allow_other_model)
             lambdas.check_matches(self.sigmas, job.solver, lambdas.correction)
         parents += [a.id for a in registry.find("model", fingerprint=self.model.fingerprint)[:1]]
         self.parents = parents
@@ -163,7 +170,8 @@ class _Run:
         """Chunk index -> stored chunk artifact holding exactly that chunk's seeds (one registry listing)."""
         found = self.registry.find("samples", sampler_hash=self.base["sampler_hash"],
                                    model_fingerprint=self.model.fingerprint)
-        by_seeds = {tuple(a.params["seeds"]): a for a in reversed(found) if "images.npy" in a.files}
+        by_seeds = {tuple(a.params["seeds"]): a for a in reversed(found)  # a damaged chunk is recomputed
+                    if "images.npy" in a.files and self.registry.file_problem(a, "images.npy") is None}
         ranges = {c: self.job.chunk_seeds(c) for c in range(self.job.num_chunks)}
         return {c: by_seeds[(r.start, r.stop)] for c, r in ranges.items() if (r.start, r.stop) in by_seeds}
 
@@ -188,17 +196,19 @@ class _Run:
 
 def run_sampling(
     job: SamplingJob, registry: Any, *, shard: int = 0, num_shards: int = 1, device: str | torch.device | None = None,
-    progress: bool = False, on_chunk: ChunkHook | None = None,
+    progress: bool = False, on_chunk: ChunkHook | None = None, allow_other_model: bool = False,
 ) -> Any:
     """Compute (or find) this shard's chunks and publish them; return a "samples" artifact.
 
     Returns the whole job's artifact when every chunk of the job exists after this shard (always so for
-    ``num_shards=1``), else this shard's. Chunks already in the registry are not recomputed.
+    ``num_shards=1``), else this shard's. Chunks already in the registry are not recomputed (unless their file
+    fails its check: then they are recomputed and the stored copy repaired). Lambdas fitted on another model
+    are refused unless ``allow_other_model``.
     """
     from tqdm import tqdm
 
     chunks = job.shard_chunks(shard, num_shards)
-    run = _Run(job, registry, device)
+    run = _Run(job, registry, device, allow_other_model)
     stored, arts = run.stored_chunks(), []
     with tqdm(total=sum(len(job.chunk_seeds(c)) for c in chunks), unit="sample", disable=not progress,
               desc=f"shard {shard}/{num_shards}") as bar:

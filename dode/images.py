@@ -85,14 +85,19 @@ def read_image(path: Path) -> np.ndarray:
     """One image file as uint8 (C, H, W): ``L`` stays one channel, every other mode becomes RGB (as pytorch-fid)."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img if img.mode == "L" else img.convert("RGB")
-        arr = np.asarray(img, dtype=np.uint8)
+    try:
+        with Image.open(path) as img:
+            img = img if img.mode == "L" else img.convert("RGB")
+            arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path} is not a readable image ({err}); remove or replace it") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def iter_folder(folder: str | Path, batch_size: int) -> Iterator[np.ndarray]:
     """The folder's images in batches of uint8 (B, C, H, W), reading at most ``batch_size`` files at a time."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
     files = image_files(folder)
     for start in range(0, len(files), batch_size):
         arrays = [read_image(f) for f in files[start : start + batch_size]]

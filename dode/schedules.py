@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import operator
+
 import torch
 
 from .types import Tensor
 
 VP_SPACINGS = ("time_uniform", "time_quadratic", "logsnr_uniform", "ddim")
+MAX_STEPS = 10_000_000  # the longest grid built here (80 MB of float64): a bound checked before allocating
 
 
 def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
@@ -15,10 +19,12 @@ def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
     sigma_i = (sigma_max^(1/rho) + i/(steps-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
     Returns shape (steps + 1,), float64.
     """
-    if steps < 1:
-        raise ValueError(f"karras_sigmas needs steps >= 1, got {steps}")
+    steps = _check_steps(steps, "karras_sigmas")
+    sigma_min, sigma_max, rho = _finite(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if rho <= 0:
+        raise ValueError(f"rho must be > 0 (Karras et al. use 7), got {rho}")
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (hi + ramp * (lo - hi)) ** rho
@@ -28,9 +34,38 @@ def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
+def _check_steps(steps: int, where: str) -> int:
+    """``steps`` as an int in [1, MAX_STEPS] (numpy and torch integers included), or one ValueError."""
+    try:
+        value = operator.index(steps) if not isinstance(steps, bool) else None
+    except TypeError:
+        value = None
+    if value is None or not 1 <= value <= MAX_STEPS:
+        raise ValueError(f"{where} needs an integer number of steps in [1, {MAX_STEPS}], got {steps!r}")
+    return value
+
+
+def _finite(**values: float) -> list[float]:
+    """The values as finite floats, or one ValueError naming them."""
+    try:
+        out = [float(v) for v in values.values()]
+    except (TypeError, ValueError):
+        out = [math.nan]
+    if not all(math.isfinite(v) for v in out):
+        raise ValueError(f"need finite numbers, got {', '.join(f'{k}={v!r}' for k, v in values.items())}")
+    return out
+
+
 def vp_sigmas_table(alphas_cumprod: Tensor) -> Tensor:
-    """sigma_t = sqrt((1 - abar_t) / abar_t) for every training timestep t (DDPM -> sigma space)."""
+    """sigma_t = sqrt((1 - abar_t) / abar_t) for every training timestep t (DDPM -> sigma space).
+
+    abar must be a 1-D sequence of at least 2 values in (0, 1], non-increasing (a DDPM schedule)."""
     abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    if abar.ndim != 1 or len(abar) < 2 or not ((abar > 0) & (abar <= 1)).all() or (abar[1:] > abar[:-1]).any():
+        raise ValueError(
+            "alphas_cumprod must be a 1-D non-increasing sequence of at least 2 values in (0, 1] "
+            "(a DDPM schedule, e.g. DDPMScheduler().alphas_cumprod)"
+        )
     return ((1 - abar) / abar).sqrt()
 
 
@@ -51,10 +86,9 @@ def vp_sigmas(alphas_cumprod: Tensor, steps: int, spacing: str = "time_uniform")
     - ``logsnr_uniform``: log sigma uniform from sigma(T-1) to sigma(0) (DPM-Solver's logSNR spacing);
     - ``ddim``: the DDIM integer grid int(j T/steps), j = steps-1 ... 0 (the reference code's rule).
     """
+    steps = _check_steps(steps, "vp_sigmas")
     table = vp_sigmas_table(alphas_cumprod)
     T = len(table)
-    if steps < 1:
-        raise ValueError(f"vp_sigmas needs steps >= 1, got {steps}")
     i = torch.arange(steps, dtype=torch.float64)
     if spacing == "time_uniform":
         sig = sigma_at(table, (T - 1) - i * T / steps)
@@ -80,8 +114,11 @@ def refine(sigmas: Tensor, factor: int, rho: float = 7.0) -> Tensor:
     the Karras grid with factor x as many steps, and the result contains every input point exactly.
     """
     check_sigmas(sigmas)
-    if factor < 1:
-        raise ValueError(f"refinement factor must be >= 1, got {factor}")
+    factor = _check_steps(factor, "refine (factor)")
+    _check_steps(factor * (len(sigmas) - 1), f"refine of {len(sigmas) - 1} steps by {factor}")
+    (rho,) = _finite(rho=rho)
+    if rho <= 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
     u = sigmas.to(torch.float64) ** (1 / rho)
     frac = torch.arange(factor, dtype=torch.float64) / factor
     fine = (u[:-1, None] + frac[None, :] * (u[1:] - u[:-1])[:, None]).reshape(-1) ** rho

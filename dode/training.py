@@ -50,6 +50,13 @@ SCHEDULER_CONFIG = {
 Log = Callable[[str], None]
 
 
+def _check_counts(where: str, **counts: int) -> None:
+    """One ValueError unless every count is an integer >= 1."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: {name} must be an integer >= 1, got {value!r}")
+
+
 def _batches(n: int, batch: int, gen: torch.Generator) -> Iterator[Tensor]:
     """Indices of ``batch`` items at a time, cycling through seeded permutations of range(n)."""
     stream = torch.empty(0, dtype=torch.long)
@@ -100,6 +107,9 @@ def train_digits_model(
     """Train the epsilon-prediction UNet on all 1797 digits; save its EMA as a DDPMPipeline at ``out``."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+    _check_counts("train_digits_model", steps=steps, batch=batch)
+    if not (lr > 0 and 0 <= ema_decay < 1):
+        raise ValueError(f"train_digits_model needs lr > 0 and 0 <= ema_decay < 1, got lr={lr}, ema_decay={ema_decay}")
     images, _ = load_digits_images()
     scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
     abar = scheduler.alphas_cumprod.to(torch.float32)
@@ -153,6 +163,9 @@ def train_digits_classifier(
     test_fraction: float = 0.25,
 ) -> dict:
     """Train the FD-digits classifier on the training split; save it at ``out`` with its held-out accuracy."""
+    _check_counts("train_digits_classifier", steps=steps, batch=batch)
+    if not (lr > 0 and 0 < test_fraction < 1):
+        raise ValueError(f"train_digits_classifier needs lr > 0 and 0 < test_fraction < 1, got {lr}, {test_fraction}")
     images, labels = load_digits_images()
     train, test = digits_split(len(images), test_fraction, split_seed)
     start = time.perf_counter()
@@ -187,6 +200,7 @@ def sample_digits(
     denoiser: VPDenoiser, n: int, *, steps: int = 100, seed: int = 0, batch: int = 500
 ) -> Tensor:
     """``n`` samples by Euler (= DDIM) on the time-uniform VP grid, clamped to [-1, 1], (n, 1, 8, 8)."""
+    _check_counts("sample_digits", n=n, steps=steps, batch=batch)
     from . import sample, vp_sigmas
 
     alphas_cumprod = 1 / (1 + denoiser.sigmas_train**2)  # sigma_t^2 = (1 - abar_t) / abar_t

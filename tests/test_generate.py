@@ -22,6 +22,17 @@ from dode.store.registry import Registry
 
 GRID = GridSpec("karras", 5)
 N = 10
+ROUNDING = 1e-9  # float64 samples computed in different batch shapes agree to this (observed: ~1e-15)
+
+
+def assert_uint8_agree(images: np.ndarray, x: torch.Tensor) -> None:
+    """uint8 ``images`` equal ``to_uint8(x)`` of float samples from another batch shape: exactly, except at
+    pixels whose value lies within ROUNDING of a quantisation tie, which may round either way."""
+    expected = to_uint8(x)
+    scaled = (x.double() + 1).numpy() * 127.5
+    near_tie = np.abs(scaled - np.floor(scaled) - 0.5) < ROUNDING * 127.5
+    diff = np.abs(images.astype(int) - expected.astype(int))
+    assert images.shape == expected.shape and diff.max(initial=0) <= 1 and not diff[~near_tie].any()
 
 
 @pytest.fixture(scope="module")
@@ -72,29 +83,38 @@ def test_uint8_conversion_is_round_clip_of_the_affine_map():
     assert np.array_equal(to_uint8(to_model(grid)), grid)  # to_model inverts to_uint8 on its grid
 
 
-def test_float_samples_are_bit_identical_in_any_batch(mixture):
+def test_samples_depend_on_their_batch_only_through_rounding(mixture):
+    # Bit-identical only where the construction guarantees it: the same seeds in the same batch shape.
     sigmas = GRID.sigmas(mixture.denoiser)
     whole = generate_batch(mixture.denoiser, sigmas, "euler", None, range(N), mixture.shape)
+    assert torch.equal(generate_batch(mixture.denoiser, sigmas, "euler", None, range(N), mixture.shape), whole)
+    # Other batch shapes: BLAS and vectorised kernels round differently (per CPU), so floats agree to rounding.
     for size in (1, 3, 7):
         parts = [generate_batch(mixture.denoiser, sigmas, "euler", None, range(i, min(i + size, N)), mixture.shape)
                  for i in range(0, N, size)]
-        assert torch.equal(torch.cat(parts), whole)
+        torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=ROUNDING)
+        assert_uint8_agree(to_uint8(torch.cat(parts)), whole)
     shuffled = generate_batch(mixture.denoiser, sigmas, "euler", None, [9, 2, 5], mixture.shape)
-    assert torch.equal(shuffled, whole[[9, 2, 5]])
+    torch.testing.assert_close(shuffled, whole[[9, 2, 5]], rtol=0, atol=ROUNDING)
+    assert (whole[0] - whole[1]).abs().max() > 0.1  # the seeds matter far beyond the tolerance
 
 
-def test_uint8_samples_are_bit_identical_across_shards_and_batches(mixture, registry):
-    reference = to_uint8(generate_batch(mixture.denoiser, GRID.sigmas(mixture.denoiser), "euler", None, range(N),
-                                        mixture.shape))
+def test_uint8_samples_are_bit_identical_across_shards_and_reruns(mixture, registry, tmp_path):
+    reference = generate_batch(mixture.denoiser, GRID.sigmas(mixture.denoiser), "euler", None, range(N), mixture.shape)
     single = run_sampling(job(batch_size=4), registry)
-    assert single.params["n"] == N and np.array_equal(load_samples(registry, single), reference)
+    assert single.params["n"] == N
+    assert_uint8_agree(load_samples(registry, single), reference)  # another batch shape: agree up to ties
     shard0 = run_sampling(job(batch_size=3), registry, shard=0, num_shards=3)
-    assert shard0.params["shard"] == 0 and np.array_equal(load_samples(registry, shard0), reference[:3])
+    assert shard0.params["shard"] == 0
     run_sampling(job(batch_size=3), registry, shard=2, num_shards=3)
     whole = run_sampling(job(batch_size=3), registry, shard=1, num_shards=3)  # the last shard to finish
     assert "shard" not in whole.params and whole.params["job"] == job(batch_size=3).to_dict()
-    assert np.array_equal(load_samples(registry, whole), reference)
+    assert_uint8_agree(load_samples(registry, whole), reference)
     assert run_sampling(job(batch_size=3), registry).id == whole.id  # nothing new to compute or publish
+    # By construction: one job's chunks (same seeds, same batch shape) give the same bits, sharded or not.
+    unsharded = run_sampling(job(batch_size=3), Registry(tmp_path / "unsharded"))
+    assert np.array_equal(load_samples(Registry(tmp_path / "unsharded"), unsharded), load_samples(registry, whole))
+    assert np.array_equal(load_samples(registry, shard0), load_samples(registry, whole)[:3])
 
 
 def test_an_interrupted_job_resumes_without_recomputing_finished_chunks(counting, registry):
@@ -124,9 +144,9 @@ def test_lambdas_come_from_the_registry(mixture, registry):
     lam_art = save_lambdas(registry, lambdas, "test/euler/karras-5")
     art = run_sampling(job(lambdas_id=lam_art.id[:10]), registry)  # a unique prefix is enough
     assert art.params["job"]["lambdas_id"] == lam_art.id and lam_art.id in art.parents
-    expected = to_uint8(generate_batch(mixture.denoiser, sigmas, "euler", lambdas, range(N), mixture.shape))
-    assert np.array_equal(load_samples(registry, art), expected)
-    assert not np.array_equal(expected, load_samples(registry, run_sampling(job(), registry)))
+    expected = generate_batch(mixture.denoiser, sigmas, "euler", lambdas, range(N), mixture.shape)
+    assert_uint8_agree(load_samples(registry, art), expected)
+    assert not np.array_equal(to_uint8(expected), load_samples(registry, run_sampling(job(), registry)))
     with pytest.raises(ValueError, match="fitted for solver 'euler'"):
         run_sampling(job(lambdas_id=lam_art.id, solver="heun", grid=GridSpec("karras", 3).to_dict()), registry)
 

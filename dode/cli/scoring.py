@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..grids import FAMILIES
 from ..metrics.features import EXTRACTORS, INCEPTION_DIMS
@@ -19,9 +20,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def _registry(uri: str | None):
+    from ..store.location import registry_location
     from ..store.registry import Registry
 
-    return Registry(uri)
+    return Registry(registry_location(uri))
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +38,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", default="karras", choices=FAMILIES, help="grid family (default karras)")
     p.add_argument("--nfe", type=int, required=True, help="network evaluations per sample")
     p.add_argument("--lambdas", default=None, metavar="ID", help="lambdas artifact id (or unique prefix)")
+    p.add_argument("--allow-other-model", action="store_true",
+                   help="use --lambdas even if they were fitted on another model (refused by default)")
     p.add_argument("--n-samples", type=int, default=1000)
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch and per stored chunk")
@@ -51,10 +55,13 @@ def run_sample(args: argparse.Namespace) -> int:
     from ..generate import SamplingJob, export_png, run_sampling
     from ..grids import GridSpec
 
+    if args.png_dir and Path(args.png_dir).exists() and not Path(args.png_dir).is_dir():
+        raise ValueError(f"--png-dir {args.png_dir} is a file; pass a folder (it is created when missing)")
     job = SamplingJob(args.model, args.solver, GridSpec.for_nfe(args.grid, args.solver, args.nfe).to_dict(),
                       args.lambdas, args.n_samples, args.first_seed, args.batch_size)
     registry = _registry(args.registry)
-    art = run_sampling(job, registry, shard=args.shard, num_shards=args.num_shards, device=args.device, progress=True)
+    art = run_sampling(job, registry, shard=args.shard, num_shards=args.num_shards, device=args.device, progress=True,
+                       allow_other_model=args.allow_other_model)
     if "shard" in art.params:
         print(f"shard {args.shard} of {args.num_shards} done; the job's other shards are still missing", file=sys.stderr)
     if args.png_dir:
@@ -90,13 +97,9 @@ def run_fid(args: argparse.Namespace) -> int:
     from ..metrics.fid import frechet_distance, save_stats_npz
     from ..metrics.sources import expected_features, publish_reference_stats, stats_of_source
 
-    if args.dims is not None and args.features != "inception":
-        raise ValueError(f"--dims applies to Inception features only; drop it for --features {args.features}")
+    # Every argument is checked before any statistics are computed.
+    _check_fid_args(args)
     dims = args.dims or 2048
-    wanted = 2 if args.save_stats or not args.register else 1
-    if len(args.path) != wanted:
-        usage = "SRC OUT.npz" if args.save_stats else ("SRC" if args.register else "PATH1 PATH2")
-        raise ValueError(f"expected {usage}, got {len(args.path)} path(s)")
     cache: dict[str, object] = {}
 
     def extractor():
@@ -110,6 +113,8 @@ def run_fid(args: argparse.Namespace) -> int:
             cache["registry"] = _registry(args.registry)
         return cache["registry"]
 
+    if args.register:
+        registry().check_writable()
     expected = expected_features(args.features, dims)
     stats = [stats_of_source(p, extractor, registry=registry, batch_size=args.batch_size, expected=expected)
              for p in (args.path[:1] if args.save_stats or args.register else args.path)]
@@ -121,3 +126,21 @@ def run_fid(args: argparse.Namespace) -> int:
         label = "FID" if args.features == "inception" else f"FD-{args.features}"
         print(f"{label}: ", frechet_distance(*stats))
     return 0
+
+
+def _check_fid_args(args: argparse.Namespace) -> None:
+    """One ValueError for any bad ``dode fid`` argument; the output .npz is checked before the work, not after."""
+    from ..devices import resolve_device
+    from ..metrics.fid import check_stats_path
+
+    if args.dims is not None and args.features != "inception":
+        raise ValueError(f"--dims applies to Inception features only; drop it for --features {args.features}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    wanted = 2 if args.save_stats or not args.register else 1
+    if len(args.path) != wanted:
+        usage = "SRC OUT.npz" if args.save_stats else ("SRC" if args.register else "PATH1 PATH2")
+        raise ValueError(f"expected {usage}, got {len(args.path)} path(s)")
+    resolve_device(args.device)
+    if args.save_stats:
+        check_stats_path(args.path[1])

@@ -6,9 +6,11 @@ The committed models were written by ``dode train-model --grid-dir docs`` (seed 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..models import DATA_DIR
+from ..rng import MAX_SEED
 
 ONLY = ("model", "classifier")
 
@@ -61,6 +63,26 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(func=run)
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """One ValueError for any bad argument, before any training: counts, seed, and the output folders."""
+    for flag in ("steps", "classifier_steps", "sample_steps", "threads"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.samples < 0 or (args.grid_dir and args.samples < 64):
+        raise ValueError(f"--samples must be >= 0 (>= 64 with --grid-dir), got {args.samples}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed must be in [0, 2**63 - 1], got {args.seed}")
+    for flag, folder in (("--out", args.out), ("--grid-dir", args.grid_dir)):
+        if folder is None:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"{flag} {folder}: cannot create this folder ({err.strerror}); pass a writable folder") from None
+        if not os.access(folder, os.W_OK):
+            raise ValueError(f"{flag} {folder} is not writable; pass a writable folder")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -68,11 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..training import evaluate_digits_model, save_grid, train_digits_classifier, train_digits_model
 
-    for flag in ("steps", "classifier_steps", "sample_steps", "threads"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.samples < 0 or (args.grid_dir and args.samples < 64):
-        raise ValueError(f"--samples must be >= 0 (>= 64 with --grid-dir), got {args.samples}")
+    _check_args(args)
     torch.set_num_threads(args.threads)
     model_dir, classifier_dir = args.out / "digits-ddpm", args.out / "digits-classifier"
 

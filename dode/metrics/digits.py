@@ -85,6 +85,7 @@ def save_digits_classifier(model: DigitsClassifier, out: str | Path, **meta: obj
 
 def load_digits_classifier(path: str | Path | None = None, *, device: str = "cpu") -> DigitsClassifier:
     """The shipped classifier (``data/models/digits-classifier``) or one saved at ``path``, in eval mode."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path) if path is not None else CLASSIFIER_DIR
@@ -94,13 +95,23 @@ def load_digits_classifier(path: str | Path | None = None, *, device: str = "cpu
             "`dode train-model --only classifier`"
         )
     config = json.loads((path / "config.json").read_text())
-    if config.get("schema_version") != SCHEMA_VERSION:
+    version = config.get("schema_version") if isinstance(config, dict) else None
+    if version != SCHEMA_VERSION:
         raise ValueError(
-            f"{path}: classifier schema_version {config.get('schema_version')!r}, "
+            f"{path}: classifier schema_version {version!r}, "
             f"this dode reads {SCHEMA_VERSION}; retrain with `dode train-model --only classifier`"
         )
-    model = DigitsClassifier(config["width"], config["feature_dim"], config["classes"])
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    sizes = [config.get(k) for k in ("width", "feature_dim", "classes")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in sizes):
+        raise ValueError(f"{path}/config.json: width, feature_dim and classes must be integers in [1, 4096], got {sizes}")
+    try:
+        model = DigitsClassifier(*sizes)
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+    except (RuntimeError, OSError, SafetensorError) as err:
+        raise ValueError(
+            f"{path}/model.safetensors does not fit its config.json ({str(err)[:200]}); "
+            "retrain with `dode train-model --only classifier`"
+        ) from None
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -115,6 +126,8 @@ def digits_features(images: Tensor, classifier: DigitsClassifier | None = None, 
     if not isinstance(images, torch.Tensor) or tuple(images.shape[1:]) != IMAGE_SHAPE:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"digits_features needs a tensor of shape (B, 1, 8, 8) in [-1, 1], got {shape}")
+    if batch < 1:
+        raise ValueError(f"digits_features needs batch >= 1, got {batch}")
     model = classifier or _default_classifier()
     device = next(model.parameters()).device
     chunks = [model.features(b.to(device, torch.float32)) for b in images.split(batch)]

@@ -14,6 +14,7 @@ or from an explicit path, never downloaded.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -62,8 +63,14 @@ def build_inception(dims: int = 2048, weights: str | Path | None = None) -> torc
     def local_state_dict(url: str, **_: object) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
 
-    with mock.patch.object(inception, "load_state_dict_from_url", local_state_dict):
-        model = inception.InceptionV3([inception.InceptionV3.BLOCK_INDEX_BY_DIM[dims]])
+    try:
+        with mock.patch.object(inception, "load_state_dict_from_url", local_state_dict):
+            model = inception.InceptionV3([inception.InceptionV3.BLOCK_INDEX_BY_DIM[dims]])
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as err:
+        raise ValueError(
+            f"{path} does not hold the FID Inception weights (torch could not load it: {type(err).__name__}); download "
+            f"{FID_WEIGHTS_FILE} again (see pytorch-fid's releases)"
+        ) from None
     return model.eval()
 
 

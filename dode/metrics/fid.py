@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ from typing import Protocol
 import numpy as np
 
 STATS_SCHEMA_VERSION = 1
+MAX_STATS_DIMS = 16384  # a 2 GiB float64 covariance; Inception pool3 has 2048 dims
+MAX_TAG_CHARS = 256  # the longest ``features`` / ``fingerprint`` string a statistics file may hold
 
 
 class FeatureExtractor(Protocol):
@@ -44,6 +48,20 @@ class FeatureStats:
     n: int = 0
     features: str = ""  # extractor name, e.g. "inception-2048", "digits", "pixels"
     fingerprint: str = ""  # the extractor's weights sha256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mu", np.asarray(self.mu, np.float64))
+        object.__setattr__(self, "sigma", np.asarray(self.sigma, np.float64))
+        d = self.mu.shape[0] if self.mu.ndim == 1 else -1
+        if d < 1 or self.sigma.shape != (d, d):
+            raise ValueError(
+                f"statistics need mu of shape (D,) and sigma of shape (D, D), got {self.mu.shape} and "
+                f"{self.sigma.shape}; recompute them with `dode fid --save-stats`"
+            )
+        if not (np.isfinite(self.mu).all() and np.isfinite(self.sigma).all()):
+            raise ValueError("statistics hold NaN or infinite values in mu or sigma; recompute them")
+        if self.n < 0:
+            raise ValueError(f"statistics need n >= 0 samples (0: unknown), got {self.n}")
 
     @property
     def dims(self) -> int:
@@ -72,6 +90,11 @@ class StreamingMoments:
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or len(x) == 0:
             raise ValueError(f"features must be a non-empty (batch, dims) array, got shape {x.shape}")
+        if x.shape[1] > MAX_STATS_DIMS:
+            raise ValueError(
+                f"{x.shape[1]} feature dims need a {x.shape[1]}^2 covariance; Fréchet distances here take at most "
+                f"{MAX_STATS_DIMS} dims: use Inception or digits features, or smaller images for pixel features"
+            )
         mean = x.mean(0)
         xc = x - mean
         return self._merge(len(x), mean, xc.T @ xc)
@@ -104,6 +127,8 @@ def stats_from_images(
 ) -> FeatureStats:
     """Feature statistics of uint8 images (B, C, H, W), one array or an iterable of arrays (e.g. chunks),
     fed to the extractor at most ``batch_size`` images at a time."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     moments = StreamingMoments()
     for array in [images] if isinstance(images, np.ndarray) else images:
         for start in range(0, len(array), batch_size):
@@ -141,7 +166,7 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
 
     check_comparable(a, b)
     try:
-        return float(calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+        value = float(calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
     except TypeError as err:
         if "disp" not in str(err):
             raise
@@ -151,6 +176,9 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
             f"pytorch-fid's Fréchet distance calls scipy.linalg.sqrtm(disp=False), which scipy {scipy.__version__} "
             "no longer has; install a scipy it supports: pip install 'scipy>=1.13,<1.18'"
         ) from err
+    if not np.isfinite(value):
+        raise ValueError(f"the Fréchet distance came out {value}; check both statistics (is sigma a covariance?)")
+    return value
 
 
 def stats_to_bytes(stats: FeatureStats) -> bytes:
@@ -163,32 +191,104 @@ def stats_to_bytes(stats: FeatureStats) -> bytes:
     return buf.getvalue()
 
 
-def stats_from_bytes(data: bytes, source: str = "statistics") -> FeatureStats:
-    with np.load(io.BytesIO(data), allow_pickle=False) as f:
-        if "mu" not in f or "sigma" not in f:
-            raise ValueError(f"{source} has no 'mu' and 'sigma' arrays; write it with `dode fid --save-stats`")
-        version = int(f["schema_version"]) if "schema_version" in f else STATS_SCHEMA_VERSION
-        if version != STATS_SCHEMA_VERSION:
-            raise ValueError(f"{source}: stats schema_version {version}, this dode reads {STATS_SCHEMA_VERSION}")
-        meta = {k: f[k].item() for k in ("n", "features", "fingerprint") if k in f}
-        return FeatureStats(np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64),
-                            int(meta.get("n", 0)), str(meta.get("features", "")), str(meta.get("fingerprint", "")))
+def _npz_layout(zf: zipfile.ZipFile, source: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Each array's shape and dtype, from the .npy headers of the zip members only (nothing is loaded)."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    layout = {}
+    for name in zf.namelist():
+        with zf.open(name) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version not in readers:
+                raise ValueError(f"{source}: {name} has .npy format version {version}; save it with numpy's np.savez")
+            shape, _, dtype = readers[version](fh)
+        layout[name.removesuffix(".npy")] = (shape, dtype)
+    return layout
+
+
+def _check_layout(layout: dict[str, tuple[tuple[int, ...], np.dtype]], source: str) -> None:
+    """One ValueError unless ``layout`` is a statistics file of at most MAX_STATS_DIMS dims, small metadata."""
+    if "mu" not in layout or "sigma" not in layout:
+        raise ValueError(f"{source} has no 'mu' and 'sigma' arrays; write it with `dode fid --save-stats`")
+    (mu_shape, mu_dtype), (sigma_shape, sigma_dtype) = layout["mu"], layout["sigma"]
+    if len(mu_shape) != 1 or sigma_shape != (mu_shape[0], mu_shape[0]) or mu_shape[0] < 1:
+        raise ValueError(f"{source}: mu has shape {mu_shape} and sigma {sigma_shape}; statistics need (D,) and (D, D)")
+    if mu_dtype.kind not in "fiu" or sigma_dtype.kind not in "fiu":
+        raise ValueError(f"{source}: mu and sigma must be real numbers, got {mu_dtype} and {sigma_dtype}")
+    if mu_shape[0] > MAX_STATS_DIMS:
+        raise ValueError(f"{source} declares {mu_shape[0]}-d statistics; Fréchet distances here take at most "
+                         f"{MAX_STATS_DIMS} dims")
+    for key, kinds in (("n", "iu"), ("schema_version", "iu"), ("features", "U"), ("fingerprint", "U")):
+        shape, dtype = layout.get(key, ((), np.dtype("U1" if kinds == "U" else "i8")))
+        if shape != () or dtype.kind not in kinds or dtype.itemsize > 4 * MAX_TAG_CHARS:
+            raise ValueError(f"{source}: {key!r} must be a single {'string' if kinds == 'U' else 'integer'}")
+
+
+def inception_dims(features: str) -> int | None:
+    """The dims a features tag fixes before any image is read: Inception's ("inception-<dims>"); else None."""
+    return int(features.removeprefix("inception-")) if features.startswith("inception-") else None
+
+
+def _check_meta(meta: dict, dims: int, source: str, expected: str) -> None:
+    """One ValueError when the file's schema version, features tag or dims (for ``expected``) do not fit."""
+    version = meta.get("schema_version", STATS_SCHEMA_VERSION)
+    if version != STATS_SCHEMA_VERSION:
+        raise ValueError(f"{source}: stats schema_version {version}, this dode reads {STATS_SCHEMA_VERSION}")
+    if expected and meta.get("features") and meta["features"] != expected:
+        raise ValueError(f"{source} holds statistics of {meta['features']!r} features, not {expected!r}; "
+                         "pass the matching --features / --dims")
+    if inception_dims(expected) not in (None, dims):
+        raise ValueError(f"{source} holds {dims}-d statistics, not the {inception_dims(expected)} dims of "
+                         f"{expected!r}; pass the matching --dims")
+
+
+def read_stats(file: io.IOBase, source: str = "statistics", *, expected: str = "") -> FeatureStats:
+    """Statistics from a .npz file object. The .npy headers and the metadata (features tag ``expected``, when
+    given) are checked before mu and sigma are read, so a file declaring a huge covariance allocates nothing."""
+    try:
+        with zipfile.ZipFile(file) as zf:
+            layout = _npz_layout(zf, source)
+        _check_layout(layout, source)
+        file.seek(0)
+        with np.load(file, allow_pickle=False) as f:
+            meta = {k: f[k].item() for k in ("n", "features", "fingerprint", "schema_version") if k in f}
+            _check_meta(meta, layout["mu"][0][0], source, expected)
+            mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        raise ValueError(f"{source} is not a readable .npz file ({err}); write it with `dode fid --save-stats`") from None
+    try:
+        return FeatureStats(mu, sigma, int(meta.get("n", 0)), str(meta.get("features", "")),
+                            str(meta.get("fingerprint", "")))
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+def stats_from_bytes(data: bytes, source: str = "statistics", *, expected: str = "") -> FeatureStats:
+    return read_stats(io.BytesIO(data), source, expected=expected)
 
 
 def save_stats_npz(stats: FeatureStats, path: str | Path) -> Path:
     """Write a pytorch-fid-compatible .npz; refuses to overwrite an existing file (as pytorch-fid)."""
+    path = check_stats_path(path)
+    path.write_bytes(stats_to_bytes(stats))
+    return path
+
+
+def check_stats_path(path: str | Path) -> Path:
+    """``path`` as a new .npz in an existing folder, or one ValueError (checked before statistics are computed)."""
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"statistics files end in .npz (pytorch-fid recognises them by that), got {path}")
     if path.exists():
         raise ValueError(f"{path} already exists; choose another name or delete it first")
-    path.write_bytes(stats_to_bytes(stats))
+    if not path.parent.is_dir():
+        raise ValueError(f"no folder {path.parent} to write {path.name} into; create it first")
     return path
 
 
-def load_stats(path: str | Path) -> FeatureStats:
+def load_stats(path: str | Path, *, expected: str = "") -> FeatureStats:
     """Statistics from a .npz written by ``save_stats_npz`` or by ``python -m pytorch_fid --save-stats``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no statistics file at {path}")
-    return stats_from_bytes(path.read_bytes(), str(path))
+    with open(path, "rb") as file:
+        return read_stats(file, str(path), expected=expected)

@@ -39,22 +39,20 @@ def stats_of_source(
     ``extractor`` and ``registry`` are factories, called only when needed (a .npz needs neither).
     ``expected`` (a features tag) makes statistics of other features one clear error.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if source.endswith(".npz"):
-        stats = load_stats(source)
-    elif Path(source).is_dir():
-        stats = stats_from_images(iter_folder(source, batch_size), extractor(), batch_size=batch_size)
-    else:
-        stats = stats_of_artifact(registry(), source, extractor, batch_size)
-    if expected and stats.features and stats.features != expected:
-        raise ValueError(
-            f"{source} holds statistics of {stats.features!r} features, not {expected!r}; "
-            "pass the matching --features / --dims"
-        )
-    return stats
+        return load_stats(source, expected=expected)
+    if Path(source).is_dir():
+        return stats_from_images(iter_folder(source, batch_size), extractor(), batch_size=batch_size)
+    if Path(source).exists():
+        raise ValueError(f"{source} is a file, not an image folder or a .npz of statistics; pass the folder holding it")
+    return stats_of_artifact(registry(), source, extractor, batch_size, expected)
 
 
 def stats_of_artifact(
-    registry: Any, art_id: str, extractor: Callable[[], FeatureExtractor], batch_size: int = 50
+    registry: Any, art_id: str, extractor: Callable[[], FeatureExtractor], batch_size: int = 50,
+    expected: str = "",
 ) -> FeatureStats:
     from ..generate import iter_samples
 
@@ -63,7 +61,8 @@ def stats_of_artifact(
     except ValueError as err:
         raise ValueError(f"{art_id!r} is not an image folder, a .npz file or a registry artifact: {err}") from err
     if art.kind == "reference-stats":
-        return stats_from_bytes(registry.read_bytes(art, STATS_FILE), f"artifact {art.id[:12]}")
+        return stats_from_bytes(registry.read_bytes(art, STATS_FILE), f"artifact {art.id[:12]}",
+                                expected=expected)
     if art.kind == "samples":
         batches = (images for _, images in iter_samples(registry, art))
         return stats_from_images(batches, extractor(), batch_size=batch_size)

@@ -13,6 +13,20 @@ def _bcast(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def _check_input(x: Tensor, sigma: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """sigma as a float64 (B,) vector for x of shape (B, *shape), or one ValueError saying what was given."""
+    if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != tuple(shape):
+        given = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f"this analytic model's samples have shape {tuple(shape)}: x must be (B, {', '.join(map(str, shape))}), "
+            f"got {given}; draw the noise with the model's shape (dode.models.Model.shape)"
+        )
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)
+    if len(sigma) not in (1, len(x)):
+        raise ValueError(f"sigma must hold one noise level or one per sample ({len(x)}), got {len(sigma)}")
+    return sigma.expand(len(x))
+
+
 class GaussianDenoiser:
     """Data x0 ~ N(mu, s^2 I): D(x; sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu), exact.
 
@@ -25,12 +39,14 @@ class GaussianDenoiser:
         self.s = float(s)
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = _check_input(x, sigma, tuple(self.mu.shape))
         x = x.to(torch.float64)
-        gain = self.s**2 / (self.s**2 + _bcast(sigma.to(torch.float64), x) ** 2)
+        gain = self.s**2 / (self.s**2 + _bcast(sigma, x) ** 2)
         return self.mu + gain * (x - self.mu)
 
     def exact(self, x: Tensor, sigma_from: float, sigma_to: float) -> Tensor:
         """The exact ODE flow of x from sigma_from to sigma_to."""
+        _check_input(x, torch.zeros(1), tuple(self.mu.shape))
         ratio = math.sqrt(self.s**2 + sigma_to**2) / math.sqrt(self.s**2 + sigma_from**2)
         return self.mu + ratio * (x.to(torch.float64) - self.mu)
 
@@ -54,9 +70,10 @@ class MixtureDenoiser:
         return tuple(self.means.shape[1:])
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = _check_input(x, sigma, self.shape)
         x = x.to(torch.float64)
         flat, mu = x.reshape(len(x), -1), self.means.reshape(len(self.means), -1).to(x.device)
-        var = self.stds.to(x.device) ** 2 + sigma.to(torch.float64)[:, None] ** 2  # (B, K)
+        var = self.stds.to(x.device) ** 2 + sigma[:, None] ** 2  # (B, K)
         dist2 = torch.cdist(flat, mu).square()  # (B, K)
         dim = flat.shape[1]
         logp = self.weights.to(x.device).log() - 0.5 * dist2 / var - 0.5 * dim * var.log()

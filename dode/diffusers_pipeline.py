@@ -1,8 +1,12 @@
-"""DODEPipeline: unconditional sampling for a UNet2DModel with any scheduler that scales its inputs.
+"""DODEPipeline: sampling for a UNet2DModel (unconditional or class-conditional) with any scheduler that
+scales its inputs.
 
 ``DDPMPipeline`` starts from unit noise and never calls ``scale_model_input``, which is right only for
-VP schedulers; this loop honours ``init_noise_sigma`` and ``scale_model_input``, so sigma-space
-schedulers (``DODEScheduler``, diffusers' Euler/Heun) sample correctly.
+VP schedulers; ``DDIMPipeline`` replaces any scheduler by a DDIMScheduler built from its config (the
+lambdas are dropped; diffusers logs the ignored config keys). This loop honours ``init_noise_sigma``
+and ``scale_model_input``, so sigma-space schedulers (``DODEScheduler``, diffusers' Euler/Heun) sample
+correctly, and it recovers a DODEScheduler from such a rebuilt scheduler
+(``DODEPipeline(unet=ddim_pipe.unet, scheduler=ddim_pipe.scheduler)``).
 """
 
 from __future__ import annotations
@@ -12,19 +16,35 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UN
 from diffusers.utils.torch_utils import randn_tensor
 
 from .diffusers_scheduler import DODEScheduler
+from .models.vp import ClassConditionalUNet, is_class_conditional
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+DODE_CONFIG_KEYS = frozenset({"solver", "correction", "lambdas"})  # what marks a DODEScheduler's config
+
+
+def recovered_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
+    """The DODEScheduler a stock scheduler was rebuilt from (``DDIMScheduler.from_config(dode.config)``
+    keeps the unknown keys, lambdas included, in its config); any other scheduler as given."""
+    config = getattr(scheduler, "config", {})
+    if isinstance(scheduler, DODEScheduler) or not DODE_CONFIG_KEYS <= set(config):
+        return scheduler
+    return DODEScheduler.from_config(config)
 
 
 class DODEPipeline(DiffusionPipeline):
     """``pipe(batch_size, generator=..., num_inference_steps=None)``: x_T = init_noise_sigma n, then per
-    scheduler timestep: eps = unet(scale_model_input(x, t), t); x = step(eps, t, x)."""
+    scheduler timestep: eps = unet(scale_model_input(x, t), t); x = step(eps, t, x).
+
+    Class-conditional UNets (``num_class_embeds``) take ``class_labels`` (one per sample, or cycled) and
+    optional classifier-free guidance (``guidance_scale`` > 1 with the model's ``null_class``), as in
+    ``dode.models.ClassConditionalUNet``. Learned-variance UNets (2C output channels) work as they are.
+    """
 
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin) -> None:
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=recovered_scheduler(scheduler))
 
     @torch.no_grad()
     def __call__(
@@ -35,11 +55,15 @@ class DODEPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        class_labels: torch.Tensor | list[int] | None = None,
+        guidance_scale: float = 1.0,
+        null_class: int | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Sample ``batch_size`` images; ``latents`` (unit noise) replaces the drawn noise; ``output_type``
         "latent" returns the final state unclipped (sigma-space x0), "pt"/"np"/"pil" images in [0, 1]."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; choose one of {list(OUTPUT_TYPES)}")
+        model = self._model(class_labels, guidance_scale, null_class)
         size = self.unet.config.sample_size
         shape = (batch_size, self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
         if latents is None:
@@ -54,7 +78,7 @@ class DODEPipeline(DiffusionPipeline):
         # Integrate from sigma_max: the network sees scaled inputs, the scheduler keeps the sigma-space state.
         x = latents.to(device=self.device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps):
-            out = self.unet(self.scheduler.scale_model_input(x, t), t).sample
+            out = model(self.scheduler.scale_model_input(x, t), t.expand(len(x)))
             x = self.scheduler.step(out, t, x).prev_sample
 
         if output_type == "latent":
@@ -65,6 +89,17 @@ class DODEPipeline(DiffusionPipeline):
                 images = images.cpu().permute(0, 2, 3, 1).float().numpy()
                 images = self.numpy_to_pil(images) if output_type == "pil" else images
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _model(self, class_labels, guidance_scale: float, null_class: int | None):
+        """The network as out(x_vp, t): the UNet itself, or with its class labels (and guidance)."""
+        if class_labels is None:
+            if is_class_conditional(self.unet):
+                raise ValueError(
+                    "this UNet is class-conditional: pass class_labels (one per sample, or cycled)"
+                )
+            return lambda x_vp, t: self.unet(x_vp, t).sample
+        labels = torch.as_tensor(class_labels, device=self.device)
+        return ClassConditionalUNet(self.unet, labels, guidance_scale=guidance_scale, null_class=null_class)
 
 
 __all__ = ["DODEPipeline", "DODEScheduler"]

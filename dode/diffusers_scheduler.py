@@ -1,11 +1,22 @@
 """DODEScheduler: dode's sigma-space solvers and distilled lambdas as a drop-in diffusers scheduler.
 
 Works inside stock pipelines that honour ``init_noise_sigma`` and ``scale_model_input`` (the Stable
-Diffusion family): the sample lives in sigma space (x = x0 + sigma n, Karras et al., 2022), the
-network sees x / sqrt(sigma^2 + 1) at the fractional training timestep of sigma, and every ``step``
-converts the network output to D, applies the D-ODE correction (Kim et al., 2024, eq. 9) and calls
-the pure solver update. Diffusers schedulers are stateful, dode's solvers are pure: the
-``SolverState`` lives here, reset by ``set_timesteps``.
+Diffusion and SDXL families, txt2img, img2img and inpainting): the sample lives in sigma space
+(x = x0 + sigma n, Karras et al., 2022), the network sees x / sqrt(sigma^2 + 1) at the fractional
+training timestep of sigma, and every ``step`` converts the network output to D, applies the D-ODE
+correction (Kim et al., 2024, eq. 9) and calls the pure solver update (``dode.sampling.dode_step``,
+the sampler's own). Diffusers schedulers are stateful, dode's solvers are pure: the ``SolverState``
+lives here, reset by ``set_timesteps``.
+
+img2img / inpainting (strength < 1): the pipeline calls ``set_begin_index(t_start * order)`` and
+``add_noise(x0, n, t)`` = x0 + sigma(t) n; the solver then runs on the rest of the grid,
+sigmas[s:], from that state, with the lambdas of the remaining evaluations, exactly as
+``dode.sample(den, x_s / sigma_s, sigmas[s:], solver, lambdas[k_s:])``.
+
+Pipelines that rebuild their scheduler from its config (``DDIMPipeline`` makes a DDIMScheduler) drop
+the lambdas: diffusers logs "The config attributes {... 'lambdas': ...} were passed to DDIMScheduler,
+but are not expected and will be ignored" and nothing here runs. ``DODEPipeline`` is the loop for
+unconditional UNets, and it recovers the DODEScheduler from such a rebuilt scheduler's config.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from .correction import CORRECTIONS, Lambdas
 from .grids import GridSpec
 from .models.vp import PREDICTION_TYPES, VPDenoiser
 from .sampling import dode_step
-from .schedules import check_sigmas
+from .schedules import check_sigmas, sigma_at
 from .solvers import get_solver
 from .store.lambdas import load_lambdas
 from .types import Evaluation, SolverState, Tensor
@@ -55,6 +66,31 @@ class DODESchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor
 
 
+def _grid_for(grid: str | GridSpec | dict[str, Any], solver: str, nfe: int | None) -> GridSpec:
+    """The grid for ``solver``: a family (name, spec or dict) at the steps that make ``nfe`` evaluations,
+    or an explicit grid as given (``nfe``, if passed, must be what the solver makes on it)."""
+    if grid == "explicit":
+        raise ValueError("grid='explicit' needs its sigmas: pass grid=GridSpec.explicit(sigmas)")
+    spec = (
+        grid
+        if isinstance(grid, GridSpec)
+        else GridSpec(**grid)
+        if isinstance(grid, dict)
+        else GridSpec(grid, 1)
+    )
+    if spec.family == "explicit":
+        made = get_solver(solver).nfe(spec.steps)
+        if nfe is not None and nfe != made:
+            raise ValueError(
+                f"{solver!r} makes {made} evaluations on this {spec.steps}-step explicit grid, "
+                f"not nfe={nfe}; drop nfe="
+            )
+        return spec
+    if nfe is None:
+        raise ValueError("name nfe= (the network evaluations to distil or sample with) for a grid family")
+    return replace(spec, steps=GridSpec.for_nfe(spec.family, solver, nfe).steps)
+
+
 class DODEScheduler(SchedulerMixin, ConfigMixin):
     """A dode solver (``dode.SOLVERS``) with D-ODE lambdas, one per network evaluation.
 
@@ -63,6 +99,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
     (``dode.grids.GridSpec`` dict, resolved against the training schedule), ``correction`` and the
     ``lambdas`` (None: the base solver). ``timesteps`` holds one fractional training timestep per
     network evaluation (Heun: 2N - 1), and ``order`` is evaluations per step, as pipelines expect.
+    An explicit grid (``sigmas``, a learned ``Lambdas.sigmas``, or ``grid`` of family "explicit") is
+    sampled on exactly as given and round-trips through ``save_pretrained``/``from_pretrained``.
     """
 
     @register_to_config
@@ -119,8 +157,10 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
     ) -> DODEScheduler:
         """A DODEScheduler on the training schedule of a DDPM-style scheduler (or its config).
 
-        With ``lambdas`` a ``dode.Lambdas``, solver, grid and correction come from it. Otherwise name the
-        ``solver`` and ``nfe`` (and ``grid`` family); plain lambda values then apply on that grid.
+        With ``lambdas`` a ``dode.Lambdas``, solver, grid and correction come from it (the grid is
+        ``lambdas.sigmas`` exactly, learned or not). Otherwise name the ``solver`` and ``nfe`` (and
+        ``grid``: a family name, a ``GridSpec`` or its dict; ``GridSpec.explicit(sigmas)`` for given
+        sigmas); plain lambda values then apply on that grid.
         """
         base = dict(getattr(scheduler, "config", scheduler))
         if "beta_schedule" not in base:
@@ -151,21 +191,15 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 lambdas=list(lambdas.values),
                 artifact_id=artifact_id,
             )
-        if solver is None or nfe is None:
+        if solver is None:
             raise ValueError("name solver= and nfe= (or pass lambdas=dode.Lambdas, which carries both)")
-        spec = (
-            grid
-            if isinstance(grid, GridSpec)
-            else GridSpec(**grid)
-            if isinstance(grid, dict)
-            else GridSpec(grid, 1)
-        )
-        spec = replace(spec, steps=GridSpec.for_nfe(spec.family, solver, nfe).steps)
+        spec = _grid_for(grid, solver, nfe)
+        placed = {"sigmas": list(spec.values)} if spec.family == "explicit" else {"grid": spec.to_dict()}
         values = None if lambdas is None else [float(v) for v in lambdas]
         return cls(
             **training,
             solver=solver,
-            grid=spec.to_dict(),
+            **placed,
             correction=correction or "data",
             lambdas=values,
             artifact_id=artifact_id,
@@ -204,45 +238,75 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         return self.config.num_train_timesteps
 
     def set_timesteps(
-        self, num_inference_steps: int | None = None, device: str | torch.device | None = None
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: Sequence[float] | None = None,
     ) -> None:
-        """Fix the grid (``num_inference_steps`` solver steps; Heun: 2N - 1 evaluations); reset the state."""
-        cfg = self.config
-        fixed = cfg.sigmas is not None or cfg.lambdas is not None
-        if cfg.sigmas is not None:
-            sigmas = torch.tensor(cfg.sigmas, dtype=torch.float64)
-        elif self.grid_spec is None and num_inference_steps is None:
-            raise ValueError("this DODEScheduler has no grid: pass num_inference_steps")
-        else:
-            spec = self.grid_spec or GridSpec("karras", num_inference_steps)
-            if num_inference_steps is not None and not fixed:
-                spec = replace(spec, steps=num_inference_steps)
-            sigmas = spec.sigmas(self.schedule)
-        steps = len(sigmas) - 1
-        if fixed and num_inference_steps is not None and num_inference_steps != steps:
-            raise ValueError(
-                f"this scheduler's grid is fixed at {steps} steps ({self.ode_solver.nfe(steps)} network "
-                f"evaluations with {cfg.solver!r}"
-                f"{', as its lambdas were distilled' if cfg.lambdas is not None else ''}); "
-                f"call the pipeline with num_inference_steps={steps}"
-            )
+        """Fix the grid (``num_inference_steps`` solver steps; Heun: 2N - 1 evaluations); reset the state.
+
+        ``sigmas`` (what pipelines pass on from ``pipe(..., sigmas=...)``) samples on exactly these noise
+        levels (a trailing 0 is appended if missing); with lambdas they must be the fitted grid.
+        """
+        sigmas = self._grid(num_inference_steps, sigmas)
         self._check_grid(sigmas)
-        evals = torch.stack(
+        steps = len(sigmas) - 1
+        eval_sigmas = torch.stack(
             [sigmas[self.ode_solver.eval_index(k, steps)] for k in range(self.ode_solver.nfe(steps))]
         )
-        self.sigmas, self.num_inference_steps = sigmas, steps
-        self.timesteps = self.schedule.sigma_to_t(evals).to(device=device, dtype=torch.float32)
+        self.sigmas, self.num_inference_steps, self._eval_sigmas = sigmas, steps, eval_sigmas
+        self.timesteps = self.schedule.sigma_to_t(eval_sigmas).to(device=device, dtype=torch.float32)
         self._state: SolverState | None = None
         self._basis_prev: Tensor | None = None
-        self._k = 0
+        self._begin = self._k = 0
         self._scaled = False
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at evaluation ``begin_index`` (img2img / inpainting: ``t_start * order``), which must
+        begin a solver step; the solver then integrates the remaining grid from the pipeline's state."""
+        nfe = len(self._timesteps_checked())
+        if self._state is not None or self._k != self._begin:
+            raise ValueError(
+                "set_begin_index must come before the first step; call set_timesteps to start over"
+            )
+        if not 0 <= begin_index < nfe or begin_index % self.order:
+            raise ValueError(
+                f"begin_index {begin_index} does not start a solver step of this {nfe}-evaluation run; use a "
+                f"multiple of order={self.order} below {nfe}"
+            )
+        self._begin = self._k = int(begin_index)
+
+    @property
+    def begin_index(self) -> int | None:
+        """The evaluation the run starts at (0 unless ``set_begin_index`` moved it)."""
+        return None if self.timesteps is None else self._begin
+
+    @property
+    def step_index(self) -> int | None:
+        """The index in ``timesteps`` of the coming evaluation."""
+        return None if self.timesteps is None else self._k
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: float | Tensor) -> Tensor:
+        """The forward process in sigma space, x = x0 + sigma(t) n (img2img's and inpainting's start).
+
+        A timestep of this grid gets that evaluation's sigma exactly; any other training timestep gets the
+        training schedule's sigma (log-linear between integer steps). ``timesteps``: one per sample, or one.
+        """
+        sigma = self._sigma_of(torch.as_tensor(timesteps).reshape(-1))
+        if len(sigma) not in (1, len(original_samples)):
+            raise ValueError(
+                f"pass one timestep or one per sample ({len(original_samples)}), got {len(sigma)}"
+            )
+        sigma = sigma.to(original_samples.device).reshape(-1, *([1] * (original_samples.ndim - 1)))
+        noisy = original_samples.to(torch.float64) + sigma * noise.to(original_samples.device, torch.float64)
+        return noisy.to(original_samples.dtype)
 
     def scale_model_input(self, sample: Tensor, timestep: float | Tensor | None = None) -> Tensor:
         """The network input x / sqrt(sigma^2 + 1) of the coming evaluation (VP scaling)."""
-        sigma = self._eval_sigma(self._k_checked(timestep))
+        sigma = self._eval_sigmas[self._k_checked(timestep)]
         self._scaled = True
         c_in = 1 / (sigma**2 + 1).sqrt()
-        return (sample.to(torch.float64) * c_in).to(sample.dtype)
+        return (sample.to(torch.float64) * c_in.to(sample.device)).to(sample.dtype)
 
     def step(
         self,
@@ -254,13 +318,17 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
     ) -> DODESchedulerOutput | tuple[Tensor]:
         """One network evaluation's update: output -> D, D-ODE correction, solver advance.
 
+        ``model_output`` may carry a learned variance (2C channels; its first half is used).
         ``generator`` is accepted for pipeline compatibility and unused (the ODE is deterministic).
         """
         k = self._k_checked(timestep)
         if not self._scaled:
             raise ValueError(WRONG_PIPELINE)
-        sigmas = self.sigmas.to(sample.device)
-        sigma, x = sigmas[self.ode_solver.eval_index(k, self.num_inference_steps)], sample.to(torch.float64)
+        # The run's grid: sigmas[s:] from the evaluation it began at (s = 0 unless set_begin_index moved it).
+        grid = self.sigmas[self.ode_solver.eval_index(self._begin, self.num_inference_steps) :].to(
+            sample.device
+        )
+        sigma, x = self._eval_sigmas[k].to(sample.device), sample.to(torch.float64)
 
         # The network output as D, through the one VP adapter (VPDenoiser), so the conversions cannot drift.
         replay = VPDenoiser(lambda x_vp, t: model_output, self.alphas_cumprod, self.config.prediction_type)
@@ -272,7 +340,13 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             self._basis_prev = x / sigma if self.config.correction == "noise" else None  # eps_{-1} := x_T
         lam = self.config.lambdas[k] if self.config.lambdas is not None else 0.0
         self._state, self._basis_prev, denoised = dode_step(
-            self.ode_solver, sigmas, replace(self._state, x=x), ev, self._basis_prev, lam, self.config.correction
+            self.ode_solver,
+            grid,
+            replace(self._state, x=x),
+            ev,
+            self._basis_prev,
+            lam,
+            self.config.correction,
         )
         self._k, self._scaled = k + 1, False
 
@@ -283,13 +357,63 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 
     # ---- checks -------------------------------------------------------------------------------
 
-    def _eval_sigma(self, k: int) -> Tensor:
-        return self.sigmas[self.ode_solver.eval_index(k, self.num_inference_steps)]
+    def _grid(self, num_inference_steps: int | None, given: Sequence[float] | Tensor | None) -> Tensor:
+        """The grid to sample on: ``given`` sigmas, else the configured explicit grid or grid family
+        (Karras by default) at ``num_inference_steps``; a fixed grid (explicit, or with lambdas) stays."""
+        cfg = self.config
+        fixed = (
+            cfg.sigmas is not None
+            or cfg.lambdas is not None
+            or getattr(self.grid_spec, "family", "") == "explicit"
+        )
+        if given is not None:
+            grid = torch.as_tensor(given, dtype=torch.float64).detach().cpu().reshape(-1)
+            grid = grid if len(grid) and grid[-1] == 0 else torch.cat([grid, grid.new_zeros(1)])
+            if fixed and not (
+                len(grid) == len(mine := self._grid(None, None)) and torch.allclose(grid, mine, rtol=1e-9)
+            ):
+                raise ValueError(
+                    f"this scheduler samples on its fixed grid {mine.tolist()}; drop sigmas= from the call"
+                )
+            return grid
+        if cfg.sigmas is not None:
+            grid = torch.tensor(cfg.sigmas, dtype=torch.float64)
+        elif self.grid_spec is None and num_inference_steps is None:
+            raise ValueError("this DODEScheduler has no grid: pass num_inference_steps")
+        else:
+            spec = self.grid_spec or GridSpec("karras", num_inference_steps)
+            if num_inference_steps is not None and not fixed:
+                spec = replace(spec, steps=num_inference_steps)
+            grid = spec.sigmas(self.schedule)
+        steps = len(grid) - 1
+        if fixed and num_inference_steps is not None and num_inference_steps != steps:
+            raise ValueError(
+                f"this scheduler's grid is fixed at {steps} steps ({self.ode_solver.nfe(steps)} network "
+                f"evaluations with {cfg.solver!r}"
+                f"{', as its lambdas were distilled' if cfg.lambdas is not None else ''}); "
+                f"call the pipeline with num_inference_steps={steps}"
+            )
+        return grid
+
+    def _timesteps_checked(self) -> Tensor:
+        if self.timesteps is None:
+            raise ValueError("call set_timesteps before sampling")
+        return self.timesteps
+
+    def _sigma_of(self, timesteps: Tensor) -> Tensor:
+        """sigma for each timestep: this grid's evaluation sigma where it is one of ``self.timesteps``,
+        the training schedule's otherwise."""
+        t = timesteps.detach().to("cpu", torch.float64)
+        sigma = sigma_at(self.schedule.sigmas_train, t)
+        if self.timesteps is not None:
+            gap = (t[:, None] - self.timesteps.detach().to("cpu", torch.float64)[None, :]).abs()
+            near, index = gap.min(dim=1)
+            sigma = torch.where(near < 1e-3, self._eval_sigmas[index], sigma)
+        return sigma
 
     def _k_checked(self, timestep: float | Tensor | None) -> int:
         """The index of the coming evaluation, checked against the timestep the pipeline passes."""
-        if self.timesteps is None:
-            raise ValueError("call set_timesteps before sampling")
+        self._timesteps_checked()
         k = self._k
         if k >= len(self.timesteps):
             raise ValueError(

@@ -1,8 +1,8 @@
 """D-ODE for text-conditioned latent pipelines (the Stable Diffusion family), with classifier-free guidance.
 
-The pipeline's UNet, prompts and guidance become one sigma-space denoiser (``GuidedUNet`` inside the
-project's ``VPDenoiser``); ``dode.distill`` fits lambdas on it; ``DODEScheduler.from_scheduler``
-ships them back into the pipeline:
+The pipeline's UNet, prompts (SDXL: with pooled embeddings and time ids) and guidance become one
+sigma-space denoiser (``GuidedUNet`` inside the project's ``VPDenoiser``); ``dode.distill`` fits
+lambdas on it; ``DODEScheduler.from_scheduler`` ships them back into the pipeline:
 
     lam = distill_pipeline(pipe, prompts, solver="euler", nfe=8, guidance_scale=7.5)
     pipe.scheduler = DODEScheduler.from_scheduler(pipe.scheduler, lambdas=lam)
@@ -11,7 +11,7 @@ ships them back into the pipeline:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,8 +19,16 @@ import torch
 from .correction import Lambdas
 from .distill import distill
 from .grids import GridSpec
-from .models.vp import VPDenoiser
+from .models.vp import VPDenoiser, cycle_rows
 from .types import Tensor
+
+
+def _stack(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two branches' UNet keyword arguments as one batch, [first; second] row-wise (nested dicts too)."""
+    return {
+        k: _stack(v, second[k]) if isinstance(v, dict) else torch.cat([v, second[k]])
+        for k, v in first.items()
+    }
 
 
 class GuidedUNet:
@@ -28,38 +36,69 @@ class GuidedUNet:
 
     eps = eps_u + g (eps_c - eps_u), both halves from one batched call on [x, x] with
     [uncond, cond] embeddings, exactly as diffusers' text-to-image pipelines do (``guidance_scale``
-    g <= 1: the conditional output alone). Row i of the input uses prompt i mod P, so any batch whose
-    split points are multiples of P (the distiller's fit and held-out parts) keeps its prompts.
+    g <= 1: the conditional output alone). ``added``/``added_uncond`` are SDXL's added conditioning
+    (``added_cond_kwargs``: pooled ``text_embeds`` and micro-conditioning ``time_ids``), one row per
+    prompt like the embeddings. Row i of the input uses prompt i mod P, so any batch whose split points
+    are multiples of P (the distiller's fit and held-out parts) keeps its prompts.
     """
 
     def __init__(
-        self, unet: Any, cond: Tensor, uncond: Tensor | None = None, guidance_scale: float = 1.0
+        self,
+        unet: Any,
+        cond: Tensor,
+        uncond: Tensor | None = None,
+        guidance_scale: float = 1.0,
+        added: dict[str, Tensor] | None = None,
+        added_uncond: dict[str, Tensor] | None = None,
     ) -> None:
         if getattr(unet.config, "time_cond_proj_dim", None) is not None:
             raise ValueError(
                 "this UNet takes a guidance embedding (time_cond_proj_dim); GuidedUNet needs plain CFG"
             )
+        if added is not None and uncond is not None and added_uncond is None:
+            raise ValueError(
+                "with guidance, pass the added conditioning of both branches (added= and added_uncond=)"
+            )
         self.unet, self.cond, self.uncond, self.guidance_scale = unet, cond, uncond, float(guidance_scale)
+        self.added, self.added_uncond = added, added_uncond
 
     def parameters(self):  # the dtype and device VPDenoiser casts inputs to
         return self.unet.parameters()
 
-    def _rows(self, embeds: Tensor, n: int) -> Tensor:
-        if n % len(embeds):
-            raise ValueError(
-                f"a batch of {n} rows does not cycle through {len(embeds)} prompts; "
-                f"use a multiple of {len(embeds)}"
-            )
-        return embeds.repeat(n // len(embeds), *([1] * (embeds.ndim - 1)))
+    def _branch(self, embeds: Tensor, added: dict[str, Tensor] | None, n: int) -> dict[str, Any]:
+        """The UNet keyword arguments of one branch for n rows (row i: prompt i mod P)."""
+        kwargs: dict[str, Any] = {"encoder_hidden_states": cycle_rows(embeds, n)}
+        if added is not None:
+            kwargs["added_cond_kwargs"] = {key: cycle_rows(value, n) for key, value in added.items()}
+        return kwargs
 
     def __call__(self, x_vp: Tensor, t: Tensor) -> Tensor:
-        cond = self._rows(self.cond, len(x_vp))
+        cond = self._branch(self.cond, self.added, len(x_vp))
         if self.uncond is None:
-            return self.unet(x_vp, t, encoder_hidden_states=cond).sample
-        embeds = torch.cat([self._rows(self.uncond, len(x_vp)), cond])
-        out = self.unet(torch.cat([x_vp, x_vp]), torch.cat([t, t]), encoder_hidden_states=embeds).sample
+            return self.unet(x_vp, t, **cond).sample
+        both = _stack(self._branch(self.uncond, self.added_uncond, len(x_vp)), cond)
+        out = self.unet(torch.cat([x_vp, x_vp]), torch.cat([t, t]), **both).sample
         eps_u, eps_c = out.chunk(2)
         return eps_u + self.guidance_scale * (eps_c - eps_u)
+
+
+def sdxl_added_conditioning(
+    pipe: Any, pooled: Tensor, pooled_uncond: Tensor | None
+) -> tuple[dict, dict | None]:
+    """SDXL's added conditioning per prompt: pooled text embeddings and the micro-conditioning time ids
+    (original size, crop top-left, target size; Podell et al., 2023, Sec. 2.2) of the pipeline's
+    default call: the default image size, no crop, for both branches."""
+    if getattr(pipe.config, "requires_aesthetics_score", False):
+        raise ValueError(
+            "this SDXL pipeline conditions on an aesthetic score (a refiner); distil with the base "
+            "text-to-image pipeline (StableDiffusionXLPipeline)"
+        )
+    size = [s * pipe.vae_scale_factor for s in latent_shape(pipe)[1:]]
+    time_ids = torch.tensor([[*size, 0, 0, *size]], dtype=pooled.dtype, device=pooled.device).repeat(
+        len(pooled), 1
+    )
+    added = {"text_embeds": pooled, "time_ids": time_ids}
+    return added, None if pooled_uncond is None else {"text_embeds": pooled_uncond, "time_ids": time_ids}
 
 
 def pipeline_denoiser(
@@ -68,7 +107,9 @@ def pipeline_denoiser(
     """The sigma-space denoiser of a text-to-image pipeline for ``prompts`` (row i -> prompt i mod P).
 
     Prompts are encoded with the pipeline's own ``encode_prompt``; the empty prompt (or
-    ``negative_prompt``) is the unconditional branch, as in the pipeline itself.
+    ``negative_prompt``) is the unconditional branch, as in the pipeline itself. SDXL-style pipelines
+    (two text encoders; ``encode_prompt`` returns pooled embeddings too) add their pooled embeddings
+    and time ids (``sdxl_added_conditioning``).
     """
     for part in ("unet", "scheduler", "encode_prompt"):
         if not hasattr(pipe, part):
@@ -83,14 +124,18 @@ def pipeline_denoiser(
         raise ValueError("pass at least one prompt (a list of strings)")
     guided = guidance_scale > 1.0
     with torch.no_grad():
-        cond, uncond = pipe.encode_prompt(
-            prompts,
-            pipe.device,
-            1,
-            guided,
-            None if negative_prompt is None else [negative_prompt] * len(prompts),
+        encoded = pipe.encode_prompt(
+            prompt=prompts,
+            device=pipe.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=guided,
+            negative_prompt=None if negative_prompt is None else [negative_prompt] * len(prompts),
         )
-    model = GuidedUNet(pipe.unet, cond, uncond if guided else None, guidance_scale)
+    cond, uncond = encoded[0], encoded[1] if guided else None
+    added = added_uncond = None
+    if len(encoded) == 4:  # SDXL: (embeds, negative embeds, pooled, negative pooled)
+        added, added_uncond = sdxl_added_conditioning(pipe, encoded[2], encoded[3] if guided else None)
+    model = GuidedUNet(pipe.unet, cond, uncond, guidance_scale, added, added_uncond)
     return VPDenoiser(model, pipe.scheduler.alphas_cumprod, pipe.scheduler.config.prediction_type)
 
 
@@ -115,11 +160,15 @@ def distill_pipeline(
     correction: str = "data",
     alignment: str = "exact",
     guard: bool = True,
+    objective: str = "step",
+    objective_options: Mapping[str, Any] | None = None,
 ) -> Lambdas:
     """Fit D-ODE lambdas for ``pipe`` over ``prompts`` x ``samples_per_prompt`` seeded latents.
 
     Noise row i belongs to prompt i mod P. With ``guard`` a quarter of each prompt's samples (at least
-    one) is held out, so fit and held-out batches both cycle through all prompts.
+    one) is held out, so fit and held-out batches both cycle through all prompts. ``objective`` and
+    ``objective_options`` go to ``dode.distill`` (e.g. a learned grid; ``DODEScheduler.from_scheduler(
+    pipe.scheduler, lambdas=lam)`` then samples on ``lam.sigmas``). SD-1.x/2.x and SDXL pipelines alike.
     """
     if samples_per_prompt < (2 if guard else 1):
         raise ValueError(
@@ -143,7 +192,9 @@ def distill_pipeline(
         guard,
         correction,
         holdout=held / samples_per_prompt,
+        objective=objective,
+        objective_options=objective_options,
     )
 
 
-__all__ = ["GuidedUNet", "distill_pipeline", "latent_shape", "pipeline_denoiser"]
+__all__ = ["GuidedUNet", "distill_pipeline", "latent_shape", "pipeline_denoiser", "sdxl_added_conditioning"]

@@ -33,26 +33,62 @@ PROMPTS = ["a cat", "dog"]
 GUIDANCE = 3.0
 
 
-def tiny_sd_pipeline() -> StableDiffusionPipeline:
-    torch.manual_seed(0)
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A character-level CLIP tokenizer (no merges), built offline."""
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in "abcdefghijklmnopqrstuvwxyz":
         vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=8,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            projection_dim=32,
-        )
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8)
+
+
+def tiny_clip_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer.get_vocab()),
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=8,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        projection_dim=32,
     )
+
+
+def tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        latent_channels=4,
+        norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=16,
+    )
+
+
+def tiny_unet2d(seed: int = 1) -> UNet2DModel:
+    """An unconditional 1-channel 8x8 UNet2DModel in float64."""
+    torch.manual_seed(seed)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(32, 32),
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+        norm_num_groups=32,
+    )
+    return unet.to(torch.float64).eval()
+
+
+def tiny_sd_pipeline() -> StableDiffusionPipeline:
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    text_encoder = CLIPTextModel(tiny_clip_config(tokenizer))
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -65,16 +101,7 @@ def tiny_sd_pipeline() -> StableDiffusionPipeline:
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64),
-        latent_channels=4,
-        norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        sample_size=16,
-    )
+    vae = tiny_vae()
     scheduler = PNDMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
     )
@@ -109,27 +136,18 @@ def sd_folder(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def sd64():
+def tiny_sd64() -> tuple[StableDiffusionPipeline, PNDMScheduler]:
     """The tiny SD pipeline in float64, with its stock scheduler kept aside."""
     pipe = tiny_sd_pipeline().to(torch.float64)
     return pipe, pipe.scheduler
 
 
+sd64 = pytest.fixture(scope="module")(tiny_sd64)
+
+
 @pytest.fixture(scope="module")
 def unet64():
-    torch.manual_seed(1)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(32, 32),
-        down_block_types=("DownBlock2D",) * 2,
-        up_block_types=("UpBlock2D",) * 2,
-        norm_num_groups=32,
-    )
-    return unet.to(torch.float64).eval(), DDPMScheduler(beta_schedule="linear")
+    return tiny_unet2d(), DDPMScheduler(beta_schedule="linear")
 
 
 def noise(shape, seed=1):

@@ -109,3 +109,19 @@ def test_cli_gets_from_s3_with_the_endpoint_from_the_environment(s3, bucket, tmp
     assert got.returncode == 0, got.stderr
     assert got.stdout.startswith(f"{art.id}: 1 file(s) verified")
     assert (tmp_path / "dl" / "data.json").read_text() == '{\n  "ok": true\n}'
+
+
+def test_s3_without_credentials_is_one_clear_error(s3, bucket, tmp_path):
+    url, _ = s3
+    art = registry(url, bucket, tmp_path).publish_json("report", "s3/report", {"ok": True})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL=url, AWS_EC2_METADATA_DISABLED="true", HOME=str(tmp_path), DODE_CACHE=str(tmp_path / "c"),
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    dode = Path(sys.executable).with_name("dode")
+    for action in (["list"], ["verify"], ["get", art.id, "--out", str(tmp_path / "dl")], ["gc"]):
+        done = subprocess.run([str(dode), "artifacts", *action, "--registry", f"s3://{bucket}/dode"], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 2, (action, done.stdout, done.stderr)
+        assert f"cannot read registry s3://{bucket}/dode" in done.stderr and "credentials" in done.stderr
+        assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "dl").exists()

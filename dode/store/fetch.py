@@ -2,13 +2,14 @@
 
 Names come from a verified manifest (plain relative names, ``dode.store.manifest.check_name``); on top
 of that no existing path component under DIR may be a symbolic link or a file, so nothing is written
-outside DIR. Files are downloaded to temporary names and verified first, then renamed: a tampered
-file leaves DIR as it was. A file already there with the same content is kept; other content is
+outside DIR. Files are downloaded into a hidden folder in DIR and verified first, then renamed: a
+tampered file leaves DIR as it was. A file already there with the same content is kept; other content is
 refused unless ``force``.
 """
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -56,18 +57,17 @@ def needed(dest: Path, sha256: str, force: bool) -> bool:
 
 
 def fetch(reg: Any, art: Artifact, out: Path, *, force: bool = False) -> Path:
-    """Download every file of ``art`` into ``out``, all verified before any is renamed into place."""
+    """Download every file of ``art`` into ``out``: all verified in a hidden folder there, then moved into place."""
     writable_dir(out)
     plan = [(name, dest) for name, dest in ((n, destination(out, n)) for n in sorted(art.files))
             if needed(dest, art.files[name]["sha256"], force)]
-    done: list[tuple[Path, Path]] = []
+    hidden = out / f".dode-get-{uuid.uuid4().hex}"
+    hidden.mkdir()
     try:
-        for name, dest in plan:
-            done.append((reg.download(art, name, dest), dest))
-    except BaseException:
-        for tmp, _ in done:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, dest in done:
-        reg.install(tmp, dest)
+        for i, (name, _) in enumerate(plan):
+            reg.download(art, name, hidden / str(i))
+        for i, (_, dest) in enumerate(plan):
+            reg.install(hidden / str(i), dest)
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
     return out

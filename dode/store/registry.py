@@ -44,7 +44,7 @@ from .manifest import (
     parse_manifest,
 )
 from .staging import StagingArea, Stale, collect, stale_entries
-from .storage import CHUNK, LocalStorage, Storage, chunks, local_tree, open_storage, stage
+from .storage import CHUNK, LocalStorage, Refused, Storage, chunks, local_tree, open_storage, stage
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dode" / "registry"
 PACKAGES = ("torch", "numpy", "pyarrow", "diffusers", "fsspec", "s3fs", "pytorch-fid")
@@ -241,10 +241,11 @@ class Registry:
             return self.manifests[id]
         try:
             raw = self.storage.read(self.manifest_key(id))
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        except FileNotFoundError:
             return None
-        except (OSError, ValueError) as err:
-            raw = f"unreadable: {err}".encode()
+        except (OSError, Refused) as err:
+            self.broken[id] = [f"manifest is unreadable ({err})"]
+            return None
         return self.parsed(id, raw)
 
     def parsed(self, id: str, raw: bytes) -> Artifact | None:
@@ -346,6 +347,8 @@ class Registry:
             sha, size, data = hash_blocks(self.blocks(self.file_key(art.id, name)), entry["size"])
         except FileNotFoundError:
             raise self.corrupt(art, name, "is missing") from None
+        except Refused as err:
+            raise self.corrupt(art, name, f"is refused ({err})") from None
         why = mismatch(art, name, sha, size)
         if why:
             raise self.corrupt(art, name, why)
@@ -374,7 +377,7 @@ class Registry:
                 return "changed while it was read"
         except FileNotFoundError:
             return "is missing"
-        except ValueError as err:
+        except Refused as err:
             return f"is refused ({err})"
         why = mismatch(art, name, digest, size)
         if why is None and token is not None:
@@ -387,7 +390,7 @@ class Registry:
         key = self.file_key(art.id, name)
         try:
             path = self.storage.local_file(key)
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, Refused) as err:
             raise self.corrupt(art, name, f"is missing or refused ({err})") from None
         if path is not None:
             why = self.file_problem(art, name)
@@ -396,7 +399,10 @@ class Registry:
             return path
         dest = self.cache_dir / art.id / name
         if not dest.is_file() or dest.is_symlink() or (local_token(dest), entry["sha256"]) not in VERIFIED:
-            self.install(self.download(art, name, dest), dest, readonly=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+            self.download(art, name, tmp)
+            self.install(tmp, dest, readonly=True)
             VERIFIED.add((local_token(dest), entry["sha256"]))
         return dest
 
@@ -407,16 +413,15 @@ class Registry:
         name, path = next(iter(paths.items()))
         folder = path.parents[name.count("/")]
         tree = local_tree(folder)
-        if tree != dict.fromkeys(art.files, "file"):
-            extra = sorted(n for n, kind in tree.items() if n not in art.files or kind != "file")
-            raise ValueError(f"artifact {art.short}: {folder} holds entries the manifest does not list as files "
-                             f"{extra[:5]}; run `dode artifacts verify`")
+        extra = sorted(n for n, kind in tree.items() if n not in art.files or kind != "file")
+        if extra:
+            what = "symbolic link" if tree[extra[0]] == "link" else "file"
+            raise ValueError(f"artifact {art.short}: unlisted {what} {extra[0]!r} in {folder} (not a file of the "
+                             "manifest); run `dode artifacts verify`")
         return folder
 
-    def download(self, art: Artifact, name: str, dest: Path) -> Path:
-        """A verified temporary copy of one file next to ``dest`` (nothing is left when it fails)."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+    def download(self, art: Artifact, name: str, tmp: Path) -> None:
+        """Copy one file to the new local file ``tmp``, verified (nothing is left when it fails)."""
         entry = art.files[name]
         try:
             with open(tmp, "xb") as out:
@@ -424,17 +429,20 @@ class Registry:
         except FileNotFoundError:
             tmp.unlink(missing_ok=True)
             raise self.corrupt(art, name, f"is missing from {self.uri}") from None
+        except Refused as err:
+            tmp.unlink(missing_ok=True)
+            raise self.corrupt(art, name, f"is refused ({err})") from None
         why = mismatch(art, name, digest, size)
         if why:
             tmp.unlink(missing_ok=True)
             raise ValueError(f"file {name!r} of artifact {art.short} {why} (expected {entry['sha256'][:16]}…, got "
                              f"{digest[:16]}…): the registry copy is corrupted or was tampered with; it was not written")
-        return tmp
 
     @staticmethod
     def install(tmp: Path, dest: Path, readonly: bool = False) -> None:
         if readonly:
             os.chmod(tmp, 0o444)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
 
     def fetch(self, ref: str | Artifact, out_dir: str | os.PathLike, *, force: bool = False) -> Path:
@@ -447,6 +455,14 @@ class Registry:
         return fetch(self, self.get(ref), Path(out_dir), force=force)
 
     # Checking and cleaning.
+    def intact(self, id: str) -> bool:
+        """Whether artifact ``id`` is in the registry now, its manifest sound and every file verified (remembered
+        per file state): what a resumed run checks before trusting a cached result that names ``id``."""
+        if not (isinstance(id, str) and HEX64.fullmatch(id) and self.storage.exists(self.manifest_key(id))):
+            return False
+        art = self.load(id)
+        return art is not None and all(self.file_problem(art, name) is None for name in art.files)
+
     def check_readable(self) -> None:
         """A ValueError unless the registry exists and can be read (a missing path, a file, no credentials)."""
         self.storage.check_readable()

@@ -32,6 +32,10 @@ from .staging import StagingArea
 CHUNK = 1 << 22
 
 
+class Refused(ValueError):
+    """A registry path that is a symbolic link, passes through one, or is not a regular file."""
+
+
 @dataclass(frozen=True)
 class Staged:
     """A file copied into a staging area: its sha256, size and the local copy."""
@@ -137,7 +141,7 @@ class LocalStorage:
             return os.open(parts[-1], final | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
         except OSError as err:
             if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-                raise ValueError(f"{key}: a path component is a symbolic link or not a directory; the registry "
+                raise Refused(f"{key}: a path component is a symbolic link or not a directory; the registry "
                                  "holds no links (run `dode artifacts verify`)") from None
             raise
         finally:
@@ -147,7 +151,7 @@ class LocalStorage:
         fd = self.fd(key)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise ValueError(f"{key} is not a regular file (run `dode artifacts verify`)")
+            raise Refused(f"{key} is not a regular file (run `dode artifacts verify`)")
         return fd
 
     def exists(self, key: str) -> bool:

@@ -334,3 +334,22 @@ def test_ddim_pipeline_drops_the_lambdas_and_dode_pipeline_recovers_them():
     lam = dode.Lambdas(planted(4), "ipndm", sched.sigmas.tolist())
     ref = dode.sample(VPDenoiser(unet, DDPMScheduler().alphas_cumprod), x_T, sched.sigmas, "ipndm", lam)
     assert close(out, ref, 1e-10)
+
+
+def test_cli_distill_pipeline_on_an_sdxl_folder(tmp_path, capsys, monkeypatch):
+    """dode distill-pipeline loads a saved SDXL folder and writes a scheduler that loads back into it."""
+    import dode.cli
+    from dode.cli import main
+
+    monkeypatch.setattr(dode.cli, "COMMANDS", {"distill-pipeline": dode.cli.COMMANDS["distill-pipeline"]})
+    folder, out, prompts = tmp_path / "sdxl", tmp_path / "scheduler", tmp_path / "prompts.txt"
+    tiny_sdxl_pipeline().save_pretrained(folder)
+    prompts.write_text("a cat\ndog\n")
+    args = ["distill-pipeline", str(folder), "--nfe", "3", "--prompts", str(prompts), "--guidance-scale", "2.0"]
+    args += ["--teacher-factor", "2", "--samples-per-prompt", "2", "--no-register", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    pipe.scheduler = DODEScheduler.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    latents = pipe(PROMPTS, num_inference_steps=3, guidance_scale=2.0, output_type="latent").images
+    assert latents.shape == (2, 4, 8, 8) and torch.isfinite(latents).all()

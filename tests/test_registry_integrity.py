@@ -469,3 +469,30 @@ def test_intact_is_what_a_resume_checks_before_trusting_a_cached_id(copy):
     writable(chunk).write_bytes(b"x")
     shutil.rmtree(root / "artifacts" / arts["report"].id)
     assert not reg.intact(arts["chunk"].id) and not reg.intact(arts["report"].id) and reg.intact(arts["lam"].id)
+
+
+BAD_LAMBDAS = {
+    "extra key": b'{"schema_version": 2, "values": [0.1], "solver": "euler", "sigmas": [1.0, 0.0], "x": 1}',
+    "no values": b'{"schema_version": 2, "solver": "euler", "sigmas": [1.0, 0.0]}',
+    "values is 5": b'{"schema_version": 2, "values": 5, "solver": "euler", "sigmas": [1.0, 0.0]}',
+    "a JSON list": b"[0.1, 0.2]",
+    "NaN": b'{"schema_version": 2, "values": [NaN], "solver": "euler", "sigmas": [1.0, 0.0]}',
+    "1e300": b'{"schema_version": 2, "values": [1e300], "solver": "euler", "sigmas": [1.0, 0.0]}',
+    "not JSON": b"values = [0.1]",
+    "not UTF-8": b"\xff\xfe",
+}
+
+
+@pytest.mark.parametrize("content", BAD_LAMBDAS.values(), ids=list(BAD_LAMBDAS))
+def test_malformed_lambdas_in_a_sound_artifact_are_one_clear_error(content, tmp_path, capsys):
+    reg = Registry(tmp_path / "registry")
+    art = reg.publish("lambdas", "bad", {LAMBDAS_FILE: content})
+    with pytest.raises(ValueError, match="lambdas|JSON|utf-8"):
+        load_lambdas(reg, art.id)
+    before = snapshot(tmp_path / "registry")
+    rc, _, err = run_cli(capsys, "sample", "--model", "gaussian", "--nfe", "1", "--n-samples", "2", "--device", "cpu",
+                         "--lambdas", art.id, "--registry", tmp_path / "registry")
+    assert rc == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    after = snapshot(tmp_path / "registry")
+    assert {k: v for k, v in after.items() if "staging" not in k} == {k: v for k, v in before.items() if "staging" not in k}
+    assert Registry(reg.uri).verify() == []

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .manifest import Artifact
+from .reads import file_sha256
 
 
 def writable_dir(out: Path) -> None:
@@ -44,8 +45,6 @@ def destination(out: Path, name: str) -> Path:
 
 def needed(dest: Path, sha256: str, force: bool) -> bool:
     """Whether ``dest`` must be written: absent, or other content and ``force``."""
-    from .registry import file_sha256
-
     if not (dest.exists() or dest.is_symlink()):
         return True
     if dest.is_file() and not dest.is_symlink() and file_sha256(dest) == sha256:

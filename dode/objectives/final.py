@@ -1,1 +1,178 @@
-def fit_final(problem): raise NotImplementedError
+"""The objective ``final``: all lambda_k -- and the interior timesteps -- fitted jointly on the final sample.
+
+Minimises L(lambda, sigma) = E ||x_0(lambda, sigma; n) - x_0^teacher(n)||^2, the mean squared error of the
+final sample to the teacher's from the same noise, by backpropagation through the unrolled sampler
+(``dode.sampling.integrate(grad=True)``); the network is differentiated with respect to its inputs only.
+Greedy D-ODE (Kim et al., 2024) fits each lambda_k to the next state; fitting the final sample instead, and
+moving the timesteps as LD3 does (Tong et al., 2025), removes the myopia. Timesteps use LD3's
+softmax-cumsum parameterisation in log sigma: sigma_0 (sigma_max) and the final 0 stay fixed, the grid stays
+strictly decreasing and inside (sigma_lo, sigma_max] for any parameter value.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..sampling import integrate
+from ..types import Denoiser, Tensor
+from .problem import FitProblem, FitResult
+from .step import greedy_lambdas
+
+MIN_GAP = 1e-4  # smallest share of the log-sigma range a gap starts with (a grid touching sigma_lo)
+
+
+def sigma_floor(denoiser: Denoiser, sigmas: Tensor) -> float:
+    """sigma_lo: the model's smallest noise level, or a tenth of the grid's where the model states none."""
+    smallest = float(sigmas[-2])
+    model_min = getattr(denoiser, "sigma_min", None)
+    return min(float(model_min), smallest) if model_min is not None else smallest / 10
+
+
+def grid_from_logits(theta: Tensor, sigma_max: Tensor, sigma_lo: float) -> Tensor:
+    """sigma_j = sigma_max (sigma_lo / sigma_max)^(c_j), c = cumsum(softmax(theta)) over the N gaps of
+    [log sigma_lo, log sigma_max]; the first N - 1 cut points are sigma_1..sigma_{N-1}, then 0."""
+    cuts = torch.cumsum(torch.softmax(theta, 0), 0)[:-1]
+    log_max = sigma_max.log()
+    interior = torch.exp(log_max + (math.log(sigma_lo) - log_max) * cuts)
+    return torch.cat([sigma_max.reshape(1), interior, torch.zeros_like(sigma_max).reshape(1)])
+
+
+def logits_from_grid(sigmas: Tensor, sigma_lo: float) -> Tensor:
+    """The theta whose grid is ``sigmas`` (up to MIN_GAP where a gap is empty)."""
+    log = torch.cat([sigmas[:-1].log(), torch.tensor([math.log(sigma_lo)], dtype=sigmas.dtype, device=sigmas.device)])
+    gaps = (log[:-1] - log[1:]).clamp(min=0)
+    shares = (gaps / gaps.sum()).clamp(min=MIN_GAP)
+    return (shares / shares.sum()).log()
+
+
+def final_sample(problem: FitProblem, denoiser: Denoiser, lam: Tensor, sigmas: Tensor, rows: slice, grad: bool) -> Tensor:
+    """The student's final sample for the fit noise ``rows`` with lambdas ``lam`` on grid ``sigmas``."""
+    noise = problem.noise[rows]
+    return integrate(denoiser, noise, sigmas, problem.solver, lambda k, update: lam[k],
+                     correction=problem.correction, grad=grad)
+
+
+def accumulate(problem: FitProblem, denoiser: Denoiser, lam: Tensor, grid: Any, micro_batch: int, leaves: list) -> float:
+    """The full-batch loss and its gradient in the leaves' .grad, one micro-batch at a time (bounded memory):
+    L = sum over micro-batches of ||x - x_teacher||^2 / (n d), each backpropagated on its own."""
+    n = len(problem.noise)
+    scale = 1.0 / problem.final.numel()
+    total = 0.0
+    for start in range(0, n, micro_batch):
+        rows = slice(start, start + micro_batch)
+        x = final_sample(problem, denoiser, lam, grid(), rows, grad=True)
+        loss = (x - problem.final[rows]).square().sum() * scale
+        loss.backward(inputs=leaves)
+        total += float(loss.detach())
+    return total
+
+
+def final_error(problem: FitProblem, lam: Tensor, sigmas: Tensor, noise: Tensor, target: Tensor) -> float:
+    """Mean squared final error to the teacher's ``target`` from ``noise`` (no gradient)."""
+    values = lam.detach()
+    x = integrate(problem.denoiser, noise, sigmas.detach(), problem.solver, lambda k, update: values[k],
+                  correction=problem.correction)
+    return float((x - target).square().mean())
+
+
+def fit_final(
+    problem: FitProblem,
+    learn_lambdas: bool = True,
+    learn_sigmas: bool = True,
+    iterations: int = 150,
+    lr_lambdas: float = 0.05,
+    lr_sigmas: float = 0.02,
+    micro_batch: int = 32,
+    eval_every: int = 10,
+    patience: int = 5,
+    activation_checkpointing: bool = False,
+    optimizer: str = "adam",
+) -> FitResult:
+    """Adam (or L-BFGS, for small problems solved to high precision) on lambda (init: greedy D-ODE) and the
+    grid logits (init: the given grid) through the unrolled sampler. Every ``eval_every`` iterations the held-out final error is measured; the best iterate is kept
+    and fitting stops after ``patience`` measurements without improvement (without a held-out split: the
+    best fit loss). The guard then ranks this result, greedy D-ODE and the base solver by distribution."""
+    _check(learn_lambdas, learn_sigmas, iterations, micro_batch, eval_every, patience, lr_lambdas, lr_sigmas)
+    start_time = time.perf_counter()
+    sigmas, dtype = problem.sigmas, problem.sigmas.dtype
+    greedy = tuple(greedy_lambdas(problem))
+    lam = torch.tensor(greedy if learn_lambdas else [0.0] * len(greedy), dtype=dtype, device=sigmas.device)
+    sigma_lo = sigma_floor(problem.denoiser, sigmas)
+    theta = logits_from_grid(sigmas, sigma_lo)
+    leaves = [t.requires_grad_() for t, on in ((lam, learn_lambdas), (theta, learn_sigmas)) if on]
+
+    def grid() -> Tensor:
+        return grid_from_logits(theta, sigmas[0], sigma_lo) if learn_sigmas else sigmas
+
+    denoiser = problem.denoiser
+    if activation_checkpointing:
+        def denoiser(x: Tensor, sigma: Tensor, den: Denoiser = problem.denoiser) -> Tensor:
+            return checkpoint(den, x, sigma, use_reentrant=False)
+
+    optimiser = make_optimiser(optimizer, lam if learn_lambdas else None, theta if learn_sigmas else None,
+                               lr_lambdas, lr_sigmas)
+    heldout = len(problem.heldout_noise) > 0
+    split = (problem.heldout_noise, problem.heldout_final) if heldout else (problem.noise, problem.final)
+    best: dict[str, Any] = {"score": math.inf, "iteration": 0, "lam": lam.detach().clone(), "grid": grid().detach()}
+    curve: list[list[float]] = []
+    losses: list[float] = []
+    stale = 0
+
+    for it in range(iterations + 1):
+        # Held-out selection: measure, keep the best iterate, stop when it has not improved for a while.
+        if it % eval_every == 0 or it == iterations:
+            with torch.no_grad():
+                current = grid().detach()
+            score = final_error(problem, lam, current, *split)
+            curve.append([it, score])
+            if score < best["score"]:
+                best, stale = {"score": score, "iteration": it, "lam": lam.detach().clone(), "grid": current}, 0
+            else:
+                stale += 1
+            if it == iterations or stale > patience:
+                break
+        # One optimiser step on the full-batch final-sample loss, accumulated over micro-batches.
+        def closure() -> Tensor:
+            optimiser.zero_grad(set_to_none=True)
+            losses.append(accumulate(problem, denoiser, lam, grid, micro_batch, leaves))
+            return torch.tensor(losses[-1])
+
+        optimiser.step(closure)
+
+    info = {"iterations": len(losses), "best_iteration": best["iteration"], "selected_on": "heldout" if heldout else "fit",
+            "heldout_mse": curve, "fit_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
+            "seconds": round(time.perf_counter() - start_time, 3), "sigma_lo": sigma_lo}
+    values = tuple(best["lam"].tolist())
+    return FitResult(values, best["grid"], "final", info, (("greedy", greedy, sigmas),), "fd")
+
+
+def make_optimiser(name: str, lam: Tensor | None, theta: Tensor | None, lr_lambdas: float, lr_sigmas: float):
+    """Adam with one learning rate per parameter group, or L-BFGS with a strong-Wolfe line search."""
+    leaves = [t for t in (lam, theta) if t is not None]
+    if name == "lbfgs":
+        return torch.optim.LBFGS(leaves, lr=1.0, max_iter=1, line_search_fn="strong_wolfe")
+    if name != "adam":
+        raise ValueError(f"objective 'final': unknown optimizer {name!r}; choose one of ['adam', 'lbfgs']")
+    groups = [{"params": [t], "lr": lr} for t, lr in ((lam, lr_lambdas), (theta, lr_sigmas)) if t is not None]
+    return torch.optim.Adam(groups)
+
+
+def _check(learn_lambdas: bool, learn_sigmas: bool, iterations: int, micro_batch: int, eval_every: int,
+           patience: int, lr_lambdas: float, lr_sigmas: float) -> None:
+    """One ValueError for options no fit can use."""
+    if not (learn_lambdas or learn_sigmas):
+        raise ValueError("objective 'final' needs learn_lambdas=True and/or learn_sigmas=True; for neither, "
+                         "sample with the base solver")
+    counts = {"iterations": (iterations, 0), "micro_batch": (micro_batch, 1), "eval_every": (eval_every, 1),
+              "patience": (patience, 0)}
+    for name, (value, low) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"objective 'final': {name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("lr_lambdas", lr_lambdas), ("lr_sigmas", lr_sigmas)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"objective 'final': {name} must be a positive number, got {value!r}")

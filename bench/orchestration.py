@@ -25,11 +25,11 @@ import torch
 
 import flows  # noqa: F401 - Prefect defaults before Prefect is imported
 from dode.grids import GridSpec
+from dode.metrics.scores import FEATURES
+from dode.report import render_report
 from dode.store.registry import Registry
+from dode.sweep import plan_cells, result_rows, sampling_jobs, score_items, with_samples
 from flows import steps
-from flows.checks import FEATURES, plan_cells
-from flows.report import render_report
-from flows.sweep import result_rows, sampling_jobs, score_items, with_samples
 
 
 def plain_pipeline(cfg: dict, uri: str) -> None:
@@ -48,8 +48,9 @@ def plain_pipeline(cfg: dict, uri: str) -> None:
     refs = {m: steps.reference_stats(uri, model_id, m, n, 0) for m in cfg["metrics"] if m in FEATURES}
     items = score_items(cells, teacher_ids, refs, cfg["metrics"])
     scores = [steps.score(uri, s, m, r) for s, m, r in items]
-    rows = result_rows(uri, cells, teacher_ids, items, scores, cfg["metrics"])
-    render_report(uri, f"{cfg['model']}/sweep/{cfg['family']}", {"model": cfg["model"]}, rows, cells,
+    reg = steps.open_registry(uri)
+    rows = result_rows(reg, cells, teacher_ids, items, scores, cfg["metrics"])
+    render_report(reg, f"{cfg['model']}/sweep/{cfg['family']}", {"model": cfg["model"]}, rows, cells,
                   teacher_ids[families[0]], sorted({c["lambdas"] for c in cells} | set(scores)))
 
 

@@ -1,8 +1,12 @@
 """``dode run STAGE``: run a flow locally, on Prefect's ephemeral server, with no set-up.
 
-The options are the flows' parameters (the same names the deployments in prefect.yaml use); an option
-left out takes the flow's default. Importing this module does not import Prefect: ``dode --help`` stays
-fast and ``import dode`` stays Prefect-free; the flow module is imported when a stage runs.
+Registered with dode's command line through the ``dode.commands`` entry point (pyproject.toml): the
+library never imports this package. A stage's options are its flow's parameters, read from Prefect's
+parameter schema of the flow (names, types, defaults, and the descriptions of the docstring's Args):
+declared once, in the flow; an option left out takes the flow's default. An array parameter also takes
+its singular name (``--nfe 3 5`` for ``nfes``), a mapping takes KEY=VALUE items (``--nfes-by-solver
+heun=3,5,7``) or one JSON object. Importing this module does not import Prefect (``dode --help`` stays
+fast); the flow module is imported when a stage runs or shows its help.
 """
 
 from __future__ import annotations
@@ -12,110 +16,133 @@ import importlib
 import inspect
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .checks import validate
+from dode.checks import check_stage
+from dode.report import text_table
 
-STAGES: dict[str, tuple[str, str, str]] = {  # stage -> (module, flow function, help)
-    "pipeline": ("flows.pipeline", "pipeline_flow", "the end-to-end sweep: solvers x NFEs, base vs D-ODE vs teacher"),
-    "teacher": ("flows.teacher", "teacher_flow", "the teacher trajectory for student grids of --steps steps"),
-    "distill": ("flows.distill", "distill_flow", "D-ODE lambdas for one --solver and --nfe"),
-    "sample": ("flows.sample", "sample_flow", "a sampling job, base or with --lambdas"),
-    "score": ("flows.score", "score_flow", "score --samples, or re-evaluate registered lambdas"),
+STAGES: dict[str, str] = {  # stage -> its flow, as prefect.yaml's entrypoints name it
+    "pipeline": "flows.pipeline:pipeline_flow",
+    "teacher": "flows.stages:teacher_flow",
+    "distill": "flows.stages:distill_flow",
+    "sample": "flows.stages:sample_flow",
+    "score": "flows.stages:score_flow",
 }
-S = argparse.SUPPRESS
+SCALARS: dict[str, Callable[[str], Any]] = {"string": str, "integer": int, "number": float}  # JSON schema types
 
 
-def solver_nfes(text: str) -> tuple[str, list[int]]:
-    """``heun=3,5,7,9`` -> ("heun", [3, 5, 7, 9])."""
-    try:
-        solver, values = text.split("=", 1)
-        return solver, [int(v) for v in values.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected SOLVER=NFE,NFE,... (e.g. heun=3,5,7,9), got {text!r}") from None
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    """The ``dode run`` command (the ``dode.commands`` entry point): a stage and the flow's options."""
+    p = sub.add_parser(
+        name, help=f"run a Prefect flow locally: {', '.join(STAGES)}",
+        description="Run a D-ODE flow on Prefect's ephemeral local server (no set-up). The options are the "
+        "flow's parameters, as in prefect.yaml's deployments; options left out take the flow's defaults. "
+        "`dode run STAGE --help` lists a stage's options.",
+    )
+    p.add_argument("stage", choices=STAGES, metavar="STAGE", help=f"one of: {', '.join(STAGES)}")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the flow's parameters as --options")
+    p.set_defaults(func=main)
 
 
-def add_common(p: argparse.ArgumentParser, *names: str) -> None:
-    """Options shared by several stages, each added only where the flow has that parameter."""
-    opts: dict[str, dict[str, Any]] = {
-        "model": {"help": "model name (e.g. digits-ddpm, mixture-smooth) or a diffusers folder"},
-        "family": {"help": "grid family: karras, time_uniform, time_quadratic, logsnr_uniform, ddim"},
-        "teacher_factor": {"type": int, "help": "teacher steps per student step (default 10)"},
-        "teacher_solver": {"help": "teacher solver, shared by all students of a grid (default dpmpp_2m)"},
-        "n_distill": {"type": int, "help": "teacher/distillation samples"},
-        "distill_seed": {"type": int, "help": "first seed of the distillation samples"},
-        "n_samples": {"type": int, "help": "evaluation samples per cell"},
-        "first_seed": {"type": int, "help": "first seed of the evaluation samples"},
-        "batch_size": {"type": int, "help": "samples per batch and per stored chunk"},
-        "num_shards": {"type": int, "help": "sampling shards per job"},
-        "guard": {"action": argparse.BooleanOptionalAction, "help": "held-out guard on the fitted lambdas"},
-        "holdout": {"type": float, "help": "held-out fraction for the guard"},
-        "correction": {"help": "D-ODE correction flavour: data or noise"},
-        "metrics": {"nargs": "+", "help": "fd-digits, fd-pixels, fid, rmse, or auto"},
-        "reference": {"help": "reference-stats artifact id for the Fréchet distances"},
-        "registry": {"help": "registry path or URL (default $DODE_REGISTRY or data/registry)"},
-        "dask": {"action": "store_true", "help": "run sampling/scoring shards on a temporary local Dask cluster"},
-        "dask_address": {"help": "run shards on an existing Dask cluster (scheduler address)"},
-    }
-    for name in names:
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=S, **opts[name])
+def load_flow(stage: str) -> Any:
+    """The Prefect flow of a stage (imports the flow's module, and Prefect)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
+    module, name = STAGES[stage].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def add_arguments(sub: argparse._SubParsersAction) -> None:
-    """One sub-command per stage."""
-    for stage, (_, _, text) in STAGES.items():
-        p = sub.add_parser(stage, help=text, description=f"Run the {stage} flow locally: {text}.")
-        if stage == "pipeline":
-            p.add_argument("--solvers", nargs="+", default=S, help="base solvers to sweep")
-            p.add_argument("--nfe", dest="nfes", nargs="+", type=int, default=S, help="NFEs to sweep")
-            p.add_argument("--solver-nfe", dest="nfes_by_solver", action="append", type=solver_nfes, default=S,
-                           help="NFEs for one solver instead of --nfe, e.g. heun=3,5,7,9 (repeatable)")
-            add_common(p, "model", "family", "teacher_factor", "teacher_solver", "n_distill", "distill_seed",
-                       "n_samples", "first_seed", "batch_size", "num_shards", "guard", "holdout", "correction",
-                       "metrics", "reference", "registry", "dask", "dask_address")
-        elif stage == "teacher":
-            p.add_argument("--steps", type=int, default=S, help="student grid steps the teacher serves")
-            add_common(p, "model", "family", "teacher_factor", "teacher_solver", "n_distill", "distill_seed",
-                       "batch_size", "registry")
-        elif stage == "distill":
-            p.add_argument("--solver", default=S, help="base solver")
-            p.add_argument("--nfe", type=int, default=S, help="network evaluations")
-            add_common(p, "model", "family", "teacher_factor", "teacher_solver", "n_distill", "distill_seed",
-                       "batch_size", "guard", "holdout", "correction", "registry")
-        elif stage == "sample":
-            p.add_argument("--solver", default=S, help="base solver (not with --lambdas)")
-            p.add_argument("--nfe", type=int, default=S, help="network evaluations (not with --lambdas)")
-            p.add_argument("--lambdas", default=S, help="lambdas artifact id: sample its solver and grid with D-ODE")
-            add_common(p, "model", "family", "n_samples", "first_seed", "batch_size", "num_shards", "registry",
-                       "dask", "dask_address")
-        else:
-            p.add_argument("--samples", nargs="+", default=S, help="samples artifact ids to score")
-            p.add_argument("--lambdas", nargs="+", default=S, help="lambdas ids to re-evaluate (default: all of --model)")
-            add_common(p, "model", "metrics", "reference", "n_samples", "first_seed", "batch_size", "num_shards",
-                       "registry", "dask", "dask_address")
-        p.set_defaults(stage=stage)
+def stage_parser(stage: str, flow: Any) -> argparse.ArgumentParser:
+    """One option per flow parameter, from the flow's Prefect parameter schema."""
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(flow.fn).model_dump()["properties"]
+    p = argparse.ArgumentParser(prog=f"dode run {stage}", description=(flow.description or "").split("\n\n")[0],
+                                allow_abbrev=False)
+    for name, prop in schema.items():
+        flags = [f"--{name.replace('_', '-')}"]
+        if name.endswith("s") and name[:-1] not in schema and "array" in types(prop):
+            flags.append(f"--{name[:-1].replace('_', '-')}")
+        default = "" if prop.get("default") is None else f" (default: {json.dumps(prop['default'])})"
+        p.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=f"{prop.get('description') or ''}{default}",
+                       **option(name, prop))
+    return p
 
 
-def parameters(args: argparse.Namespace) -> dict[str, Any]:
-    """The flow parameters given on the command line (the rest take the flow's defaults)."""
-    params = {k: v for k, v in vars(args).items() if k not in ("stage", "func", "command")}
-    if "nfes_by_solver" in params:
-        params["nfes_by_solver"] = dict(params["nfes_by_solver"])
-    return params
+def types(prop: dict) -> dict[str, dict]:
+    """A parameter's JSON schema types (null left out): type name -> its schema."""
+    return {s["type"]: s for s in prop.get("anyOf", [prop]) if s.get("type") not in (None, "null")}
+
+
+def option(name: str, prop: dict) -> dict[str, Any]:
+    """argparse settings for one parameter of JSON schema ``prop``."""
+    kinds = types(prop)
+    if len(kinds) != 1:
+        raise ValueError(f"flow parameter {name!r} has types {sorted(kinds)}; `dode run` takes one type per option")
+    (kind, schema), = kinds.items()
+    if kind == "boolean":
+        return {"action": argparse.BooleanOptionalAction}
+    if kind == "array":
+        return {"nargs": "+", "type": SCALARS[schema.get("items", {}).get("type", "string")]}
+    if kind == "object":
+        return {"nargs": "+", "action": Merge, "metavar": "KEY=VALUE", "type": key_value(schema)}
+    return {"type": SCALARS[kind]}
+
+
+class Merge(argparse.Action):
+    """A mapping option: its items (repeated options too) merged into one dict."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        merged = dict(getattr(namespace, self.dest, None) or {})
+        for items in values:
+            merged.update(items)
+        setattr(namespace, self.dest, merged)
+
+
+def key_value(schema: dict) -> Callable[[str], dict[str, Any]]:
+    """Parse ``KEY=VALUE`` (a list value: comma-separated items) or one JSON object into a dict."""
+    values = schema.get("additionalProperties")
+    values = values if isinstance(values, dict) else {}  # True: any value
+
+    def value(text: str) -> Any:
+        if values.get("type") == "array":
+            return [SCALARS[values.get("items", {}).get("type", "string")](v) for v in text.split(",")]
+        if values.get("type") in SCALARS:
+            return SCALARS[values["type"]](text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+    def parse(text: str) -> dict[str, Any]:
+        try:
+            if text.lstrip().startswith("{"):
+                return dict(json.loads(text))
+            key, raw = text.split("=", 1)
+            return {key: value(raw)}
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. heun=3,5,7,9) or a JSON object, "
+                                             f"got {text!r}") from None
+
+    return parse
 
 
 def run_stage(stage: str, params: dict[str, Any]) -> Any:
-    """Run one stage's flow with ``params`` and return its result (raises what the flow raised)."""
-    module, name, _ = STAGES[stage]
-    flow = getattr(importlib.import_module(module), name)
+    """Run one stage's flow with ``params`` and return its result (raises what the flow raised). Bad
+    parameters raise one ValueError before any run: types as Prefect checks them, then the stage's checks."""
+    from prefect.exceptions import ParameterTypeError
+
+    flow = load_flow(stage)
     try:
         bound = inspect.signature(flow.fn).bind(**params)
-    except TypeError as err:
-        raise ValueError(f"{stage}: {err}") from None
+        flow.validate_parameters(params)
+    except (TypeError, ParameterTypeError) as err:
+        raise ValueError(f"{stage}: {'; '.join(str(err).splitlines())}") from None
     bound.apply_defaults()
-    validate(stage, bound.arguments)
+    check_stage(stage, bound.arguments)
     with local_settings():
         state = flow(**params, return_state=True)
         wait_for_server(state.state_details.flow_run_id)
@@ -141,36 +168,28 @@ def wait_for_server(flow_run_id: Any) -> None:
     stopping it at exit interrupts no database write (which it would log as errors)."""
     from prefect.settings import PREFECT_API_URL
 
-    from .common import settled_task_runs
+    from .tasks import settled_task_runs
 
     if flow_run_id is not None and not PREFECT_API_URL.value():  # else a real server goes on running
         settled_task_runs(flow_run_id)
 
 
-def report(stage: str, result: Any) -> None:
-    """Print a stage's result for a person: the results table and the report path, or the ids."""
-    if stage == "pipeline":
-        from .sweep import print_table
-
-        print(print_table(result["rows"]))
-        print(f"report: {result['report']}")
-    elif stage == "score":
-        if result and "solver" in result[0]:
-            from .sweep import print_table
-
-            print(print_table(result))
-        else:
-            for row in result:
-                print(f"{row['samples'][:12]}  {row['label']}: {row['value']:.6g}  (n={row['n']})")
-    elif stage == "distill":
-        print(json.dumps(result, indent=2))
-    else:
-        print(result)
+def show(result: Any) -> str:
+    """A flow's result for a person: a results table (and the report's path), score lines, JSON, or the id."""
+    if isinstance(result, dict) and "rows" in result:
+        return f"{text_table(result['rows'])}\nreport: {result['report']}"
+    if isinstance(result, list) and result and "solver" in result[0]:
+        return text_table(result)
+    if isinstance(result, list):
+        return "\n".join(f"{r['samples'][:12]}  {r['label']}: {r['value']:.6g}  (n={r['n']})" for r in result)
+    return json.dumps(result, indent=2) if isinstance(result, dict) else str(result)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Entry point of ``dode run STAGE``."""
-    result = run_stage(args.stage, parameters(args))
+    """Entry point of ``dode run STAGE [--option ...]``."""
+    flow = load_flow(args.stage)
+    options = stage_parser(args.stage, flow).parse_args(args.options)
+    result = run_stage(args.stage, dict(vars(options)))
     sys.stdout.flush()
-    report(args.stage, result)
+    print(show(result))
     return 0

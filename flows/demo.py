@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .cli import report, run_stage
+from .cli import run_stage, show
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 DEPLOYMENT = "digits-sweep"  # the demo's parameters are this deployment's: one source for both
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         params["dask"] = args.dask
     start = time.perf_counter()
     result = run_stage("pipeline", params)
-    report("pipeline", result)
+    print(show(result))
     print(f"demo: {len(result['rows']) // len(params['metrics'])} cells in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -19,14 +19,14 @@ from prefect.artifacts import (
 )
 
 import dode
+from dode.checks import check_stage
 from dode.grids import GridSpec
+from dode.metrics.scores import FEATURES, resolve_metrics
+from dode.report import REPORT_FILE
+from dode.sweep import plan_cells, result_rows, sampling_jobs, score_items, with_samples
 
-from . import tasks
-from .checks import plan_cells, validate
-from .common import link_artifacts
-from .evaluate import evaluate_cells, resolve_metrics
-from .report import REPORT_FILE, publish_report
-from .shards import shard_runner
+from . import steps, tasks
+from .shards import Runner, sample_jobs, score_all, shard_runner
 from .steps import open_registry, registry_uri
 
 
@@ -48,17 +48,44 @@ def pipeline_flow(
     guard: bool = True,
     holdout: float = 0.25,
     correction: str = "data",
+    objective: str = "step",
+    objective_options: dict | None = None,
     metrics: tuple[str, ...] = ("auto",),
     reference: str | None = None,
     registry: str | None = None,
     dask: bool = False,
     dask_address: str | None = None,
 ) -> dict:
-    """Sweep ``solvers`` x ``nfes`` on ``model``: base vs D-ODE vs teacher, scored, reported.
+    """Sweep solvers x NFEs on a model: base vs D-ODE vs teacher, scored, reported.
 
     Returns {"report": local path of report.md (or the registry URL), "report_id", "registry", "rows"}.
+
+    Args:
+        model: model name (e.g. digits-ddpm, mixture-smooth), a diffusers folder or a hub id
+        solvers: base solvers to sweep
+        nfes: network evaluations per sample to sweep (a solver skips those it cannot make exactly)
+        nfes_by_solver: NFEs for one solver instead of nfes, e.g. heun=3,5,7,9
+        family: grid family: karras, time_uniform, time_quadratic, logsnr_uniform, ddim
+        teacher_factor: teacher steps per student step
+        teacher_solver: teacher solver, shared by all students of a grid
+        n_distill: teacher/distillation samples
+        distill_seed: first seed of the distillation samples
+        n_samples: evaluation samples per cell
+        first_seed: first seed of the evaluation samples
+        batch_size: samples per batch and per stored chunk
+        num_shards: sampling shards per job
+        guard: held-out guard on the fitted lambdas
+        holdout: held-out fraction for the guard
+        correction: D-ODE correction flavour: data or noise
+        objective: distillation objective (dode.objectives), e.g. step
+        objective_options: the objective's options, e.g. iterations=150 (objective final)
+        metrics: fd-digits, fd-pixels, fid, rmse, or auto (the model's own)
+        reference: reference-stats artifact id for the Fréchet distances
+        registry: registry path or URL (default $DODE_REGISTRY or data/registry)
+        dask: run shards on a temporary local Dask cluster
+        dask_address: run shards on an existing Dask cluster (scheduler address)
     """
-    validate("pipeline", locals())
+    check_stage("pipeline", locals())
     log = get_run_logger()
     cells = plan_cells(list(solvers), list(nfes), nfes_by_solver, family)
     uri = registry_uri(registry)
@@ -66,24 +93,16 @@ def pipeline_flow(
     reg.check_writable()
     progress = create_progress_artifact(0.0, key="dode-pipeline-progress", description=f"D-ODE sweep of {model}")
     model_id = tasks.register_model(uri, model)
-    metric_list = resolve_metrics(list(metrics), model)
+    metric_list = resolve_metrics(metrics, steps.model(model))
     log.info("%d cells on %s (%s grids), metrics %s, registry %s", len(cells), model, family, metric_list, uri)
 
     with shard_runner(dask, dask_address) as run:  # in this process, or on Dask
-        # Teachers: one per student grid size, shared by every solver on that grid.
-        steps = sorted({c["grid"]["steps"] for c in cells})
-        teachers = dict(zip(steps, run([(tasks.teacher, {
-            "registry": uri, "model_id": model_id, "grid": GridSpec(family, s).to_dict(),
+        # Teachers and lambdas: one teacher per student grid size, one fit per cell.
+        teachers, cells = fit_cells(run, uri, model_id, cells, {
             "teacher_factor": teacher_factor, "teacher_solver": teacher_solver, "n_samples": n_distill,
-            "first_seed": distill_seed, "batch_size": batch_size}) for s in steps])))
-        update_progress_artifact(progress, 20.0)
-
-        # Lambdas: one closed-form fit per cell against its grid's stored teacher states.
-        fitted = run([(tasks.distill, {"registry": uri, "trajectory_id": teachers[c["grid"]["steps"]],
-                                       "solver": c["solver"], "guard": guard, "holdout": holdout,
-                                       "correction": correction}) for c in cells])
-        cells = [{**c, "lambdas": lam} for c, lam in zip(cells, fitted)]
-        update_progress_artifact(progress, 35.0)
+            "first_seed": distill_seed, "batch_size": batch_size}, {
+            "guard": guard, "holdout": holdout, "correction": correction, "objective": objective,
+            "objective_options": objective_options}, progress)
 
         # Base, D-ODE and teacher samples (in shards), scored.
         rows, cells, teacher_samples, used = evaluate_cells(
@@ -95,16 +114,62 @@ def pipeline_flow(
     meta = {"model": model, "fingerprint": reg.get(model_id).params["fingerprint"][:16], "grid family": family,
             "teacher": f"{teacher_solver} on the {teacher_factor}x refined student grid (exact alignment)",
             "distillation samples": f"{n_distill} (seeds from {distill_seed}; guard {guard}, holdout {holdout})",
+            "objective": f"{objective} {objective_options or ''}".strip(),
             "evaluation samples": f"{n_samples} per cell (seeds from {first_seed})", "correction": correction,
             "registry": uri}
-    create_table_artifact(rows, key="dode-results", description=f"{model}: base vs D-ODE vs teacher")
+    path, report_id = publish_report(uri, f"{model}/sweep/{family}", meta, rows, cells, teacher_samples, used)
+    tasks.link_artifacts(reg, [model_id, *teachers, *(c["lambdas"] for c in cells), *used, report_id])
+    update_progress_artifact(progress, 100.0)
+    log.info("%d results in the table artifact 'dode-results'; report: %s", len(rows), path)
+    return {"report": path, "report_id": report_id, "registry": uri, "rows": rows}
+
+
+def fit_cells(run: Runner, uri: str, model_id: str, cells: list[dict], teacher: dict, fit: dict,
+              progress: object) -> tuple[list[str], list[dict]]:
+    """The teacher of every student grid size (``teacher``: the teacher task's settings), then one fit per
+    cell against its grid's stored teacher states (``fit``: the distill task's settings). Returns the
+    trajectory ids and the cells with their lambdas ids."""
+    family = cells[0]["grid"]["family"]
+    steps = sorted({c["grid"]["steps"] for c in cells})
+    trajectories = dict(zip(steps, run([(tasks.teacher, {
+        "registry": uri, "model_id": model_id, "grid": GridSpec(family, s).to_dict(), **teacher}) for s in steps])))
+    update_progress_artifact(progress, 20.0)
+    fitted = run([(tasks.distill, {"registry": uri, "trajectory_id": trajectories[c["grid"]["steps"]],
+                                   "solver": c["solver"], **fit}) for c in cells])
+    update_progress_artifact(progress, 35.0)
+    return list(trajectories.values()), [{**c, "lambdas": lam} for c, lam in zip(cells, fitted)]
+
+
+def evaluate_cells(
+    run: Runner, registry: str, model_id: str, model: str, cells: list[dict], teacher: dict, metrics: list[str],
+    reference: str | None, n_samples: int, first_seed: int, batch_size: int, num_shards: int,
+) -> tuple[list[dict], list[dict], str, list[str]]:
+    """Sample and score every cell ({solver, nfe, grid, lambdas}) base and D-ODE, and the teacher once per grid
+    family, with ``run`` (``flows.shards.shard_runner``). Returns (rows, cells with their samples ids, the
+    teacher samples id, every artifact id used). Shared by the pipeline and score flows."""
+    log = get_run_logger()
+    families, jobs = sampling_jobs(model, cells, teacher, n_samples, first_seed, batch_size)
+    log.info("sampling %d jobs x %d samples in %d shard(s)", len(jobs), n_samples, num_shards)
+    ids = sample_jobs(run, registry, jobs, num_shards)
+    cells, teachers = with_samples(cells, families, ids)
+    refs = {m: reference or tasks.reference_stats(registry, model_id, m, n_samples, first_seed)
+            for m in metrics if m in FEATURES}
+    items = score_items(cells, teachers, refs, metrics)
+    log.info("scoring %d samples artifacts x %d metric(s)", len(ids), len(metrics))
+    score_ids = score_all(run, registry, items)
+    rows = result_rows(open_registry(registry), cells, teachers, items, score_ids, metrics)
+    return rows, cells, teachers[families[0]], [*ids, *refs.values(), *score_ids]
+
+
+def publish_report(uri: str, title: str, meta: dict, rows: list[dict], cells: list[dict], teacher_samples: str,
+                   used: list[str]) -> tuple[str, str]:
+    """The results table and report in the Prefect UI, the report in the registry: (its path, its id)."""
+    reg = open_registry(uri)
+    create_table_artifact(rows, key="dode-results", description=f"{meta['model']}: base vs D-ODE vs teacher")
     parents = [*{c["lambdas"] for c in cells}, *(i for i in used if reg.get(i).kind == "score")]
-    report_id = publish_report(uri, f"{model}/sweep/{family}", meta, rows, cells, teacher_samples, sorted(parents))
+    report_id = tasks.report(uri, title, meta, rows, cells, teacher_samples, sorted(parents))
     report = reg.get(report_id)
     path = str(reg.local_path(report, REPORT_FILE)) if reg.local else f"{uri}/artifacts/{report.id}"
     create_markdown_artifact(reg.read_bytes(report, REPORT_FILE).decode(), key="dode-report",
                              description=f"report {report.id} at {path}")
-    link_artifacts(reg, [model_id, *teachers.values(), *(c["lambdas"] for c in cells), *used, report_id])
-    update_progress_artifact(progress, 100.0)
-    log.info("%d results in the table artifact 'dode-results'; report: %s", len(rows), path)
-    return {"report": path, "report_id": report_id, "registry": uri, "rows": rows}
+    return path, report_id

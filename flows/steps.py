@@ -1,49 +1,47 @@
-"""The flows' steps as plain functions (no Prefect): find the artifact in the registry, else load -> one
-library call -> publish; return its id. ``flows.tasks`` wraps each in a Prefect task; ``bench/`` calls
-them in a plain loop to measure what the orchestration costs.
+"""The flows' steps as plain functions (no Prefect): find the artifact in the registry, else load -> library
+call -> publish; return its id. ``flows.tasks`` wraps each in a Prefect task; ``bench/`` calls them in a
+plain loop to measure what the orchestration costs.
 
-Every step takes the registry URI, input artifact ids and small JSON configs, and returns an artifact id.
-Progress goes to the ``dode.flows`` logger (shipped to the Prefect run logs under a flow run).
+Every step takes the registry URI, input artifact ids and small JSON configs (and the run's provenance,
+recorded in the manifest), and returns an artifact id. Progress goes to the ``dode.flows`` logger (shipped
+to the Prefect run logs under a flow run).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
+import os
+import sys
 from collections.abc import Callable
 from functools import lru_cache, partial
 from pathlib import Path
 from tempfile import TemporaryDirectory
-
-import numpy as np
-import torch
+from typing import Any
 
 from dode import get_solver, refine
 from dode.distill_stored import distill_from_states
-from dode.generate import SamplingJob, iter_samples, load_samples, run_sampling
+from dode.generate import SamplingJob, run_sampling
 from dode.grids import GridSpec
-from dode.images import to_model, to_uint8
-from dode.metrics.features import FeatureExtractor, get_extractor, inception_weights_path
-from dode.metrics.fid import frechet_distance, stats_from_bytes, stats_from_images, stats_to_bytes
+from dode.metrics.fid import stats_from_images, stats_to_bytes
+from dode.metrics.reference import reference_images
+from dode.metrics.scores import extractor, score_samples
 from dode.metrics.sources import STATS_FILE, implementation
-from dode.models import EMBEDDED_MODEL_DIR, GaussianDenoiser, MixtureDenoiser, Model, load_model
+from dode.models import Model, load_model
 from dode.rng import seeded_noise
 from dode.store.lambdas import save_lambdas
+from dode.store.location import registry_location
 from dode.store.registry import Artifact, Registry
 from dode.store.trajectory import read_steps, write_teacher
 
-from .checks import FEATURES
-
 log = logging.getLogger("dode.flows")
-ANALYTIC_MODELS = ("gaussian", "mixture-smooth", "mixture-digits")  # dode.models entries with no network
 TEACHER_FILE = "teacher.parquet"
 
 
 def registry_uri(uri: str | None) -> str:
     """The registry URI every step of a run uses: ``uri``, else $DODE_REGISTRY, else <repo>/data/registry;
     local paths made absolute (steps may run in other processes or directories)."""
-    reg = Registry(uri)
+    reg = Registry(registry_location(uri))
     return str(Path(reg.uri).resolve()) if reg.local and "://" not in reg.uri else reg.uri
 
 
@@ -55,61 +53,38 @@ def open_registry(uri: str) -> Registry:
 
 @lru_cache(maxsize=4)
 def model(name: str) -> Model:
-    """One loaded model per name and process; a diffusers model loads without progress bars or hints about
-    optional packages in the run logs."""
-    if name not in ANALYTIC_MODELS:
+    """One loaded model per name and process; a diffusers model loads without hints about optional packages
+    in the run logs (diffusers logs errors only, unless $DIFFUSERS_VERBOSITY says otherwise)."""
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # read when diffusers is first imported
+    if "diffusers" in sys.modules:  # imported already
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.set_verbosity_error()
-        diffusers_logging.disable_progress_bar()
     return load_model(name)
 
 
-def auto_metrics(name: str) -> list[str]:
-    """FD-digits for the embedded digits model, FD-pixels for analytic ones, RMSE to the teacher for all;
-    FID too where pytorch-fid's Inception weights are in place."""
-    m = model(name)
-    metrics = ["fd-digits"] if name == "digits-ddpm" else ["fd-pixels"] if is_analytic(m) else []
-    try:
-        inception_weights_path()
-        metrics.append("fid")
-    except FileNotFoundError:
-        pass
-    return [*metrics, "rmse"]
-
-
-def is_analytic(m: Model) -> bool:
-    return isinstance(m.denoiser, (MixtureDenoiser, GaussianDenoiser))
-
-
-@lru_cache(maxsize=4)
-def extractor(features: str) -> FeatureExtractor:
-    return get_extractor(features)
-
-
 def register_model(registry: str, name: str, *, provenance: dict | None = None) -> str:
-    """The model as a "model" artifact (its diffusers folder, or a JSON description of an analytic model):
+    """The model as a "model" artifact (its diffusers folder, or a JSON description of an in-memory model):
     the root of every lineage."""
     reg, m = open_registry(registry), model(name)
     found = reg.find("model", fingerprint=m.fingerprint)
     if found:
         return found[0].id
-    folder = EMBEDDED_MODEL_DIR if name == "digits-ddpm" else Path(name) if Path(name).is_dir() else None
     info = {"name": m.name, "fingerprint": m.fingerprint, "shape": list(m.shape), "type": type(m.denoiser).__name__}
-    files = {"model": folder} if folder is not None else {"model.json": _json(info)}
+    files = {"model": m.folder} if m.folder is not None else {"model.json": json_bytes(info)}
     art = reg.publish("model", m.name, files, params=info,
                       provenance={**(provenance or {}), "model": {"name": m.name, "fingerprint": m.fingerprint}})
     log.info("registered model %s as %s", name, art.short)
     return art.id
 
 
+# Teacher and distillation: the teacher's plan (grid, kept states, targets) is computed here for now.
 def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teacher_solver: str, n_samples: int,
             first_seed: int, batch_size: int, *, provenance: dict | None = None) -> str:
     """The teacher on the ``teacher_factor``-fold refinement of a student grid, from seeded noise; only its
     states on the student grid are stored (a "trajectory" artifact). Every solver on that grid reuses it."""
     reg = open_registry(registry)
-    model_art = reg.get(model_id)
-    m = model(model_art.params["name"])
+    m = model(reg.get(model_id).params["name"])
     spec = GridSpec(**grid)
     params = {"model": m.name, "fingerprint": m.fingerprint, "grid": spec.to_dict(), "teacher_factor": teacher_factor,
               "teacher_solver": teacher_solver, "alignment": "exact", "n_samples": n_samples,
@@ -134,9 +109,10 @@ def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teach
     return art.id
 
 
-def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout: float, correction: str, *,
-            provenance: dict | None = None) -> str:
-    """D-ODE lambdas for ``solver`` on the teacher's student grid, fitted to its stored states."""
+def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout: float, correction: str,
+            objective: str = "step", objective_options: dict | None = None, *, provenance: dict | None = None) -> str:
+    """D-ODE lambdas for ``solver`` on the teacher's student grid, fitted to its stored states by ``objective``
+    (a ``dode.objectives`` entry) with ``objective_options``."""
     reg = open_registry(registry)
     traj_art = reg.get(trajectory_id)
     p = traj_art.params
@@ -145,35 +121,36 @@ def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout
         raise ValueError(f"model {m.name!r} changed since teacher {traj_art.short} was computed; "
                          "rerun the teacher (the pipeline does so by itself)")
     spec, factor = GridSpec(**p["grid"]), p["teacher_factor"]
-    sigmas = spec.sigmas(m.denoiser)
     n_eval = get_solver(solver).nfe(spec.steps)
     params = {"model": m.name, "fingerprint": m.fingerprint, "solver": solver, "nfe": n_eval, "grid": spec.to_dict(),
-              "teacher": traj_art.id, "guard": guard, "holdout": holdout, "correction": correction}
+              "teacher": traj_art.id, "guard": guard, "holdout": holdout, "correction": correction,
+              "objective": objective, "objective_options": dict(objective_options or {})}
     key = f"{m.name}/{solver}/nfe{n_eval}/{spec.family}-{spec.steps}"
     found = reg.find("lambdas", key, **params)
     if found:
         log.info("lambdas %s found in the registry (%s)", key, found[0].short)
         return found[0].id
     traj = read_steps(reg.local_path(traj_art, TEACHER_FILE))
-    noise = seeded_noise(traj.sample_ids.tolist(), m.shape)
     states = {step // factor: traj.at(step) for step in traj.steps}
     record = {"solver": p["teacher_solver"], "factor": factor, "alignment": "exact", "steps": factor * spec.steps,
               "trajectory": traj_art.id}
-    lam = distill_from_states(m.denoiser, noise, sigmas, states, solver, teacher=record, guard=guard,
-                              holdout=holdout, correction=correction)
+    lam = distill_from_states(m.denoiser, seeded_noise(traj.sample_ids.tolist(), m.shape), spec.sigmas(m.denoiser),
+                              states, solver, teacher=record, guard=guard, holdout=holdout, correction=correction,
+                              objective=objective, objective_options=objective_options)
     art = save_lambdas(reg, lam, key, [traj_art.id], params, provenance=provenance)
     log.info("distilled %s: lambdas %s (guard scale %s) -> %s", key, [round(v, 4) for v in lam.values],
              lam.guard.get("scale"), art.short)
     return art.id
 
 
+# Sampling and scoring.
 def sample(registry: str, job: dict, shard: int = 0, num_shards: int = 1, *,
            on_chunk: Callable[[int, int], None] | None = None) -> str:
     """One shard of a sampling job (its chunks, each published when done, found again on a rerun).
     ``on_chunk(done, total)`` follows its progress."""
     reg = open_registry(registry)
     sampling = SamplingJob.from_dict(job)
-    model(sampling.model)  # loaded once per process, quietly (run_sampling loads it again, from the OS cache)
+    model(sampling.model)  # loaded once per process (run_sampling loads it again, from the OS cache)
     chunks = sampling.shard_chunks(shard, num_shards)
     stored = {a.id for a in reg.find("samples", sampler_hash=sampling.sampler_hash())}
     computed = []
@@ -197,11 +174,10 @@ def gather_samples(registry: str, job: dict) -> str:
 
 def reference_stats(registry: str, model_id: str, metric: str, n_samples: int, first_seed: int, *,
                     provenance: dict | None = None) -> str:
-    """Feature statistics of the model's data ("reference-stats"): exact draws of an analytic model, the
-    bundled 8x8 digits for the embedded digits model."""
+    """Feature statistics of the model's built-in reference data (``dode.metrics.reference``)."""
     reg = open_registry(registry)
     m = model(reg.get(model_id).params["name"])
-    ext = extractor(FEATURES[metric])
+    ext = extractor(metric)
     images, source = reference_images(m, n_samples, first_seed)
     params = {"features": ext.name, "fingerprint": ext.fingerprint, "n": len(images), "source": source,
               "model_fingerprint": m.fingerprint, "implementation": implementation(ext.name)}
@@ -216,25 +192,9 @@ def reference_stats(registry: str, model_id: str, metric: str, n_samples: int, f
     return art.id
 
 
-def reference_images(m: Model, n: int, seed: int) -> tuple[np.ndarray, str]:
-    """uint8 images of the model's data distribution, and a name for where they come from."""
-    den, gen = m.denoiser, torch.Generator().manual_seed(seed)
-    if isinstance(den, MixtureDenoiser):
-        return to_uint8(den.sample_data(n, gen)), f"exact-draws-{n}-seed{seed}"
-    if isinstance(den, GaussianDenoiser):
-        x = den.mu + den.s * torch.randn((n, *m.shape), generator=gen, dtype=torch.float64)
-        return to_uint8(x), f"exact-draws-{n}-seed{seed}"
-    if m.name == "digits-ddpm":
-        from dode.metrics.digits import load_digits_images
-
-        return to_uint8(load_digits_images()[0]), "sklearn-digits-1797"
-    raise ValueError(f"no built-in reference data for model {m.name!r}; pass reference=<id of a 'reference-stats' "
-                     "artifact> (make one with `dode fid DATA_FOLDER --register KEY`)")
-
-
 def score(registry: str, samples_id: str, metric: str, reference_id: str, *, provenance: dict | None = None) -> str:
-    """One metric of a samples artifact: a Fréchet distance to reference statistics, or the RMSE to the
-    teacher's samples from the same seeds (``reference_id`` then names those samples)."""
+    """One metric of a samples artifact (``dode.metrics.scores.score_samples``): a Fréchet distance to
+    reference statistics, or the RMSE to the teacher's samples from the same seeds."""
     reg = open_registry(registry)
     samples, ref = reg.get(samples_id), reg.get(reference_id)
     params = {"metric": metric, "samples": samples.id, "reference": ref.id}
@@ -242,21 +202,11 @@ def score(registry: str, samples_id: str, metric: str, reference_id: str, *, pro
     found = reg.find("score", key, **params)
     if found:
         return found[0].id
-    if metric == "rmse":
-        if samples.params["seeds"] != ref.params["seeds"]:
-            raise ValueError(f"RMSE pairs samples by seed: {samples.short} has seeds {samples.params['seeds']}, "
-                             f"{ref.short} has {ref.params['seeds']}")
-        diff = to_model(load_samples(reg, samples)) - to_model(load_samples(reg, ref))
-        value, label, n = math.sqrt(float(diff.square().mean())), "RMSE to teacher", len(diff)
-    else:
-        ext = extractor(FEATURES[metric])
-        stats = stats_from_images((images for _, images in iter_samples(reg, samples)), ext, batch_size=500)
-        value, label, n = frechet_distance(stats, stats_from_bytes(reg.read_bytes(ref, STATS_FILE))), stats.label, stats.n
-    result = {"metric": metric, "label": label, "value": value, "n": n, "samples": samples.id, "reference": ref.id}
+    result: dict[str, Any] = {**score_samples(reg, samples, metric, ref), "samples": samples.id, "reference": ref.id}
     art = reg.publish_json("score", key, result, params=params, parents=[samples.id, ref.id], provenance=provenance)
-    log.info("%s of %s: %.6g -> %s", label, samples.key, value, art.short)
+    log.info("%s of %s: %.6g -> %s", result["label"], samples.key, result["value"], art.short)
     return art.id
 
 
-def _json(obj: object) -> bytes:
+def json_bytes(obj: object) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True).encode()

@@ -1,22 +1,119 @@
-"""The Prefect tasks: each wraps one step of ``flows.steps`` with its retry and cache policy.
+"""The Prefect tasks, each wrapping one step of ``flows.steps`` with its retry and cache policy, and the
+Prefect wiring the flows share: cache keys, run provenance, link artifacts, settled task runs.
 
-Tasks exchange registry ids and small JSON configs, never tensors; their cache keys are content hashes of
-those (``flows.common.cache_key``), and the steps look their artifact up in the registry before computing.
+Tasks exchange registry ids and small JSON configs, never tensors. A task's Prefect cache key is the
+sha256 of its name, the dode version and its (JSON) parameters, which include the registry URI and the
+ids of its inputs; the registry itself is content-addressed, so every step also looks its artifact up
+by (kind, key, params) before computing, and a rerun resumes even with a fresh Prefect database.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import subprocess
 import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
-from prefect import task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect import runtime, task
+from prefect.artifacts import acreate_link_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
+
+import dode
+from dode.report import render_report
+from dode.store.registry import Registry
 
 from . import steps
-from .common import CACHED, provenance
 
+CHECKOUT = Path(__file__).resolve().parents[1]  # the code the flows run: a git checkout, or an installed copy
 RETRY_IO = {"retries": 2, "retry_delay_seconds": 1}  # registry reads and writes (local disk or object store)
 PROGRESS_EVERY_S = 2.0  # sampling progress artifacts: for shards that run longer, updated at most this often
+
+
+def cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:
+    """Prefect cache key: content hash of the task name, the dode version and the JSON parameters."""
+    blob = json.dumps({"task": ctx.task.name, "dode": dode.__version__, "params": params}, sort_keys=True)
+    return f"dode-{ctx.task.name}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
+
+
+CACHED = {"cache_key_fn": cache_key, "persist_result": True}
+
+
+@lru_cache(maxsize=1)
+def code_version() -> dict[str, str]:
+    """The dode version, and the git commit of the checkout the flows run from (when they run from one)."""
+    out = {"dode_version": dode.__version__}
+    if not (CHECKOUT / ".git").exists():
+        return out
+    try:
+        head = subprocess.run(["git", "-C", str(CHECKOUT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return out
+    if head.returncode == 0:
+        out["git_commit"] = head.stdout.strip()
+    return out
+
+
+def provenance() -> dict[str, str]:
+    """Who made an artifact, for its manifest: the code version, the Prefect flow run (id, name, flow,
+    deployment) and task run. The library reads none of this itself; every publishing step is given it."""
+    out = dict(code_version())
+    if runtime.flow_run.id:
+        out.update(flow_run_provenance(str(runtime.flow_run.id)))
+    if runtime.task_run.id:
+        out["prefect_task_run_id"] = str(runtime.task_run.id)
+    return out
+
+
+@lru_cache(maxsize=16)
+def flow_run_provenance(flow_run_id: str) -> dict[str, str]:
+    """The flow run's name, flow and deployment: looked up once per flow run and process (in a Dask worker,
+    each is a request to the API)."""
+    run = {"prefect_flow_run_id": flow_run_id, "prefect_flow_run_name": runtime.flow_run.name,
+           "prefect_flow_name": runtime.flow_run.flow_name, "prefect_deployment_id": runtime.deployment.id,
+           "prefect_deployment_name": runtime.deployment.name}
+    return {k: str(v) for k, v in run.items() if v}
+
+
+def link_artifacts(reg: Registry, ids: list[str]) -> None:
+    """One Prefect link artifact per registry entry the run produced or used (the UI's way to them), sent
+    concurrently (one request each)."""
+    arts = [reg.get(id) for id in dict.fromkeys(ids)]
+
+    async def send() -> None:
+        async with get_client() as client:
+            await asyncio.gather(*(acreate_link_artifact(
+                link=reg.url(art), link_text=f"{art.kind}: {art.key}", key=f"dode-{art.kind}-{art.id[:12]}",
+                description=f"registry {reg.uri}, artifact {art.id}", client=client) for art in arts))
+
+    asyncio.run(send())
+
+
+def settled_task_runs(flow_run_id: Any, timeout: float = 30.0) -> list[TaskRun]:
+    """The flow run's task runs once the server has recorded them all as final (task-run states reach the
+    server as events, recorded asynchronously): polled until every run is final and nothing changes."""
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    deadline, last, runs = time.monotonic() + timeout, None, []
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs, page = [], [None]
+            while len(page):
+                page = client.read_task_runs(flow_run_filter=flt, limit=200, offset=len(runs))
+                runs += page
+            now = sorted((str(r.id), str(r.state_type)) for r in runs)
+            if now == last and all(r.state is not None and r.state.is_final() for r in runs):
+                break
+            last = now
+            time.sleep(0.5)
+    return runs
 
 
 @task(name="register-model", cache_policy=NO_CACHE, **RETRY_IO)
@@ -34,9 +131,11 @@ def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teach
 
 
 @task(name="distill", **CACHED)
-def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout: float, correction: str) -> str:
+def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout: float, correction: str,
+            objective: str = "step", objective_options: dict | None = None) -> str:
     """D-ODE lambdas for ``solver``, fitted to a stored teacher trajectory."""
-    return steps.distill(registry, trajectory_id, solver, guard, holdout, correction, provenance=provenance())
+    return steps.distill(registry, trajectory_id, solver, guard, holdout, correction, objective, objective_options,
+                         provenance=provenance())
 
 
 @task(name="sample", **CACHED, retries=1, retry_delay_seconds=1)
@@ -72,3 +171,11 @@ def reference_stats(registry: str, model_id: str, metric: str, n_samples: int, f
 def score(registry: str, samples_id: str, metric: str, reference_id: str) -> str:
     """One metric of one samples artifact."""
     return steps.score(registry, samples_id, metric, reference_id, provenance=provenance())
+
+
+@task(name="report", **CACHED, retries=2, retry_delay_seconds=1)
+def report(registry: str, title: str, meta: dict, rows: list[dict], cells: list[dict], teacher_samples: str,
+           parents: list[str]) -> str:
+    """The sweep's report as a registry artifact (``dode.report.render_report``)."""
+    return render_report(steps.open_registry(registry), title, meta, rows, cells, teacher_samples, parents,
+                         provenance=provenance())

@@ -1,19 +1,22 @@
-"""The ``dode`` command line: one sub-command module per area, registered explicitly below."""
+"""The ``dode`` command line: one sub-command module per area, registered explicitly below, plus the
+commands other installed packages register in the ``dode.commands`` entry-point group (``dode run``,
+from the ``flows`` package: the library never imports the orchestration layer)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from importlib.metadata import EntryPoint, distributions
 
 COMMANDS: dict[str, str] = {
     "artifacts": "dode.cli.artifacts",  # list / show / get / verify registry artifacts
     "sample": "dode.cli.scoring",  # large-batch sharded sampling
     "fid": "dode.cli.scoring",  # FID exactly as pytorch-fid, FD on other extractors
-    "run": "dode.cli.run",  # run the Prefect flows locally
     "train-model": "dode.cli.train",  # (re)train the embedded digits model and classifier
     "distill-pipeline": "dode.cli.pipeline",  # fit lambdas for a diffusers pipeline
 }
+ENTRY_POINTS = "dode.commands"  # name -> add_parser(sub, name) of another package, e.g. run = flows.cli:add_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         importlib.import_module(module).add_parser(sub, name)
+    for name, ep in sorted(plugin_commands().items()):
+        if name not in COMMANDS:  # the library's own commands keep their names
+            ep.load()(sub, name)
     return parser
+
+
+def plugin_commands() -> dict[str, EntryPoint]:
+    """The ``dode.commands`` entry points of every installed distribution, the first of a name winning (read
+    from all metadata: a stale ``dode.egg-info`` in the working directory does not hide the installed one)."""
+    found: dict[str, EntryPoint] = {}
+    for dist in distributions():
+        for ep in dist.entry_points:
+            if ep.group == ENTRY_POINTS:
+                found.setdefault(ep.name, ep)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
-"""prefect.yaml without a server: every deployment loads, its parameters validate, its schedules parse."""
+"""prefect.yaml and `dode run` without a server: every deployment loads, its parameters validate, its
+schedules parse; every flow parameter is a `dode run` option, read from the flow (declared once)."""
 
-import argparse
 import inspect
 from datetime import timedelta
 from pathlib import Path
@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dode.checks import check_stage
 from flows import cli
-from flows.checks import validate
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
 DEPLOYMENTS = SPEC["deployments"]
-STAGE_OF = {f"{module}:{fn}": stage for stage, (module, fn, _) in cli.STAGES.items()}
+STAGE_OF = {entrypoint: stage for stage, entrypoint in cli.STAGES.items()}
 
 
 @pytest.mark.parametrize("dep", DEPLOYMENTS, ids=lambda d: d["name"])
@@ -25,9 +25,7 @@ def test_deployment_loads_and_its_parameters_validate(dep, monkeypatch, root):
     flow = load_flow_from_entrypoint(dep["entrypoint"])
     params = dep.get("parameters", {})
     flow.validate_parameters(params)  # types, as the server checks them
-    bound = inspect.signature(flow.fn).bind(**params)
-    bound.apply_defaults()
-    validate(STAGE_OF[dep["entrypoint"]], bound.arguments)  # choices and ranges, as `dode run` checks them
+    check_stage(STAGE_OF[dep["entrypoint"]], _bound(flow, params))  # choices and ranges, as `dode run` checks them
     assert dep["work_pool"]["name"] == "dode-process"
     for s in dep.get("schedules", []):
         if "cron" in s:
@@ -55,19 +53,37 @@ def test_a_bad_parameter_is_rejected_before_any_run(monkeypatch, root):
     with pytest.raises(ParameterTypeError):
         flow.validate_parameters({"nfes": "many"})
     with pytest.raises(ValueError, match="unknown solver 'rk45'; choose one of"):
-        validate("pipeline", {**_defaults(flow), "solvers": ["rk45"]})
+        check_stage("pipeline", _bound(flow, {"solvers": ["rk45"]}))
     with pytest.raises(ValueError, match="heun makes odd NFEs only"):
-        validate("pipeline", {**_defaults(flow), "solvers": ["heun"], "nfes": [4]})
+        check_stage("pipeline", _bound(flow, {"solvers": ["heun"], "nfes": [4]}))
+    with pytest.raises(ValueError, match="unknown objective 'adamw'; choose one of"):
+        check_stage("distill", _bound(cli.load_flow("distill"), {"objective": "adamw"}))
+    with pytest.raises(ValueError, match=r"pipeline: .*nfes"):
+        cli.run_stage("pipeline", {"nfes": "many"})  # Prefect's type check, as one error, before any run
 
 
-def test_every_cli_option_is_a_flow_parameter():
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser.add_subparsers(dest="stage"))
-    for stage, (module, fn, _) in cli.STAGES.items():
-        flow = getattr(__import__(module, fromlist=[fn]), fn)
-        sub = parser._subparsers._group_actions[0].choices[stage]
-        dests = {a.dest for a in sub._actions if a.dest not in ("help",)}
-        assert dests <= set(inspect.signature(flow.fn).parameters), (stage, dests)
+@pytest.mark.parametrize("stage", sorted(cli.STAGES))
+def test_every_flow_parameter_is_a_described_cli_option(stage):
+    flow = cli.load_flow(stage)
+    parser = cli.stage_parser(stage, flow)
+    options = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert set(options) == set(inspect.signature(flow.fn).parameters)
+    assert all(a.help.strip() and not a.help.startswith(" (default") for a in options.values()), stage
+
+
+def test_cli_options_parse_to_the_flow_parameters():
+    flow = cli.load_flow("pipeline")
+    args = ["--solver", "euler", "heun", "--nfe", "3", "5", "--nfes-by-solver", "heun=3,5", '{"euler": [4]}',
+            "--nfes-by-solver", "ipndm=5", "--objective-options", "iterations=3", "optimizer=adam", "--no-guard",
+            "--holdout", "0.5", "--metrics", "rmse"]
+    params = vars(cli.stage_parser("pipeline", flow).parse_args(args))
+    assert params == {"solvers": ["euler", "heun"], "nfes": [3, 5], "guard": False, "holdout": 0.5,
+                      "nfes_by_solver": {"heun": [3, 5], "euler": [4], "ipndm": [5]}, "metrics": ["rmse"],
+                      "objective_options": {"iterations": 3, "optimizer": "adam"}}
+    flow.validate_parameters(params)
+    check_stage("pipeline", _bound(flow, params))
+    with pytest.raises(SystemExit):
+        cli.stage_parser("pipeline", flow).parse_args(["--nfes-by-solver", "heun"])
 
 
 def test_dode_run_rejects_bad_input_with_one_line(capsys):
@@ -78,5 +94,17 @@ def test_dode_run_rejects_bad_input_with_one_line(capsys):
     assert err == ["dode run: error: no solver in ['heun'] can make exactly the NFEs [4]; heun makes odd NFEs only"]
 
 
-def _defaults(flow):
-    return {k: p.default for k, p in inspect.signature(flow.fn).parameters.items()}
+def test_results_are_shown_by_their_shape():
+    row = {"solver": "euler", "nfe": 3, "label": "RMSE to teacher", "base": 0.5, "dode": 0.25, "teacher": None,
+           "change_pct": -50.0}
+    assert cli.show({"rows": [row], "report": "r.md"}).splitlines()[2:] == [
+        "euler        3  RMSE to teacher         0.5       0.25          —   -50.0%", "report: r.md"]
+    assert cli.show([{"samples": "ab" * 32, "label": "FD-pixels", "value": 1.5, "n": 8}]) == (
+        "abababababab  FD-pixels: 1.5  (n=8)")
+    assert cli.show("0123abcd") == "0123abcd"
+
+
+def _bound(flow, params):
+    bound = inspect.signature(flow.fn).bind(**params)
+    bound.apply_defaults()
+    return bound.arguments

@@ -1,17 +1,51 @@
-"""The sweep's bookkeeping, without Prefect: which samples to draw, which scores to take, the result rows.
+"""A sweep's plan and bookkeeping: its (solver, NFE, grid) cells, the sampling jobs and scores they need,
+and the result rows. Pure functions of JSON-able configs (registry ids, ``GridSpec.to_dict()`` grids):
+the flows run them as tasks, a plain loop can run them the same way.
 
-Shared by the flows (``flows.evaluate``) and the plain-loop benchmark, so both do exactly the same work.
+Each cell's student grid is ``GridSpec.for_nfe(family, solver, nfe)``; the teacher's samples are drawn on
+the finest teacher grid of the sweep, the ``factor``-fold step count of the family's largest student grid.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dode.generate import SamplingJob
-from dode.grids import GridSpec
-from dode.store.lambdas import load_lambdas
+from .generate import SamplingJob
+from .grids import FAMILIES, GridSpec
+from .solvers import SOLVERS
+from .store.lambdas import load_lambdas
 
-from .steps import open_registry
+
+def check_choice(what: str, value: Any, choices: Any) -> None:
+    """One ValueError naming the valid choices unless ``value`` is one of them."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {sorted(choices)}")
+
+
+def plan_cells(solvers: list[str], nfes: list[int], nfes_by_solver: dict[str, list[int]] | None,
+               family: str) -> list[dict]:
+    """The (solver, NFE, grid) cells of a sweep. NFEs a solver cannot make exactly (heun: odd only) are
+    left out of the shared ``nfes``; per-solver lists in ``nfes_by_solver`` must all be valid."""
+    for s in [*solvers, *(nfes_by_solver or {})]:
+        check_choice("solver", s, SOLVERS)
+    check_choice("grid family", family, FAMILIES)
+    cells = []
+    for solver in solvers:
+        explicit = (nfes_by_solver or {}).get(solver)
+        for nfe in sorted(set(explicit if explicit is not None else nfes)):
+            if nfe < 2:
+                raise ValueError(f"D-ODE needs at least 2 network evaluations; got NFE {nfe} for {solver}")
+            try:
+                spec = GridSpec.for_nfe(family, solver, nfe)
+            except ValueError:
+                if explicit is not None:
+                    raise
+                continue
+            cells.append({"solver": solver, "nfe": nfe, "grid": spec.to_dict()})
+    if not cells:
+        raise ValueError(f"no solver in {list(solvers)} can make exactly the NFEs {sorted(nfes)}; "
+                         "heun makes odd NFEs only")
+    return cells
 
 
 def teacher_job(model: str, family: str, steps: int, teacher: dict, n_samples: int, first_seed: int,
@@ -52,32 +86,19 @@ def score_items(cells: list[dict], teachers: dict[str, str], refs: dict[str, str
     return items
 
 
-def result_rows(registry: str, cells: list[dict], teachers: dict[str, str], items: list[tuple[str, str, str]],
+def result_rows(registry: Any, cells: list[dict], teachers: dict[str, str], items: list[tuple[str, str, str]],
                 score_ids: list[str], metrics: list[str]) -> list[dict[str, Any]]:
     """One row per cell and metric: base, D-ODE and teacher values, the relative change, the guard's scale."""
-    reg = open_registry(registry)
-    scores = [reg.read_json(i) for i in score_ids]
+    scores = [registry.read_json(i) for i in score_ids]
     value = {(s, m): sc["value"] for (s, m, _), sc in zip(items, scores)}
     label = {m: sc["label"] for (_, m, _), sc in zip(items, scores)}
     rows = []
     for c in cells:
-        scale = load_lambdas(reg, c["lambdas"]).guard.get("scale")
+        scale = load_lambdas(registry, c["lambdas"]).guard.get("scale")
         for m in metrics:
             base, dode_ = value[(c["base"], m)], value[(c["dode"], m)]
             rows.append({"solver": c["solver"], "nfe": c["nfe"], "metric": m, "label": label[m], "base": base,
                          "dode": dode_, "teacher": value.get((teachers[c["grid"]["family"]], m)),
                          "change_pct": None if base == 0 else 100.0 * (dode_ - base) / base,
-                         "guard_scale": scale, "lambdas": reg.get(c["lambdas"]).id})
+                         "guard_scale": scale, "lambdas": registry.get(c["lambdas"]).id})
     return rows
-
-
-def print_table(rows: list[dict[str, Any]]) -> str:
-    """The results as a fixed-width text table (one line per solver, NFE and metric)."""
-    head = f"{'solver':<10} {'NFE':>3}  {'metric':<16} {'base':>10} {'D-ODE':>10} {'teacher':>10} {'change':>8}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        teacher = "—" if r["teacher"] is None else f"{r['teacher']:.4g}"
-        change = "—" if r["change_pct"] is None else f"{r['change_pct']:+.1f}%"
-        lines.append(f"{r['solver']:<10} {r['nfe']:>3}  {r['label']:<16} {r['base']:>10.4g} {r['dode']:>10.4g} "
-                     f"{teacher:>10} {change:>8}")
-    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""The parameters of each orchestrated stage, checked before any work: one ValueError naming the first bad one.
+
+``check_stage(stage, params)`` takes a stage's parameters by name, defaults filled in (a flow's bound
+arguments). The flows call it first, and ``dode run`` calls it before it starts a flow run, so bad input
+gives one clear error, not a failed run. Types are Prefect's to check (from the flow signature); these are
+the choices, ranges and combinations the types cannot say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .correction import CORRECTIONS
+from .grids import FAMILIES
+from .metrics.scores import check_metrics
+from .models import check_model_name
+from .objectives import get_objective
+from .solvers import SOLVERS
+from .sweep import check_choice, plan_cells
+
+Params = Mapping[str, Any]
+
+
+def check_positive(p: Params, *names: str) -> None:
+    bad = [n for n in names if p.get(n) is not None and p[n] < 1]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} must be >= 1")
+
+
+def check_teacher(p: Params) -> None:
+    """The teacher: its solver, its refinement factor, how many samples and how they are batched."""
+    check_model_name(p["model"])
+    check_choice("teacher solver", p["teacher_solver"], SOLVERS)
+    check_positive(p, "teacher_factor", "n_distill", "batch_size")
+
+
+def check_fit(p: Params) -> None:
+    """The distillation: correction flavour, objective, held-out fraction for the guard."""
+    check_teacher(p)
+    check_choice("correction", p["correction"], CORRECTIONS)
+    get_objective(p["objective"])
+    if not 0 < p["holdout"] < 1:
+        raise ValueError(f"holdout must be a fraction in (0, 1), got {p['holdout']}")
+
+
+def check_pipeline(p: Params) -> None:
+    check_fit(p)
+    check_metrics(p["metrics"])
+    check_positive(p, "n_samples", "num_shards")
+    plan_cells(list(p["solvers"]), list(p["nfes"]), p["nfes_by_solver"], p["family"])
+
+
+def check_teacher_stage(p: Params) -> None:
+    check_teacher(p)
+    check_choice("grid family", p["family"], FAMILIES)
+    check_positive(p, "steps")
+
+
+def check_distill(p: Params) -> None:
+    check_fit(p)
+    plan_cells([p["solver"]], [], {p["solver"]: [p["nfe"]]}, p["family"])
+
+
+def check_sample(p: Params) -> None:
+    check_model_name(p["model"])
+    check_positive(p, "n_samples", "batch_size", "num_shards")
+    if p["lambdas"] is None:
+        if p["solver"] is None or p["nfe"] is None:
+            raise ValueError("give solver and nfe (base sampling), or lambdas=<lambdas artifact id>")
+        plan_cells([p["solver"]], [], {p["solver"]: [p["nfe"]]}, p["family"])
+    elif p["solver"] is not None or p["nfe"] is not None:
+        raise ValueError("lambdas fix the solver and grid; drop solver/nfe when sampling with lambdas")
+
+
+def check_score(p: Params) -> None:
+    check_model_name(p["model"])
+    check_metrics(p["metrics"])
+    check_positive(p, "n_samples", "batch_size", "num_shards")
+    if p["samples"] and p["lambdas"]:
+        raise ValueError("give samples (to score them) or lambdas (to re-evaluate them), not both")
+
+
+STAGE_CHECKS: dict[str, Callable[[Params], None]] = {
+    "pipeline": check_pipeline, "teacher": check_teacher_stage, "distill": check_distill, "sample": check_sample,
+    "score": check_score,
+}
+
+
+def check_stage(stage: str, params: Params) -> None:
+    """One ValueError naming the first bad parameter of ``stage`` (all its parameters, defaults filled in)."""
+    check_choice("stage", stage, STAGE_CHECKS)
+    STAGE_CHECKS[stage](params)

@@ -1,0 +1,88 @@
+"""The metrics a sweep scores samples by, and their values for a samples artifact.
+
+Fréchet distances on an extractor's features (``FEATURES``: metric -> extractor), against reference
+statistics, and the RMSE to the teacher's samples drawn from the same seeds (paired by seed):
+
+    RMSE = sqrt(mean_i,j (x_i[j] - x_i^teacher[j])^2)   over samples i and their pixels j (model scale [-1, 1]).
+
+A model declares the Fréchet metrics that suit it (``Model.metrics``); ``auto_metrics`` adds FID where
+pytorch-fid's Inception weights are in place, and the RMSE, which suits every model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from ..generate import iter_samples, load_samples
+from ..images import to_model
+from ..models import Model
+from .features import FeatureExtractor, get_extractor, inception_weights_path
+from .fid import frechet_distance, stats_from_bytes, stats_from_images
+from .sources import STATS_FILE
+
+FEATURES = {"fd-digits": "digits", "fd-pixels": "pixels", "fid": "inception"}  # Fréchet metric -> extractor
+METRICS = (*FEATURES, "rmse")  # rmse: paired, to the teacher's samples from the same seeds
+
+
+def check_metrics(metrics: Iterable[str]) -> None:
+    """One ValueError unless ``metrics`` is ``["auto"]`` or a non-empty list of known metrics."""
+    metrics = list(metrics)
+    if metrics == ["auto"]:
+        return
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise ValueError(f"unknown metric(s) {bad}; choose from {list(METRICS)}, or 'auto'")
+
+
+def auto_metrics(m: Model) -> list[str]:
+    """The model's own Fréchet metrics, FID where pytorch-fid's Inception weights are in place, and the RMSE."""
+    metrics = list(m.metrics)
+    try:
+        inception_weights_path()
+        metrics.append("fid")
+    except FileNotFoundError:
+        pass
+    return [*metrics, "rmse"]
+
+
+def resolve_metrics(metrics: Iterable[str], m: Model) -> list[str]:
+    """``["auto"]`` -> ``auto_metrics(m)``; anything else checked, duplicates dropped, in order."""
+    metrics = list(metrics)
+    check_metrics(metrics)
+    return auto_metrics(m) if metrics == ["auto"] else list(dict.fromkeys(metrics))
+
+
+@lru_cache(maxsize=4)
+def extractor(metric: str) -> FeatureExtractor:
+    """The feature extractor of a Fréchet metric (one per process)."""
+    if metric not in FEATURES:
+        raise ValueError(f"{metric!r} is not a Fréchet metric; choose one of {list(FEATURES)}")
+    return get_extractor(FEATURES[metric])
+
+
+def rmse(x: np.ndarray, y: np.ndarray) -> float:
+    """Root mean square difference of two equally shaped uint8 image batches, on the model scale [-1, 1]."""
+    if x.shape != y.shape:
+        raise ValueError(f"RMSE compares equally shaped batches, got {x.shape} and {y.shape}")
+    return math.sqrt(float((to_model(x) - to_model(y)).square().mean()))
+
+
+def score_samples(registry: Any, samples: Any, metric: str, reference: Any) -> dict[str, Any]:
+    """One metric of a samples artifact: {"metric", "label", "value", "n"}. ``reference`` is a
+    "reference-stats" artifact for a Fréchet distance, the teacher's samples (same seeds) for the RMSE."""
+    if metric == "rmse":
+        if samples.params["seeds"] != reference.params["seeds"]:
+            raise ValueError(f"RMSE pairs samples by seed: {samples.short} has seeds {samples.params['seeds']}, "
+                             f"{reference.short} has {reference.params['seeds']}")
+        x = load_samples(registry, samples)
+        return {"metric": metric, "label": "RMSE to teacher", "value": rmse(x, load_samples(registry, reference)),
+                "n": len(x)}
+    stats = stats_from_images((images for _, images in iter_samples(registry, samples)), extractor(metric),
+                              batch_size=500)
+    value = frechet_distance(stats, stats_from_bytes(registry.read_bytes(reference, STATS_FILE)))
+    return {"metric": metric, "label": stats.label, "value": value, "n": stats.n}

@@ -1,0 +1,117 @@
+"""The orchestration's domain logic, in the library: sweep cells, stage checks, metrics, reference data, tables."""
+
+import math
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from dode.checks import STAGE_CHECKS, check_stage
+from dode.grids import GridSpec
+from dode.metrics.reference import reference_images
+from dode.metrics.scores import METRICS, auto_metrics, resolve_metrics, rmse
+from dode.models import load_model
+from dode.report import markdown_tables, text_table
+from dode.sweep import plan_cells, sampling_jobs, score_items, with_samples
+
+PIPELINE = {"model": "mixture-smooth", "solvers": ["euler"], "nfes": [3], "nfes_by_solver": None, "family": "karras",
+            "teacher_factor": 10, "teacher_solver": "dpmpp_2m", "n_distill": 256, "batch_size": 250,
+            "n_samples": 100, "num_shards": 1, "holdout": 0.25, "correction": "data", "objective": "step",
+            "metrics": ["auto"]}
+
+
+def test_cells_skip_nfes_a_solver_cannot_make_unless_asked_for():
+    cells = plan_cells(["euler", "heun"], [3, 4], None, "karras")
+    assert [(c["solver"], c["nfe"]) for c in cells] == [("euler", 3), ("euler", 4), ("heun", 3)]
+    assert cells[2]["grid"] == GridSpec.for_nfe("karras", "heun", 3).to_dict() == {**cells[2]["grid"], "steps": 2}
+    with pytest.raises(ValueError, match="cannot make exactly 4"):
+        plan_cells(["heun"], [], {"heun": [4]}, "karras")
+    with pytest.raises(ValueError, match="at least 2 network evaluations"):
+        plan_cells(["euler"], [1], None, "karras")
+    with pytest.raises(ValueError, match="unknown grid family 'linear'; choose one of"):
+        plan_cells(["euler"], [3], None, "linear")
+
+
+def test_sampling_jobs_and_scores_pair_each_cell_with_its_teacher():
+    cells = [{**c, "lambdas": f"lam{i}"} for i, c in enumerate(plan_cells(["euler", "dpmpp_2m"], [3, 5], None, "karras"))]
+    families, jobs = sampling_jobs("gaussian", cells, {"solver": "dpmpp_2m", "factor": 4}, 8, 0, 4)
+    assert families == ["karras"] and len(jobs) == 1 + 2 * len(cells)
+    assert jobs[0]["solver"] == "dpmpp_2m" and jobs[0]["grid"]["steps"] == 4 * 5  # the finest student grid, refined
+    assert [j["lambdas_id"] for j in jobs[1:]] == [None, "lam0", None, "lam1", None, "lam2", None, "lam3"]
+    ids = [f"s{i}" for i in range(len(jobs))]
+    cells, teachers = with_samples(cells, families, ids)
+    assert teachers == {"karras": "s0"} and (cells[1]["base"], cells[1]["dode"]) == ("s3", "s4")
+    items = score_items(cells, teachers, {"fd-pixels": "ref"}, ["fd-pixels", "rmse"])
+    assert items[0] == ("s0", "fd-pixels", "ref") and ("s4", "rmse", "s0") in items and len(items) == 1 + 4 * 4
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"model": "sd-turbo"}, "unknown model 'sd-turbo'"),
+    ({"teacher_solver": "rk4"}, "unknown teacher solver 'rk4'"),
+    ({"teacher_factor": 0}, "teacher_factor must be >= 1"),
+    ({"correction": "both"}, "unknown correction 'both'"),
+    ({"objective": "adamw"}, "unknown objective 'adamw'"),
+    ({"holdout": 1.0}, r"holdout must be a fraction in \(0, 1\)"),
+    ({"metrics": ["fid", "lpips"]}, r"unknown metric\(s\) \['lpips'\]"),
+    ({"solvers": ["heun"], "nfes": [4]}, "heun makes odd NFEs only"),
+])
+def test_a_bad_pipeline_parameter_is_one_clear_error(change, message):
+    check_stage("pipeline", PIPELINE)
+    with pytest.raises(ValueError, match=message):
+        check_stage("pipeline", {**PIPELINE, **change})
+
+
+def test_sample_and_score_checks_catch_contradictions():
+    sample = {"model": "gaussian", "solver": None, "nfe": None, "family": "karras", "lambdas": None, "n_samples": 4,
+              "batch_size": 2, "num_shards": 1}
+    with pytest.raises(ValueError, match="give solver and nfe"):
+        check_stage("sample", sample)
+    with pytest.raises(ValueError, match="drop solver/nfe"):
+        check_stage("sample", {**sample, "lambdas": "abc", "solver": "euler"})
+    check_stage("sample", {**sample, "solver": "euler", "nfe": 3})
+    with pytest.raises(ValueError, match="not both"):
+        check_stage("score", {**sample, "metrics": ["auto"], "samples": ["a"], "lambdas": ["b"]})
+    with pytest.raises(ValueError, match=re.escape(f"unknown stage 'evaluate'; choose one of {sorted(STAGE_CHECKS)}")):
+        check_stage("evaluate", sample)
+
+
+def test_metrics_come_from_the_model():
+    m = load_model("mixture-smooth")
+    assert auto_metrics(m)[0] == "fd-pixels" and auto_metrics(m)[-1] == "rmse"
+    assert auto_metrics(replace(m, metrics=())) in (["rmse"], ["fid", "rmse"])  # FID where its weights are
+    assert resolve_metrics(["rmse", "fd-pixels", "rmse"], m) == ["rmse", "fd-pixels"]
+    assert set(auto_metrics(m)) <= set(METRICS)
+
+
+def test_rmse_on_the_model_scale():
+    a = np.full((2, 1, 2, 2), 255, np.uint8)
+    assert rmse(a, a) == 0.0
+    assert rmse(a, np.zeros_like(a)) == pytest.approx(2.0)  # 1 - (-1)
+    assert rmse(a, np.where(np.arange(8).reshape(a.shape) % 2, a, 0).astype(np.uint8)) == pytest.approx(math.sqrt(2))
+    with pytest.raises(ValueError, match="equally shaped"):
+        rmse(a, a[:1])
+
+
+def test_reference_data_is_declared_by_the_model():
+    m = load_model("gaussian")
+    images, source = reference_images(m, 64, 3)
+    assert images.shape == (64, 1, 8, 8) and images.dtype == np.uint8 and source == "exact-draws-64-seed3"
+    assert np.array_equal(reference_images(m, 64, 3)[0], images)  # seeded
+    assert 100 < images.mean() < 155  # N(0, 0.25) around mid-grey
+    with pytest.raises(ValueError, match="no built-in reference data for model 'gaussian'; pass reference="):
+        reference_images(replace(m, reference=None), 4, 0)
+    with pytest.raises(ValueError, match="unknown reference data 'imagenet'"):
+        reference_images(replace(m, reference="imagenet"), 4, 0)
+
+
+def test_tables_show_every_row_and_dashes_for_missing_values():
+    rows = [{"solver": "euler", "nfe": 3, "metric": "rmse", "label": "RMSE to teacher", "base": 0.5, "dode": 0.25,
+             "teacher": None, "change_pct": -50.0, "guard_scale": 1.0},
+            {"solver": "euler", "nfe": 3, "metric": "fd-pixels", "label": "FD-pixels", "base": 0.0, "dode": 2.0,
+             "teacher": 1.0, "change_pct": None, "guard_scale": 1.0}]
+    text = text_table(rows).splitlines()
+    assert text[2].split() == ["euler", "3", "RMSE", "to", "teacher", "0.5", "0.25", "—", "-50.0%"]
+    assert text[3].split()[-2:] == ["1", "—"]
+    md = markdown_tables(rows)
+    assert "### RMSE to teacher" in md and "| euler | 3 | 0.5 | 0.25 | — | -50.0 % | 1.0 |" in md

@@ -23,6 +23,7 @@ from ..types import Denoiser, Tensor
 from .problem import FitProblem, FitResult
 from .step import greedy_lambdas
 
+INITS = ("greedy", "zero")  # where lambda starts: greedy D-ODE's fit, or the base solver (lambda = 0)
 MIN_GAP = 1e-4  # smallest share of the log-sigma range a gap starts with (a grid touching sigma_lo)
 
 
@@ -92,16 +93,20 @@ def fit_final(
     patience: int = 5,
     activation_checkpointing: bool = False,
     optimizer: str = "adam",
+    init: str = "greedy",
 ) -> FitResult:
-    """Adam (or L-BFGS, for small problems solved to high precision) on lambda (init: greedy D-ODE) and the
+    """Adam (or L-BFGS, for small problems solved to high precision) on lambda (init: greedy D-ODE, or zero) and the
     grid logits (init: the given grid) through the unrolled sampler. Every ``eval_every`` iterations the held-out final error is measured; the best iterate is kept
     and fitting stops after ``patience`` measurements without improvement (without a held-out split: the
     best fit loss). The guard then ranks this result, greedy D-ODE and the base solver by distribution."""
     _check(learn_lambdas, learn_sigmas, iterations, micro_batch, eval_every, patience, lr_lambdas, lr_sigmas)
+    if init not in INITS:
+        raise ValueError(f"objective 'final': unknown init {init!r}; choose one of {list(INITS)}")
     start_time = time.perf_counter()
     sigmas, dtype = problem.sigmas, problem.sigmas.dtype
     greedy = tuple(greedy_lambdas(problem))
-    lam = torch.tensor(greedy if learn_lambdas else [0.0] * len(greedy), dtype=dtype, device=sigmas.device)
+    start = greedy if learn_lambdas and init == "greedy" else [0.0] * len(greedy)
+    lam = torch.tensor(start, dtype=dtype, device=sigmas.device)
     sigma_lo = sigma_floor(problem.denoiser, sigmas)
     theta = logits_from_grid(sigmas, sigma_lo)
     leaves = [t.requires_grad_() for t, on in ((lam, learn_lambdas), (theta, learn_sigmas)) if on]
@@ -140,7 +145,7 @@ def fit_final(
         def closure() -> Tensor:
             optimiser.zero_grad(set_to_none=True)
             losses.append(accumulate(problem, denoiser, lam, grid, micro_batch, leaves))
-            return torch.tensor(losses[-1])
+            return torch.tensor(losses[-1], dtype=torch.float64)
 
         optimiser.step(closure)
 
@@ -155,7 +160,8 @@ def make_optimiser(name: str, lam: Tensor | None, theta: Tensor | None, lr_lambd
     """Adam with one learning rate per parameter group, or L-BFGS with a strong-Wolfe line search."""
     leaves = [t for t in (lam, theta) if t is not None]
     if name == "lbfgs":
-        return torch.optim.LBFGS(leaves, lr=1.0, max_iter=1, line_search_fn="strong_wolfe")
+        return torch.optim.LBFGS(leaves, lr=1.0, max_iter=1, max_eval=25, line_search_fn="strong_wolfe", tolerance_grad=0.0,
+                                 tolerance_change=0.0)
     if name != "adam":
         raise ValueError(f"objective 'final': unknown optimizer {name!r}; choose one of ['adam', 'lbfgs']")
     groups = [{"params": [t], "lr": lr} for t, lr in ((lam, lr_lambdas), (theta, lr_sigmas)) if t is not None]

@@ -1,0 +1,179 @@
+"""The ``final`` objective: lambda and timesteps fitted on the final sample through the unrolled sampler."""
+
+import json
+
+import pytest
+import torch
+
+import dode
+from dode.models import GaussianDenoiser, digits_mixture
+from dode.guard import frechet, select
+from dode.objectives import OBJECTIVES, FitProblem, FitResult
+from dode.objectives.final import accumulate, final_sample, fit_final, grid_from_logits, logits_from_grid
+
+
+class Counting:
+    def __init__(self, den):
+        self.den, self.calls = den, 0
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        return self.den(x, sigma)
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return digits_mixture(0.3)
+
+
+def noise(n, seed=0):
+    return torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def problem(den, x, sigmas, solver, targets, held=0):
+    n = len(x) - held
+    return FitProblem(den, x[:n], sigmas, solver, "data", tuple(t[:n] for t in targets), x[n:], targets[-1][n:])
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "heun", "unipc", "deis"])
+def test_gradient_matches_finite_differences(mixture, solver):
+    sigmas = dode.karras_sigmas(3 if solver == "heun" else 4, 0.002, 80.0)
+    x = noise(6)
+    teacher = dode.sample(mixture, x, dode.refine(sigmas, 5), "dpmpp_2m")
+    nfe = dode.get_solver(solver).nfe(len(sigmas) - 1)
+    p = problem(mixture, x, sigmas, solver, [teacher] * nfe)
+    lam = (0.1 * torch.randn(nfe, generator=torch.Generator().manual_seed(1), dtype=torch.float64)).requires_grad_()
+    theta = logits_from_grid(sigmas, 0.001).requires_grad_()
+
+    def grid():
+        return grid_from_logits(theta, sigmas[0], 0.001)
+
+    accumulate(p, mixture, lam, grid, 4, [lam, theta])
+
+    def loss():
+        with torch.no_grad():
+            return float((final_sample(p, mixture, lam, grid(), slice(None), False) - teacher).square().mean())
+
+    for leaf in (lam, theta):
+        for i in range(len(leaf)):
+            with torch.no_grad():
+                leaf[i] += 1e-6
+                up = loss()
+                leaf[i] -= 2e-6
+                down = loss()
+                leaf[i] += 1e-6
+            assert (up - down) / 2e-6 == pytest.approx(float(leaf.grad[i]), rel=1e-5, abs=1e-10)
+
+
+@pytest.mark.parametrize("learn_lambdas", [True, False])
+def test_learned_grid_and_lambdas_beat_the_start_grid_on_a_gaussian(learn_lambdas):
+    den = GaussianDenoiser(torch.full((1, 8, 8), 0.2), 0.5)
+    sigmas = dode.karras_sigmas(3, 0.01, 80.0)
+    lam = dode.distill(den, noise(32), sigmas, "euler", guard=False, objective="final", iterations=60,
+                       lr_sigmas=0.1, learn_lambdas=learn_lambdas)
+    fresh = noise(64, seed=5)
+    exact = den.mu + (0.5 / (0.5**2 + 80.0**2) ** 0.5) * 80.0 * fresh  # the ODE's closed-form solution at sigma 0
+    base = (dode.sample(den, fresh, sigmas, "euler") - exact).square().mean()
+    learned = torch.tensor(lam.sigmas, dtype=torch.float64)
+    fitted = (dode.sample(den, fresh, learned, "euler", lam) - exact).square().mean()
+    assert fitted < (0.1 if learn_lambdas else 0.5) * base
+    if not learn_lambdas:  # the timesteps alone did it
+        assert lam.values == (0.0,) * 3 and not torch.allclose(learned, sigmas)
+
+
+def test_planted_lambdas_are_recovered_from_the_final_sample_alone(mixture):
+    sigmas, x = dode.karras_sigmas(4, 0.002, 80.0), noise(16)
+    planted = [0.0, 0.3, -0.2, 0.15]
+    final = dode.sample(mixture, x, sigmas, "euler", dode.Lambdas(planted, "euler", sigmas.tolist()))
+    states = {}
+    dode.sample(mixture, x, sigmas, "euler", on_state=lambda i, s, ev: states.__setitem__(i, s))
+    targets = [states[1], states[2], states[3], final]  # intermediate targets from the base solver: greedy starts off
+    result = fit_final(problem(mixture, x, sigmas, "euler", targets), learn_sigmas=False, optimizer="lbfgs",
+                       iterations=60, patience=60, init="zero")
+    assert result.values[1:] == pytest.approx(planted[1:], abs=1e-6)  # lambda_0 has no effect in the data flavour
+
+
+def test_micro_batches_give_the_parameters_of_one_full_batch(mixture):
+    sigmas, x = dode.karras_sigmas(4, 0.002, 80.0), noise(12)
+    teacher = dode.sample(mixture, x, dode.refine(sigmas, 4), "euler")
+    p = problem(mixture, x, sigmas, "dpmpp_2m", [teacher] * 4)
+    whole = fit_final(p, iterations=4, micro_batch=12, patience=10, eval_every=1)
+    parts = fit_final(p, iterations=4, micro_batch=5, patience=10, eval_every=1)
+    assert parts.values == pytest.approx(whole.values, abs=1e-10)
+    assert torch.allclose(parts.sigmas, whole.sigmas, rtol=0, atol=1e-10)
+
+
+def test_learned_grids_are_valid_survive_json_and_cost_the_base_nfe(mixture):
+    sigmas = dode.karras_sigmas(5, 0.02, 80.0)
+    lam = dode.distill(mixture, noise(24), sigmas, "dpmpp_2m", objective="final", guard=False, iterations=20,
+                       lr_sigmas=0.3, lr_lambdas=0.3)
+    grid = torch.tensor(lam.sigmas, dtype=torch.float64)
+    assert (grid[1:] < grid[:-1]).all() and grid[-1] == 0 and grid[0] == sigmas[0]
+    assert lam.fit["sigma_lo"] <= float(grid[-2]) and not torch.allclose(grid, sigmas)
+    again = dode.Lambdas.from_json(lam.to_json())
+    assert again == lam and again.objective == "final" and again.options["iterations"] == 20
+    assert json.loads(lam.to_json())["fit"]["iterations"] == lam.fit["iterations"]
+    base, corrected = Counting(mixture), Counting(mixture)
+    dode.sample(base, noise(3), sigmas, "dpmpp_2m")
+    dode.sample(corrected, noise(3), grid, "dpmpp_2m", again)
+    assert base.calls == corrected.calls == 5
+
+
+def test_guard_rejects_a_result_further_than_the_base_in_distribution(mixture):
+    sigmas, x = dode.karras_sigmas(4, 0.002, 80.0), noise(48)
+    teacher = dode.sample(mixture, x, dode.refine(sigmas, 5), "dpmpp_2m")
+    p = problem(mixture, x, sigmas, "dpmpp_2m", [teacher] * 4, held=40)
+    overfit = FitResult((0.0, 2.0, -1.5, 2.0), grid_from_logits(torch.zeros(4, dtype=torch.float64), sigmas[0], 0.002),
+                        "final", {}, (("greedy", (0.0, 0.0, 0.0, 0.0), sigmas),), "fd")
+    chosen, report = select(p, overfit, None)
+    assert report["fd"]["final"] > report["fd"]["base"] and chosen != "final"
+    assert report["fd"][chosen] <= report["fd"]["base"] and report["chosen"] == chosen
+
+
+def test_guard_never_loses_to_the_base_when_final_overfits_a_tiny_fit_set(mixture):
+    # Two fit samples, aggressive steps, no early stop: "final" overfits; the guard judges on 46 held-out samples.
+    sigmas = dode.karras_sigmas(4, 0.002, 80.0)
+    lam = dode.distill(mixture, noise(48), sigmas, "dpmpp_2m", holdout=0.96, objective="final", iterations=80,
+                       lr_lambdas=1.0, lr_sigmas=1.0, eval_every=80)
+    fd, mse = lam.guard["fd"], lam.guard["mse"]
+    assert lam.n_fit == 2 and set(fd) == set(mse) == {"final", "greedy", "base"}
+    assert fd[lam.guard["chosen"]] <= fd["base"] == min(fd["base"], fd["final"], fd["greedy"]) or \
+        lam.guard["chosen"] == min(fd, key=fd.get)
+    fresh = noise(200, seed=9)
+    exact = dode.sample(mixture, fresh, dode.refine(sigmas, 5), "dpmpp_2m")
+    grid = torch.tensor(lam.sigmas, dtype=torch.float64)
+    chosen = dode.sample(mixture, fresh, grid, "dpmpp_2m", lam if lam.guard["chosen"] != "base" else None)
+    base = dode.sample(mixture, fresh, sigmas, "dpmpp_2m")
+    flat = (lambda t: t.reshape(len(t), -1))
+    assert frechet(flat(chosen), flat(exact)) <= 1.5 * frechet(flat(base), flat(exact))
+
+
+def test_guard_features_and_timesteps_only_baseline(mixture):
+    sigmas = dode.karras_sigmas(4, 0.002, 80.0)
+    seen = []
+
+    def features(x):
+        seen.append(x.shape)
+        return x.reshape(len(x), -1)[:, :8]
+
+    lam = dode.distill(mixture, noise(40), sigmas, "euler", objective="final", learn_lambdas=False, iterations=10,
+                       features=features)
+    assert seen and all(s[1:] == (1, 8, 8) for s in seen)
+    assert lam.guard["criterion"] == "fd" and lam.guard["chosen"] in lam.guard["fd"]
+    if lam.guard["chosen"] == "final":
+        assert lam.values == (0.0,) * 4
+
+
+def test_objective_options_are_checked(mixture):
+    sigmas = dode.karras_sigmas(4, 0.002, 80.0)
+    assert set(OBJECTIVES) == {"step", "final"}
+    with pytest.raises(ValueError, match="no option.*learn_sigmas"):
+        dode.distill(mixture, noise(8), sigmas, "euler", learn_sigmas=True)
+    with pytest.raises(ValueError, match="unknown objective 'global'.*final"):
+        dode.distill(mixture, noise(8), sigmas, "euler", objective="global")
+    with pytest.raises(ValueError, match="learn_lambdas=True and/or learn_sigmas"):
+        dode.distill(mixture, noise(8), sigmas, "euler", objective="final", learn_lambdas=False, learn_sigmas=False)
+    with pytest.raises(ValueError, match="iterations must be an integer"):
+        dode.distill(mixture, noise(8), sigmas, "euler", objective="final", iterations=-1)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        dode.distill(mixture, noise(8), sigmas, "euler", objective="final", optimizer="sgd")

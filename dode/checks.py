@@ -1,14 +1,14 @@
 """The parameters of each orchestrated stage, checked before any work: one ValueError naming the first bad one.
 
-``check_stage(stage, params)`` takes a stage's parameters by name, defaults filled in (a flow's bound
-arguments). The flows call it first, and ``dode run`` calls it before it starts a flow run, so bad input
+A stage's check takes its parameters by name, defaults filled in (a flow's bound arguments). The flows call
+theirs first, and ``dode run`` calls it before it starts a flow run (``flows.cli.STAGES``), so bad input
 gives one clear error, not a failed run. Types are Prefect's to check (from the flow signature); these are
 the choices, ranges and combinations the types cannot say.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from .correction import CORRECTIONS
@@ -79,15 +79,3 @@ def check_score(p: Params) -> None:
     check_positive(p, "n_samples", "batch_size", "num_shards")
     if p["samples"] and p["lambdas"]:
         raise ValueError("give samples (to score them) or lambdas (to re-evaluate them), not both")
-
-
-STAGE_CHECKS: dict[str, Callable[[Params], None]] = {
-    "pipeline": check_pipeline, "teacher": check_teacher_stage, "distill": check_distill, "sample": check_sample,
-    "score": check_score,
-}
-
-
-def check_stage(stage: str, params: Params) -> None:
-    """One ValueError naming the first bad parameter of ``stage`` (all its parameters, defaults filled in)."""
-    check_choice("stage", stage, STAGE_CHECKS)
-    STAGE_CHECKS[stage](params)

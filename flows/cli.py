@@ -20,15 +20,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dode.checks import check_stage
+from dode import checks
 from dode.report import text_table
 
-STAGES: dict[str, str] = {  # stage -> its flow, as prefect.yaml's entrypoints name it
-    "pipeline": "flows.pipeline:pipeline_flow",
-    "teacher": "flows.stages:teacher_flow",
-    "distill": "flows.stages:distill_flow",
-    "sample": "flows.stages:sample_flow",
-    "score": "flows.stages:score_flow",
+Check = Callable[[dict[str, Any]], None]
+STAGES: dict[str, tuple[str, Check]] = {  # stage -> its flow (as prefect.yaml's entrypoints name it), its check
+    "pipeline": ("flows.pipeline:pipeline_flow", checks.check_pipeline),
+    "teacher": ("flows.stages:teacher_flow", checks.check_teacher_stage),
+    "distill": ("flows.stages:distill_flow", checks.check_distill),
+    "sample": ("flows.stages:sample_flow", checks.check_sample),
+    "score": ("flows.stages:score_flow", checks.check_score),
 }
 SCALARS: dict[str, Callable[[str], Any]] = {"string": str, "integer": int, "number": float}  # JSON schema types
 
@@ -50,7 +51,7 @@ def load_flow(stage: str) -> Any:
     """The Prefect flow of a stage (imports the flow's module, and Prefect)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
-    module, name = STAGES[stage].split(":")
+    module, name = STAGES[stage][0].split(":")
     return getattr(importlib.import_module(module), name)
 
 
@@ -142,7 +143,7 @@ def run_stage(stage: str, params: dict[str, Any]) -> Any:
     except (TypeError, ParameterTypeError) as err:
         raise ValueError(f"{stage}: {'; '.join(str(err).splitlines())}") from None
     bound.apply_defaults()
-    check_stage(stage, bound.arguments)
+    STAGES[stage][1](bound.arguments)
     with local_settings():
         state = flow(**params, return_state=True)
         wait_for_server(state.state_details.flow_run_id)

@@ -19,7 +19,7 @@ from prefect.artifacts import (
 )
 
 import dode
-from dode.checks import check_stage
+from dode.checks import check_pipeline
 from dode.grids import GridSpec
 from dode.metrics.scores import FEATURES, resolve_metrics
 from dode.report import REPORT_FILE
@@ -85,7 +85,7 @@ def pipeline_flow(
         dask: run shards on a temporary local Dask cluster
         dask_address: run shards on an existing Dask cluster (scheduler address)
     """
-    check_stage("pipeline", locals())
+    check_pipeline(locals())
     log = get_run_logger()
     cells = plan_cells(list(solvers), list(nfes), nfes_by_solver, family)
     uri = registry_uri(registry)

@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 import dode
-from dode.checks import check_stage
+from dode.checks import check_distill, check_sample, check_score, check_teacher_stage
 from dode.generate import SamplingJob
 from dode.grids import GridSpec
 from dode.metrics.scores import FEATURES, resolve_metrics
@@ -49,7 +49,7 @@ def teacher_flow(
         batch_size: samples per batch and per stored chunk
         registry: registry path or URL (default $DODE_REGISTRY or data/registry)
     """
-    check_stage("teacher", locals())
+    check_teacher_stage(locals())
     uri = registry_uri(registry)
     model_id = tasks.register_model(uri, model)
     traj = tasks.teacher(uri, model_id, GridSpec(family, steps).to_dict(), teacher_factor, teacher_solver, n_distill,
@@ -96,7 +96,7 @@ def distill_flow(
         objective_options: the objective's options, e.g. iterations=150 (objective final)
         registry: registry path or URL (default $DODE_REGISTRY or data/registry)
     """
-    check_stage("distill", locals())
+    check_distill(locals())
     (cell,) = plan_cells([solver], [], {solver: [nfe]}, family)
     uri = registry_uri(registry)
     reg = open_registry(uri)
@@ -144,7 +144,7 @@ def sample_flow(
         dask: run shards on a temporary local Dask cluster
         dask_address: run shards on an existing Dask cluster (scheduler address)
     """
-    check_stage("sample", locals())
+    check_sample(locals())
     uri = registry_uri(registry)
     reg = open_registry(uri)
     if lambdas is not None:
@@ -196,7 +196,7 @@ def score_flow(
         dask: run shards on a temporary local Dask cluster
         dask_address: run shards on an existing Dask cluster (scheduler address)
     """
-    check_stage("score", locals())
+    check_score(locals())
     uri = registry_uri(registry)
     model_id = tasks.register_model(uri, model)
     metric_list = resolve_metrics(metrics, steps.model(model))

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dode.checks import check_stage
+from dode.checks import check_distill, check_pipeline
 from flows import cli
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
 DEPLOYMENTS = SPEC["deployments"]
-STAGE_OF = {entrypoint: stage for stage, entrypoint in cli.STAGES.items()}
+STAGE_OF = {entrypoint: stage for stage, (entrypoint, _) in cli.STAGES.items()}
 
 
 @pytest.mark.parametrize("dep", DEPLOYMENTS, ids=lambda d: d["name"])
@@ -25,7 +25,7 @@ def test_deployment_loads_and_its_parameters_validate(dep, monkeypatch, root):
     flow = load_flow_from_entrypoint(dep["entrypoint"])
     params = dep.get("parameters", {})
     flow.validate_parameters(params)  # types, as the server checks them
-    check_stage(STAGE_OF[dep["entrypoint"]], _bound(flow, params))  # choices and ranges, as `dode run` checks them
+    cli.STAGES[STAGE_OF[dep["entrypoint"]]][1](_bound(flow, params))  # choices and ranges, as `dode run` checks
     assert dep["work_pool"]["name"] == "dode-process"
     for s in dep.get("schedules", []):
         if "cron" in s:
@@ -53,11 +53,11 @@ def test_a_bad_parameter_is_rejected_before_any_run(monkeypatch, root):
     with pytest.raises(ParameterTypeError):
         flow.validate_parameters({"nfes": "many"})
     with pytest.raises(ValueError, match="unknown solver 'rk45'; choose one of"):
-        check_stage("pipeline", _bound(flow, {"solvers": ["rk45"]}))
+        check_pipeline(_bound(flow, {"solvers": ["rk45"]}))
     with pytest.raises(ValueError, match="heun makes odd NFEs only"):
-        check_stage("pipeline", _bound(flow, {"solvers": ["heun"], "nfes": [4]}))
+        check_pipeline(_bound(flow, {"solvers": ["heun"], "nfes": [4]}))
     with pytest.raises(ValueError, match="unknown objective 'adamw'; choose one of"):
-        check_stage("distill", _bound(cli.load_flow("distill"), {"objective": "adamw"}))
+        check_distill(_bound(cli.load_flow("distill"), {"objective": "adamw"}))
     with pytest.raises(ValueError, match=r"pipeline: .*nfes"):
         cli.run_stage("pipeline", {"nfes": "many"})  # Prefect's type check, as one error, before any run
 
@@ -81,7 +81,7 @@ def test_cli_options_parse_to_the_flow_parameters():
                       "nfes_by_solver": {"heun": [3, 5], "euler": [4], "ipndm": [5]}, "metrics": ["rmse"],
                       "objective_options": {"iterations": 3, "optimizer": "adam"}}
     flow.validate_parameters(params)
-    check_stage("pipeline", _bound(flow, params))
+    check_pipeline(_bound(flow, params))
     with pytest.raises(SystemExit):
         cli.stage_parser("pipeline", flow).parse_args(["--nfes-by-solver", "heun"])
 

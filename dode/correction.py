@@ -19,6 +19,12 @@ READABLE_SCHEMA_VERSIONS = (1, 2)  # version 2 added objective, options, fit and
 MAX_ABS_LAMBDA = 1e8  # far beyond any fitted weight (degenerate greedy fits reach ~1e4); larger values are corrupt input
 
 
+def _same_grid(a: Tensor, b: Tensor) -> bool:
+    """Two sigma grids equal up to float64 rounding."""
+    b = b.detach().to("cpu", torch.float64)
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-9, atol=1e-12))
+
+
 def _floats(values: Any, name: str) -> list[float]:
     """A list of floats from a JSON sequence of numbers; a ValueError naming the field otherwise."""
     if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
@@ -140,6 +146,15 @@ class Lambdas:
             raise ValueError(f"lambdas are not valid JSON: {err}") from None
         return cls.from_dict(data)
 
+    def sampling_grid(self, sigmas: Tensor) -> Tensor:
+        """The grid to sample on when a job asks for ``sigmas``: these weights' own grid, where ``sigmas`` is it
+        or the start grid a learned grid was fitted from (``fit["start_sigmas"]``); otherwise ``sigmas``
+        (``check_matches`` then says why they do not fit)."""
+        start = self.fit.get("start_sigmas")
+        if start is not None and _same_grid(torch.tensor(start, dtype=torch.float64), sigmas):
+            return torch.tensor(self.sigmas, dtype=torch.float64, device=sigmas.device)
+        return sigmas
+
     def check_matches(self, sigmas: Tensor, solver: str, correction: str) -> None:
         """Raise a ValueError unless these weights were fitted for this grid, solver and flavour."""
         if solver != self.solver:
@@ -152,9 +167,8 @@ class Lambdas:
                 f"these lambdas use the {self.correction!r} correction, not {correction!r}; "
                 f"pass correction={self.correction!r}"
             )
-        mine = torch.tensor(self.sigmas, dtype=torch.float64)
-        if mine.shape != sigmas.shape or not torch.allclose(mine, sigmas.to(torch.float64), rtol=1e-9, atol=1e-12):
+        if not _same_grid(torch.tensor(self.sigmas, dtype=torch.float64), sigmas):
             raise ValueError(
-                f"these lambdas were fitted on a {len(mine) - 1}-step grid starting {list(self.sigmas[:3])}, "
+                f"these lambdas were fitted on a {len(self.sigmas) - 1}-step grid starting {list(self.sigmas[:3])}, "
                 f"not on the given {len(sigmas) - 1}-step grid; sample on the same grid or distill new lambdas"
             )

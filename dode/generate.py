@@ -159,6 +159,7 @@ class _Run:
         self.sigmas = job.spec.sigmas(self.model.denoiser)
         if lambdas is not None:
             check_model(registry, art, lambdas, self.model.fingerprint, allow_other_model=allow_other_model)
+            self.sigmas = lambdas.sampling_grid(self.sigmas)  # a learned grid replaces the start grid it came from
             lambdas.check_matches(self.sigmas, job.solver, lambdas.correction)
         parents += [a.id for a in registry.find("model", fingerprint=self.model.fingerprint)[:1]]
         self.parents = parents

@@ -151,7 +151,8 @@ def fit_final(
 
     info = {"iterations": len(losses), "best_iteration": best["iteration"], "selected_on": "heldout" if heldout else "fit",
             "heldout_mse": curve, "fit_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
-            "seconds": round(time.perf_counter() - start_time, 3), "sigma_lo": sigma_lo}
+            "seconds": round(time.perf_counter() - start_time, 3), "sigma_lo": sigma_lo,
+            "start_sigmas": sigmas.tolist()}
     values = tuple(best["lam"].tolist())
     return FitResult(values, best["grid"], "final", info, (("greedy", greedy, sigmas),), "fd")
 

@@ -69,7 +69,7 @@ def data(tmp_path_factory) -> Path:
     (d / "notzip.npz").write_text("hello")
     npz(d / "ok3.npz", {"mu": np.zeros(3), "sigma": np.eye(3)})
     npz(d / "nan3.npz", {"mu": np.array([math.nan, 0, 0]), "sigma": np.eye(3)})
-    npz(d / "inf3.npz", {"mu": np.zeros(3), "sigma": np.eye(3) * math.inf})
+    npz(d / "inf3.npz", {"mu": np.zeros(3), "sigma": np.diag([math.inf, 1.0, 1.0])})
     npz(d / "mismatch.npz", {"mu": np.zeros(3), "sigma": np.eye(4)})
     npz(d / "nomu.npz", {})
     npz(d / "strings.npz", {"mu": np.array(["a", "b"]), "sigma": np.array([["a", "b"], ["c", "d"]])})
@@ -180,7 +180,8 @@ SAMPLE_CASES = [
     (("--device", "gpu"), "unknown device 'gpu'"),
     (("--lambdas", "deadbeef"), "no artifact 'deadbeef'"),
     (("--lambdas", "{lam}"), "lambdas"),
-    (("--png-dir", "{d}/afile"), "--png-dir"),
+    (("--png-dir", "{d}/afile"), "cannot create this folder"),
+    (("--png-dir", "{d}/afile/sub"), "cannot create this folder"),
 ]
 TRAIN_CASES = [
     (("--steps", "0"), "--steps must be >= 1"),

@@ -55,10 +55,13 @@ def run_sample(args: argparse.Namespace) -> int:
     from ..generate import SamplingJob, export_png, run_sampling
     from ..grids import GridSpec
 
-    if args.png_dir and Path(args.png_dir).exists() and not Path(args.png_dir).is_dir():
-        raise ValueError(f"--png-dir {args.png_dir} is a file; pass a folder (it is created when missing)")
     job = SamplingJob(args.model, args.solver, GridSpec.for_nfe(args.grid, args.solver, args.nfe).to_dict(),
                       args.lambdas, args.n_samples, args.first_seed, args.batch_size)
+    if args.png_dir:  # before sampling, not after
+        try:
+            Path(args.png_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"--png-dir {args.png_dir}: cannot create this folder ({err.strerror})") from None
     registry = _registry(args.registry)
     art = run_sampling(job, registry, shard=args.shard, num_shards=args.num_shards, device=args.device, progress=True,
                        allow_other_model=args.allow_other_model)

@@ -45,6 +45,7 @@ from .store.lambdas import check_model, load_lambdas
 from .types import Denoiser, Tensor
 
 SAMPLES_SCHEMA_VERSION = 1
+MAX_CHUNKS = 100_000  # chunks per job: each is an artifact, listed in memory and in the job's index
 CONVERSION = "uint8 = clip(round((x + 1) * 127.5), 0, 255) of model-space x in [-1, 1]"
 ChunkHook = Callable[[int, Any], None]  # (chunk index, chunk artifact) after each chunk is available
 
@@ -78,6 +79,9 @@ class SamplingJob:
             raise ValueError(f"need n_samples >= 1 and batch_size >= 1, got {self.n_samples} and {self.batch_size}")
         if not 0 <= self.first_seed <= MAX_SEED - self.n_samples:
             raise ValueError(f"first_seed must be in [0, 2**63 - 1 - n_samples], got {self.first_seed}")
+        if self.num_chunks > MAX_CHUNKS:
+            raise ValueError(f"{self.n_samples} samples in chunks of {self.batch_size} make {self.num_chunks} chunks; a "
+                             f"job has at most {MAX_CHUNKS}: raise the batch size or split the seeds over several jobs")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

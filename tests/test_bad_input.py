@@ -164,6 +164,7 @@ SAMPLE_CASES = [
     (("--batch-size", "-3"), "batch_size >= 1"),
     (("--n-samples", "0"), "n_samples >= 1"),
     (("--n-samples", "-1"), "n_samples >= 1"),
+    (("--n-samples", str(10**12)), "a job has at most 100000"),
     (("--first-seed", "-1"), "first_seed must be in"),
     (("--first-seed", str(2**63)), "first_seed must be in"),
     (("--model", "nope"), "unknown model 'nope'; choose one of"),

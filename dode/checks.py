@@ -15,9 +15,9 @@ from .correction import CORRECTIONS
 from .grids import FAMILIES
 from .metrics.scores import check_metrics
 from .models import check_model_name
-from .objectives import get_objective
+from .objectives import check_options
 from .solvers import SOLVERS
-from .sweep import check_choice, plan_cells
+from .sweep import check_choice, plan_cells, plan_variants
 
 Params = Mapping[str, Any]
 
@@ -39,7 +39,7 @@ def check_fit(p: Params) -> None:
     """The distillation: correction flavour, objective, held-out fraction for the guard."""
     check_teacher(p)
     check_choice("correction", p["correction"], CORRECTIONS)
-    get_objective(p["objective"])
+    check_options(p["objective"], p["objective_options"])
     if not 0 < p["holdout"] < 1:
         raise ValueError(f"holdout must be a fraction in (0, 1), got {p['holdout']}")
 
@@ -49,6 +49,7 @@ def check_pipeline(p: Params) -> None:
     check_metrics(p["metrics"])
     check_positive(p, "n_samples", "num_shards")
     plan_cells(list(p["solvers"]), list(p["nfes"]), p["nfes_by_solver"], p["family"])
+    plan_variants(p["variants"])
 
 
 def check_teacher_stage(p: Params) -> None:

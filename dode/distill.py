@@ -7,7 +7,6 @@ guard (``dode.guard``) keeps whichever candidate does best on the rest.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch
 
 from .correction import Lambdas
 from .guard import Features, candidates, select
-from .objectives import FitProblem, FitResult, get_objective
+from .objectives import FitProblem, check_options
 from .sampling import prepare
 from .teacher import TeacherSpec, teacher_states
 from .types import Denoiser, Tensor
@@ -68,16 +67,6 @@ def split(n: int, guard: bool, holdout: float) -> int:
     return min(n - 1, max(1, round(holdout * n)))
 
 
-def run_objective(objective: str, problem: FitProblem, options: Mapping[str, Any]) -> FitResult:
-    """Call the objective with its options; unknown options are one ValueError naming the valid ones."""
-    fit = get_objective(objective)
-    valid = [p for p in inspect.signature(fit).parameters if p != "problem"]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"objective {objective!r} has no option(s) {unknown}; its options are {valid}")
-    return fit(problem, **options)
-
-
 def fit_guarded(
     denoiser: Denoiser,
     noise: Tensor,
@@ -105,7 +94,7 @@ def fit_guarded(
     # Fit on the first n_fit samples; the rest is held out.
     problem = FitProblem(denoiser, noise[:n_fit], sigmas, solver, correction, tuple(t[:n_fit] for t in targets),
                          noise[n_fit:], targets[-1][n_fit:])
-    result = run_objective(objective, problem, options)
+    result = check_options(objective, options)(problem, **options)
     record = {"teacher": teacher, "n_fit": n_fit, "objective": objective, "options": options, "fit": result.info}
     if not guard:
         return Lambdas(result.values, solver, result.sigmas.tolist(), correction, guard={}, **record)

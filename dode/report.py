@@ -26,25 +26,37 @@ def change(row: dict[str, Any], unit: str = "%") -> str:
     return "—" if row["change_pct"] is None else f"{row['change_pct']:+.1f}{unit}"
 
 
+def variant_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The variants compared in these rows, in order of first appearance."""
+    return list(dict.fromkeys(v for r in rows for v in r.get("variants", {})))
+
+
 def text_table(rows: list[dict[str, Any]]) -> str:
-    """The results as a fixed-width text table (one line per solver, NFE and metric)."""
-    head = f"{'solver':<10} {'NFE':>3}  {'metric':<16} {'base':>10} {'D-ODE':>10} {'teacher':>10} {'change':>8}"
+    """The results as a fixed-width text table (one line per solver, NFE and metric; a dash where a variant
+    was not fitted)."""
+    names = variant_names(rows)
+    head = (f"{'solver':<10} {'NFE':>3}  {'metric':<16} {'base':>10} {'D-ODE':>10}"
+            + "".join(f" {n[:14]:>14}" for n in names) + f" {'teacher':>10} {'change':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['solver']:<10} {r['nfe']:>3}  {r['label']:<16} {r['base']:>10.4g} {r['dode']:>10.4g} "
-                     f"{fmt(r['teacher']):>10} {change(r):>8}")
+        extra = "".join(f" {fmt(r.get('variants', {}).get(n)):>14}" for n in names)
+        lines.append(f"{r['solver']:<10} {r['nfe']:>3}  {r['label']:<16} {r['base']:>10.4g} {r['dode']:>10.4g}"
+                     f"{extra} {fmt(r['teacher']):>10} {change(r):>8}")
     return "\n".join(lines)
 
 
 def markdown_tables(rows: list[dict[str, Any]]) -> str:
-    """One table per metric: solver, NFE, base, D-ODE, teacher, change, guard scale."""
+    """One table per metric: solver, NFE, base, D-ODE, the variants, teacher, change, the guards' choices."""
+    names = variant_names(rows)
     out = []
     for label in dict.fromkeys(r["label"] for r in rows):
-        out += [f"### {label}", "", "| solver | NFE | base | D-ODE | teacher | change | guard scale |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
+        out += [f"### {label}", "", "| solver | NFE | base | D-ODE | " + "".join(f"{n} | " for n in names)
+                + "teacher | change | guard chose |", "|---|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|---|"]
         for r in (r for r in rows if r["label"] == label):
-            out.append(f"| {r['solver']} | {r['nfe']} | {fmt(r['base'])} | {fmt(r['dode'])} | {fmt(r['teacher'])} "
-                       f"| {change(r, ' %')} | {r['guard_scale']} |")
+            extra = "".join(f"{fmt(r.get('variants', {}).get(n))} | " for n in names)
+            guard = ", ".join(f"{k}: {v}" for k, v in r.get("guard", {}).items() if v)
+            out.append(f"| {r['solver']} | {r['nfe']} | {fmt(r['base'])} | {fmt(r['dode'])} | {extra}"
+                       f"{fmt(r['teacher'])} | {change(r, ' %')} | {guard or '—'} |")
         out.append("")
     return "\n".join(out)
 

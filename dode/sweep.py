@@ -12,8 +12,11 @@ from typing import Any
 
 from .generate import SamplingJob
 from .grids import FAMILIES, GridSpec
+from .objectives import check_options
 from .solvers import SOLVERS
 from .store.lambdas import load_lambdas
+
+VARIANT_KEYS = {"objective", "options", "solvers", "nfes"}
 
 
 def check_choice(what: str, value: Any, choices: Any) -> None:
@@ -56,23 +59,56 @@ def teacher_job(model: str, family: str, steps: int, teacher: dict, n_samples: i
     return SamplingJob(model, teacher["solver"], grid, None, n_samples, first_seed, batch_size).to_dict()
 
 
+def plan_variants(variants: dict[str, dict] | None) -> dict[str, dict]:
+    """Extra fits compared beside base and D-ODE, by name: {name: {"objective", "options", "solvers", "nfes"}}
+    (``solvers`` / ``nfes``: the cells they apply to, all when absent), e.g. the timesteps-only and
+    lambda + timesteps variants of the ``final`` objective. Validated here, before anything runs."""
+    plan = {}
+    for name, v in (variants or {}).items():
+        if not isinstance(v, dict) or set(v) - VARIANT_KEYS or "objective" not in v:
+            raise ValueError(f"variant {name!r} must be a mapping with 'objective' and optionally "
+                             f"{sorted(VARIANT_KEYS - {'objective'})}, got {v!r:.120}")
+        if name in ("base", "dode", "teacher"):
+            raise ValueError(f"variant name {name!r} is taken; choose another")
+        check_options(v["objective"], v.get("options"))
+        for s in v.get("solvers") or ():
+            check_choice("solver", s, SOLVERS)
+        plan[str(name)] = {"objective": v["objective"], "options": dict(v.get("options") or {}),
+                           "solvers": list(v.get("solvers") or []), "nfes": list(v.get("nfes") or [])}
+    return plan
+
+
+def variant_applies(variant: dict, cell: dict) -> bool:
+    """Whether a variant (``plan_variants``) is fitted for a cell."""
+    return (not variant["solvers"] or cell["solver"] in variant["solvers"]) and (
+        not variant["nfes"] or cell["nfe"] in variant["nfes"])
+
+
+def cell_fits(cell: dict) -> dict[str, str]:
+    """A cell's fitted lambdas by side: "dode" (the sweep's objective) and its variants."""
+    return {"dode": cell["lambdas"], **cell.get("variants", {})}
+
+
 def sampling_jobs(model: str, cells: list[dict], teacher: dict, n_samples: int, first_seed: int,
                   batch_size: int) -> tuple[list[str], list[dict]]:
-    """(grid families, jobs): one teacher job per family first, then base and D-ODE per cell."""
+    """(grid families, jobs): one teacher job per family first, then per cell base, D-ODE and its variants."""
     families = sorted({c["grid"]["family"] for c in cells})
     jobs = [teacher_job(model, f, max(c["grid"]["steps"] for c in cells if c["grid"]["family"] == f), teacher,
                         n_samples, first_seed, batch_size) for f in families]
     for c in cells:
         base = SamplingJob(model, c["solver"], c["grid"], None, n_samples, first_seed, batch_size).to_dict()
-        jobs += [base, {**base, "lambdas_id": c["lambdas"]}]
+        jobs += [base, *({**base, "lambdas_id": lam} for lam in cell_fits(c).values())]
     return families, jobs
 
 
 def with_samples(cells: list[dict], families: list[str], ids: list[str]) -> tuple[list[dict], dict[str, str]]:
-    """The sampled ids (in ``sampling_jobs`` order) put back: cells with base/dode ids, teacher id per family."""
-    n = len(families)
-    return ([{**c, "base": b, "dode": d} for c, b, d in zip(cells, ids[n::2], ids[n + 1::2])],
-            dict(zip(families, ids[:n])))
+    """The sampled ids (in ``sampling_jobs`` order) put back: each cell's samples by side ("base", "dode" and
+    its variants, also as cell["base"] / cell["dode"]), and the teacher's samples per family."""
+    rest, out = iter(ids[len(families):]), []
+    for c in cells:
+        samples = {side: next(rest) for side in ("base", *cell_fits(c))}
+        out.append({**c, "samples": samples, "base": samples["base"], "dode": samples["dode"]})
+    return out, dict(zip(families, ids[: len(families)]))
 
 
 def score_items(cells: list[dict], teachers: dict[str, str], refs: dict[str, str],
@@ -82,23 +118,25 @@ def score_items(cells: list[dict], teachers: dict[str, str], refs: dict[str, str
     items = [(t, m, refs[m]) for t in teachers.values() for m in refs]
     for c in cells:
         teacher = teachers[c["grid"]["family"]]
-        items += [(c[side], m, refs.get(m, teacher)) for side in ("base", "dode") for m in metrics]
+        items += [(sid, m, refs.get(m, teacher)) for sid in c["samples"].values() for m in metrics]
     return items
 
 
 def result_rows(registry: Any, cells: list[dict], teachers: dict[str, str], items: list[tuple[str, str, str]],
                 score_ids: list[str], metrics: list[str]) -> list[dict[str, Any]]:
-    """One row per cell and metric: base, D-ODE and teacher values, the relative change, the guard's scale."""
+    """One row per cell and metric: base, D-ODE, each variant and teacher values, D-ODE's relative change,
+    and which candidate each guard chose."""
     scores = [registry.read_json(i) for i in score_ids]
     value = {(s, m): sc["value"] for (s, m, _), sc in zip(items, scores)}
     label = {m: sc["label"] for (_, m, _), sc in zip(items, scores)}
     rows = []
     for c in cells:
-        scale = load_lambdas(registry, c["lambdas"]).guard.get("scale")
+        chosen = {side: load_lambdas(registry, lam).guard.get("chosen") for side, lam in cell_fits(c).items()}
         for m in metrics:
             base, dode_ = value[(c["base"], m)], value[(c["dode"], m)]
+            variants = {side: value[(sid, m)] for side, sid in c["samples"].items() if side not in ("base", "dode")}
             rows.append({"solver": c["solver"], "nfe": c["nfe"], "metric": m, "label": label[m], "base": base,
-                         "dode": dode_, "teacher": value.get((teachers[c["grid"]["family"]], m)),
+                         "dode": dode_, "variants": variants, "teacher": value.get((teachers[c["grid"]["family"]], m)),
                          "change_pct": None if base == 0 else 100.0 * (dode_ - base) / base,
-                         "guard_scale": scale, "lambdas": registry.get(c["lambdas"]).id})
+                         "guard": chosen, "lambdas": registry.get(c["lambdas"]).id})
     return rows

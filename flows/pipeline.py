@@ -23,7 +23,16 @@ from dode.checks import check_pipeline
 from dode.grids import GridSpec
 from dode.metrics.scores import FEATURES, resolve_metrics
 from dode.report import REPORT_FILE
-from dode.sweep import plan_cells, result_rows, sampling_jobs, score_items, with_samples
+from dode.sweep import (
+    cell_fits,
+    plan_cells,
+    plan_variants,
+    result_rows,
+    sampling_jobs,
+    score_items,
+    variant_applies,
+    with_samples,
+)
 
 from . import steps, tasks
 from .shards import Runner, sample_jobs, score_all, shard_runner
@@ -50,6 +59,7 @@ def pipeline_flow(
     correction: str = "data",
     objective: str = "step",
     objective_options: dict | None = None,
+    variants: dict | None = None,
     metrics: tuple[str, ...] = ("auto",),
     reference: str | None = None,
     registry: str | None = None,
@@ -79,6 +89,8 @@ def pipeline_flow(
         correction: D-ODE correction flavour: data or noise
         objective: distillation objective (dode.objectives), e.g. step
         objective_options: the objective's options, e.g. iterations=150 (objective final)
+        variants: more fits to compare, by name: {objective, options, solvers, nfes}, e.g. {"λ+timesteps":
+            {"objective": "final", "solvers": ["euler"], "nfes": [4, 5]}}
         metrics: fd-digits, fd-pixels, fid, rmse, or auto (the model's own)
         reference: reference-stats artifact id for the Fréchet distances
         registry: registry path or URL (default $DODE_REGISTRY or data/registry)
@@ -102,7 +114,7 @@ def pipeline_flow(
             "teacher_factor": teacher_factor, "teacher_solver": teacher_solver, "n_samples": n_distill,
             "first_seed": distill_seed, "batch_size": batch_size}, {
             "guard": guard, "holdout": holdout, "correction": correction, "objective": objective,
-            "objective_options": objective_options}, progress)
+            "objective_options": objective_options}, plan_variants(variants), progress)
 
         # Base, D-ODE and teacher samples (in shards), scored.
         rows, cells, teacher_samples, used = evaluate_cells(
@@ -115,29 +127,38 @@ def pipeline_flow(
             "teacher": f"{teacher_solver} on the {teacher_factor}x refined student grid (exact alignment)",
             "distillation samples": f"{n_distill} (seeds from {distill_seed}; guard {guard}, holdout {holdout})",
             "objective": f"{objective} {objective_options or ''}".strip(),
+            **{f"variant {k}": f"{v['objective']} {v['options'] or ''}".strip() for k, v in (variants or {}).items()},
             "evaluation samples": f"{n_samples} per cell (seeds from {first_seed})", "correction": correction,
             "registry": uri}
     path, report_id = publish_report(uri, f"{model}/sweep/{family}", meta, rows, cells, teacher_samples, used)
-    tasks.link_artifacts(reg, [model_id, *teachers, *(c["lambdas"] for c in cells), *used, report_id])
+    tasks.link_artifacts(reg, [model_id, *teachers, *(lam for c in cells for lam in cell_fits(c).values()), *used,
+                               report_id])
     update_progress_artifact(progress, 100.0)
     log.info("%d results in the table artifact 'dode-results'; report: %s", len(rows), path)
     return {"report": path, "report_id": report_id, "registry": uri, "rows": rows}
 
 
-def fit_cells(run: Runner, uri: str, model_id: str, cells: list[dict], teacher: dict, fit: dict,
+def fit_cells(run: Runner, uri: str, model_id: str, cells: list[dict], teacher: dict, fit: dict, variants: dict,
               progress: object) -> tuple[list[str], list[dict]]:
-    """The teacher of every student grid size (``teacher``: the teacher task's settings), then one fit per
-    cell against its grid's stored teacher states (``fit``: the distill task's settings). Returns the
-    trajectory ids and the cells with their lambdas ids."""
+    """The teacher of every student grid size (``teacher``: the teacher task's settings), then the fits of every
+    cell against its grid's stored teacher states: D-ODE (``fit``: the distill task's settings) and each
+    variant that applies (``dode.sweep.plan_variants``). Returns the trajectory ids and the cells with their
+    lambdas ids ("lambdas", and "variants" by name)."""
     family = cells[0]["grid"]["family"]
     steps = sorted({c["grid"]["steps"] for c in cells})
     trajectories = dict(zip(steps, run([(tasks.teacher, {
         "registry": uri, "model_id": model_id, "grid": GridSpec(family, s).to_dict(), **teacher}) for s in steps])))
     update_progress_artifact(progress, 20.0)
-    fitted = run([(tasks.distill, {"registry": uri, "trajectory_id": trajectories[c["grid"]["steps"]],
-                                   "solver": c["solver"], **fit}) for c in cells])
+    slots = [(i, None) for i in range(len(cells))]
+    slots += [(i, name) for name, v in variants.items() for i, c in enumerate(cells) if variant_applies(v, c)]
+    options = {name: {"objective": v["objective"], "objective_options": v["options"]} for name, v in variants.items()}
+    fitted = run([(tasks.distill, {"registry": uri, "trajectory_id": trajectories[cells[i]["grid"]["steps"]],
+                                   "solver": cells[i]["solver"], **fit, **options.get(name, {})}) for i, name in slots])
     update_progress_artifact(progress, 35.0)
-    return list(trajectories.values()), [{**c, "lambdas": lam} for c, lam in zip(cells, fitted)]
+    out = [{**c, "variants": {}} for c in cells]
+    for (i, name), lam in zip(slots, fitted):
+        out[i].update(lambdas=lam) if name is None else out[i]["variants"].update({name: lam})
+    return list(trajectories.values()), out
 
 
 def evaluate_cells(
@@ -166,7 +187,7 @@ def publish_report(uri: str, title: str, meta: dict, rows: list[dict], cells: li
     """The results table and report in the Prefect UI, the report in the registry: (its path, its id)."""
     reg = open_registry(uri)
     create_table_artifact(rows, key="dode-results", description=f"{meta['model']}: base vs D-ODE vs teacher")
-    parents = [*{c["lambdas"] for c in cells}, *(i for i in used if reg.get(i).kind == "score")]
+    parents = [*{lam for c in cells for lam in cell_fits(c).values()}, *(i for i in used if reg.get(i).kind == "score")]
     report_id = tasks.report(uri, title, meta, rows, cells, teacher_samples, sorted(parents))
     report = reg.get(report_id)
     path = str(reg.local_path(report, REPORT_FILE)) if reg.local else f"{uri}/artifacts/{report.id}"

@@ -111,7 +111,7 @@ def dode(*argv: str) -> tuple[int | str, str, str, int]:
     tracemalloc.start()
     try:
         with mock.patch.dict(cli.COMMANDS, commands, clear=True), \
-                mock.patch.object(cli, "plugin_commands", lambda: {}, create=True), \
+                mock.patch.object(cli, "plugin_commands", dict, create=True), \
                 contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             rc = cli.main(list(argv))
     except SystemExit as exit_:  # argparse
@@ -224,7 +224,7 @@ def test_a_valid_call_passes_the_same_checks(data, registry):
     reg, _ = registry
     before = snapshot(reg)
     with pytest.warns(UserWarning, match="unreliable"):
-        rc, out, err, _ = dode("fid", str(data / "good"), str(data / "good"), "--features", "pixels")
+        rc, out, _, _ = dode("fid", str(data / "good"), str(data / "good"), "--features", "pixels")
     assert rc == 0 and out.startswith("FD-pixels: ") and abs(float(out.split()[-1])) < 1e-3
     assert snapshot(reg) == before and len(before) > 3
 

@@ -4,14 +4,14 @@ import math
 
 import pytest
 import torch
+from helpers import greedy_fit as fit
 
 import dode
 from dode.correction import corrected_denoised, fit_lambda
-from dode.teacher import TeacherSpec, teacher_states
-from helpers import greedy_fit as fit
 from dode.grids import GridSpec
 from dode.models import GaussianDenoiser, digits_mixture
 from dode.schedules import is_karras, vp_sigmas
+from dode.teacher import TeacherSpec, teacher_states
 from dode.types import Evaluation
 
 SOLVER_NAMES = sorted(dode.SOLVERS)

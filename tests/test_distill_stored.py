@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import dode
-from dode.teacher import TeacherSpec, teacher_states
 from dode.distill_stored import distill_from_states
 from dode.grids import GridSpec
 from dode.models import digits_mixture
 from dode.store.trajectory import read_steps, write_teacher
+from dode.teacher import TeacherSpec, teacher_states
 
 
 @pytest.fixture(scope="module")

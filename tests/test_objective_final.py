@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import dode
-from dode.models import GaussianDenoiser, digits_mixture
 from dode.guard import frechet, select
+from dode.models import GaussianDenoiser, digits_mixture
 from dode.objectives import OBJECTIVES, FitProblem, FitResult
 from dode.objectives.final import accumulate, final_sample, fit_final, grid_from_logits, logits_from_grid
 

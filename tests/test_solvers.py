@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import greedy_fit as fit
 
 import dode
-from helpers import greedy_fit as fit
 from dode.models import GaussianDenoiser, MixtureDenoiser
 from dode.solvers.deis import deis_coefficients
 from dode.types import Evaluation, SolverState

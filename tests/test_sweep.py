@@ -12,12 +12,12 @@ from dode.metrics.reference import reference_images
 from dode.metrics.scores import METRICS, auto_metrics, resolve_metrics, rmse
 from dode.models import load_model
 from dode.report import markdown_tables, text_table
-from dode.sweep import plan_cells, sampling_jobs, score_items, with_samples
+from dode.sweep import plan_cells, plan_variants, sampling_jobs, score_items, variant_applies, with_samples
 
 PIPELINE = {"model": "mixture-smooth", "solvers": ["euler"], "nfes": [3], "nfes_by_solver": None, "family": "karras",
             "teacher_factor": 10, "teacher_solver": "dpmpp_2m", "n_distill": 256, "batch_size": 250,
             "n_samples": 100, "num_shards": 1, "holdout": 0.25, "correction": "data", "objective": "step",
-            "metrics": ["auto"]}
+            "objective_options": None, "variants": None, "metrics": ["auto"]}
 
 
 def test_cells_skip_nfes_a_solver_cannot_make_unless_asked_for():
@@ -45,12 +45,29 @@ def test_sampling_jobs_and_scores_pair_each_cell_with_its_teacher():
     assert items[0] == ("s0", "fd-pixels", "ref") and ("s4", "rmse", "s0") in items and len(items) == 1 + 4 * 4
 
 
+def test_variants_are_sampled_and_scored_beside_base_and_dode():
+    plan = plan_variants({"timesteps": {"objective": "final", "options": {"learn_lambdas": False}, "nfes": [5]}})
+    cells = [{**c, "lambdas": f"lam{i}", "variants": {n: f"v{i}" for n, v in plan.items() if variant_applies(v, c)}}
+             for i, c in enumerate(plan_cells(["euler"], [3, 5], None, "karras"))]
+    assert [c["variants"] for c in cells] == [{}, {"timesteps": "v1"}]
+    families, jobs = sampling_jobs("gaussian", cells, {"solver": "dpmpp_2m", "factor": 4}, 8, 0, 4)
+    assert [j["lambdas_id"] for j in jobs[1:]] == [None, "lam0", None, "lam1", "v1"]
+    cells, teachers = with_samples(cells, families, [f"s{i}" for i in range(len(jobs))])
+    assert cells[1]["samples"] == {"base": "s3", "dode": "s4", "timesteps": "s5"}
+    assert len(score_items(cells, teachers, {}, ["rmse"])) == 5
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"model": "sd-turbo"}, "unknown model 'sd-turbo'"),
     ({"teacher_solver": "rk4"}, "unknown teacher solver 'rk4'"),
     ({"teacher_factor": 0}, "teacher_factor must be >= 1"),
     ({"correction": "both"}, "unknown correction 'both'"),
     ({"objective": "adamw"}, "unknown objective 'adamw'"),
+    ({"objective_options": {"learn_sigmas": True}}, r"objective 'step' has no option\(s\) \['learn_sigmas'\]"),
+    ({"variants": {"fast": {"objective": "final", "options": {"iters": 3}}}}, r"no option\(s\) \['iters'\]"),
+    ({"variants": {"fast": {"options": {}}}}, "must be a mapping with 'objective'"),
+    ({"variants": {"base": {"objective": "final"}}}, "variant name 'base' is taken"),
+    ({"variants": {"v": {"objective": "final", "solvers": ["rk4"]}}}, "unknown solver 'rk4'"),
     ({"holdout": 1.0}, r"holdout must be a fraction in \(0, 1\)"),
     ({"metrics": ["fid", "lpips"]}, r"unknown metric\(s\) \['lpips'\]"),
     ({"solvers": ["heun"], "nfes": [4]}, "heun makes odd NFEs only"),
@@ -104,11 +121,12 @@ def test_reference_data_is_declared_by_the_model():
 
 def test_tables_show_every_row_and_dashes_for_missing_values():
     rows = [{"solver": "euler", "nfe": 3, "metric": "rmse", "label": "RMSE to teacher", "base": 0.5, "dode": 0.25,
-             "teacher": None, "change_pct": -50.0, "guard_scale": 1.0},
+             "teacher": None, "change_pct": -50.0, "guard": {"dode": "fitted"}, "variants": {"timesteps": 0.125}},
             {"solver": "euler", "nfe": 3, "metric": "fd-pixels", "label": "FD-pixels", "base": 0.0, "dode": 2.0,
-             "teacher": 1.0, "change_pct": None, "guard_scale": 1.0}]
+             "teacher": 1.0, "change_pct": None, "guard": {"dode": "base"}, "variants": {}}]
     text = text_table(rows).splitlines()
-    assert text[2].split() == ["euler", "3", "RMSE", "to", "teacher", "0.5", "0.25", "—", "-50.0%"]
-    assert text[3].split()[-2:] == ["1", "—"]
+    assert text[0].split()[-4:] == ["D-ODE", "timesteps", "teacher", "change"]
+    assert text[2].split() == ["euler", "3", "RMSE", "to", "teacher", "0.5", "0.25", "0.125", "—", "-50.0%"]
+    assert text[3].split()[-3:] == ["—", "1", "—"]
     md = markdown_tables(rows)
-    assert "### RMSE to teacher" in md and "| euler | 3 | 0.5 | 0.25 | — | -50.0 % | 1.0 |" in md
+    assert "### RMSE to teacher" in md and "| euler | 3 | 0.5 | 0.25 | 0.125 | — | -50.0 % | dode: fitted |" in md

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import dode
-from dode.teacher import TeacherSpec, teacher_states
 from dode.models import GaussianDenoiser
 from dode.rng import seeded_noise
 from dode.store import trajectory
@@ -28,6 +27,7 @@ from dode.store.trajectory import (
     read_steps,
     write_teacher,
 )
+from dode.teacher import TeacherSpec, teacher_states
 
 SHAPE = (2, 3, 4)
 

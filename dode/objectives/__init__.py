@@ -8,7 +8,9 @@ Adding an objective is one module here and one entry in ``OBJECTIVES``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .final import fit_final
 from .problem import FitProblem, FitResult
@@ -30,4 +32,17 @@ def get_objective(name: str) -> Objective:
         raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}") from None
 
 
-__all__ = ["OBJECTIVES", "FitProblem", "FitResult", "Objective", "get_objective"]
+def check_options(name: str, options: Mapping[str, Any] | None) -> Objective:
+    """The objective called ``name``, after checking ``options`` are among its keyword options (one ValueError
+    naming the valid ones otherwise); values are checked by the objective when it runs."""
+    fit = get_objective(name)
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"objective options must be a mapping of option names to values, got {options!r:.80}")
+    valid = [p for p in inspect.signature(fit).parameters if p != "problem"]
+    unknown = sorted(set(options or {}) - set(valid))
+    if unknown:
+        raise ValueError(f"objective {name!r} has no option(s) {unknown}; its options are {valid}")
+    return fit
+
+
+__all__ = ["OBJECTIVES", "FitProblem", "FitResult", "Objective", "check_options", "get_objective"]

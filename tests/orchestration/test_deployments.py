@@ -74,12 +74,12 @@ def test_every_flow_parameter_is_a_described_cli_option(stage):
 def test_cli_options_parse_to_the_flow_parameters():
     flow = cli.load_flow("pipeline")
     args = ["--solver", "euler", "heun", "--nfe", "3", "5", "--nfes-by-solver", "heun=3,5", '{"euler": [4]}',
-            "--nfes-by-solver", "ipndm=5", "--objective-options", "iterations=3", "optimizer=adam", "--no-guard",
-            "--holdout", "0.5", "--metrics", "rmse"]
+            "--nfes-by-solver", "ipndm=5", "--objective", "final", "--objective-options", "iterations=3", "optimizer=adam",
+            "--no-guard", "--holdout", "0.5", "--metrics", "rmse"]
     params = vars(cli.stage_parser("pipeline", flow).parse_args(args))
     assert params == {"solvers": ["euler", "heun"], "nfes": [3, 5], "guard": False, "holdout": 0.5,
                       "nfes_by_solver": {"heun": [3, 5], "euler": [4], "ipndm": [5]}, "metrics": ["rmse"],
-                      "objective_options": {"iterations": 3, "optimizer": "adam"}}
+                      "objective": "final", "objective_options": {"iterations": 3, "optimizer": "adam"}}
     flow.validate_parameters(params)
     check_pipeline(_bound(flow, params))
     with pytest.raises(SystemExit):

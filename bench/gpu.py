@@ -35,11 +35,11 @@ from speed import Counting, best_times
 import dode
 from dode.diffusers_pipeline import DODEPipeline
 from dode.diffusers_scheduler import DODEScheduler
-from dode.teacher import TeacherSpec, teacher_states
 from dode.grids import GridSpec
 from dode.models import EMBEDDED_MODEL_DIR, VPDenoiser, load_model
 from dode.rng import seeded_noise
 from dode.store.trajectory import write_teacher
+from dode.teacher import TeacherSpec, teacher_states
 
 LINES: list[str] = []
 DIGITS_SCHEDULE = json.loads((EMBEDDED_MODEL_DIR / "scheduler" / "scheduler_config.json").read_text())

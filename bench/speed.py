@@ -14,9 +14,9 @@ import time
 import torch
 
 import dode
-from dode.teacher import TeacherSpec, teacher_states
 from dode.grids import GridSpec
 from dode.models import EMBEDDED_MODEL_DIR, VPDenoiser, load_model
+from dode.teacher import TeacherSpec, teacher_states
 
 
 class Counting:

@@ -80,3 +80,13 @@ def check_score(p: Params) -> None:
     check_positive(p, "n_samples", "batch_size", "num_shards")
     if p["samples"] and p["lambdas"]:
         raise ValueError("give samples (to score them) or lambdas (to re-evaluate them), not both")
+
+
+def check_reference(registry: Any, reference: str | None) -> None:
+    """A given reference must be a "reference-stats" artifact of this registry (checked before any work)."""
+    if reference is None:
+        return
+    art = registry.get(reference)
+    if art.kind != "reference-stats":
+        raise ValueError(f"reference {art.short} is a {art.kind!r} artifact, not 'reference-stats'; pass the id "
+                         "of feature statistics (dode fid --register, or a pipeline run's reference-stats)")

@@ -25,7 +25,8 @@ from .cli import run_stage, show
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 DEPLOYMENT = "digits-sweep"  # the demo's parameters are this deployment's: one source for both
 QUICK = {"solvers": ["euler", "dpmpp_2m"], "nfes": [3, 5], "nfes_by_solver": None, "n_distill": 64,
-         "n_samples": 256, "batch_size": 128}
+         "n_samples": 256, "batch_size": 128,
+         "variants": {"lam+timesteps": {"objective": "final", "options": {"iterations": 5}, "nfes": [5]}}}
 
 
 def sweep_parameters() -> dict:

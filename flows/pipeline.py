@@ -19,7 +19,7 @@ from prefect.artifacts import (
 )
 
 import dode
-from dode.checks import check_pipeline
+from dode.checks import check_pipeline, check_reference
 from dode.grids import GridSpec
 from dode.metrics.scores import FEATURES, resolve_metrics
 from dode.report import REPORT_FILE
@@ -103,6 +103,7 @@ def pipeline_flow(
     uri = registry_uri(registry)
     reg = open_registry(uri)
     reg.check_writable()
+    check_reference(reg, reference)  # before the teacher, fits and sampling run, not at scoring
     progress = create_progress_artifact(0.0, key="dode-pipeline-progress", description=f"D-ODE sweep of {model}")
     model_id = tasks.register_model(uri, model)
     metric_list = resolve_metrics(metrics, steps.model(model))

@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 import dode
-from dode.checks import check_distill, check_sample, check_score, check_teacher_stage
+from dode.checks import check_distill, check_reference, check_sample, check_score, check_teacher_stage
 from dode.generate import SamplingJob
 from dode.grids import GridSpec
 from dode.metrics.scores import FEATURES, resolve_metrics
@@ -198,6 +198,7 @@ def score_flow(
     """
     check_score(locals())
     uri = registry_uri(registry)
+    check_reference(open_registry(uri), reference)
     model_id = tasks.register_model(uri, model)
     metric_list = resolve_metrics(metrics, steps.model(model))
     with shard_runner(dask, dask_address) as run:

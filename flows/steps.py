@@ -16,10 +16,9 @@ import sys
 from collections.abc import Callable
 from functools import lru_cache, partial
 from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Any
 
-from dode import get_solver, refine
+from dode import get_solver
 from dode.distill_stored import distill_from_states
 from dode.generate import SamplingJob, run_sampling
 from dode.grids import GridSpec
@@ -33,6 +32,7 @@ from dode.store.lambdas import save_lambdas
 from dode.store.location import registry_location
 from dode.store.registry import Artifact, Registry
 from dode.store.trajectory import read_steps, write_teacher
+from dode.teacher import TeacherSpec
 
 log = logging.getLogger("dode.flows")
 TEACHER_FILE = "teacher.parquet"
@@ -78,7 +78,13 @@ def register_model(registry: str, name: str, *, provenance: dict | None = None) 
     return art.id
 
 
-# Teacher and distillation: the teacher's plan (grid, kept states, targets) is computed here for now.
+# Teacher and distillation: one stored teacher per student grid (``dode.teacher``), one fit per solver on it.
+def student_grid_teacher(m: Model, spec: GridSpec, teacher_factor: int, teacher_solver: str):
+    """The exact-alignment teacher plan of a student grid, keeping its state at every student grid point."""
+    plan = TeacherSpec(teacher_solver, teacher_factor, "exact").plan(spec.sigmas(m.denoiser), teacher_solver)
+    return plan.on_student_grid()
+
+
 def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teacher_solver: str, n_samples: int,
             first_seed: int, batch_size: int, *, provenance: dict | None = None) -> str:
     """The teacher on the ``teacher_factor``-fold refinement of a student grid, from seeded noise; only its
@@ -97,11 +103,11 @@ def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teach
         log.info("teacher %s found in the registry (%s)", key, found[0].short)
         return found[0].id
     log.info("computing teacher %s", key)
-    sigmas = refine(spec.sigmas(m.denoiser), teacher_factor)
-    keep = {teacher_factor * i for i in range(1, spec.steps + 1)}
-    with TemporaryDirectory() as tmp:
-        path = write_teacher(Path(tmp) / TEACHER_FILE, m.denoiser, partial(seeded_noise, shape=m.shape), sigmas,
-                             teacher_solver, keep=keep, sample_ids=list(seeds), batch_size=batch_size,
+    plan = student_grid_teacher(m, spec, teacher_factor, teacher_solver)
+    keep = plan.keep - {0}  # the start state is the seeded noise times sigma_0: recomputed, not stored
+    with reg.staging() as area:  # partial files only in the registry's staging area
+        path = write_teacher(area.path / TEACHER_FILE, m.denoiser, partial(seeded_noise, shape=m.shape), plan.sigmas,
+                             plan.solver, keep=keep, sample_ids=list(seeds), batch_size=batch_size,
                              meta={"model_fingerprint": m.fingerprint, "teacher_factor": teacher_factor})
         art = reg.publish("trajectory", key, {TEACHER_FILE: path}, params=params, parents=[model_id],
                           provenance=provenance)
@@ -131,15 +137,15 @@ def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout
         log.info("lambdas %s found in the registry (%s)", key, found[0].short)
         return found[0].id
     traj = read_steps(reg.local_path(traj_art, TEACHER_FILE))
-    states = {step // factor: traj.at(step) for step in traj.steps}
-    record = {"solver": p["teacher_solver"], "factor": factor, "alignment": "exact", "steps": factor * spec.steps,
-              "trajectory": traj_art.id}
+    plan = student_grid_teacher(m, spec, factor, p["teacher_solver"])
+    states = {plan.student_index(step): traj.at(step) for step in traj.steps}
+    record = {**plan.record(), "trajectory": traj_art.id}
     lam = distill_from_states(m.denoiser, seeded_noise(traj.sample_ids.tolist(), m.shape), spec.sigmas(m.denoiser),
                               states, solver, teacher=record, guard=guard, holdout=holdout, correction=correction,
                               objective=objective, objective_options=objective_options)
     art = save_lambdas(reg, lam, key, [traj_art.id], params, provenance=provenance)
-    log.info("distilled %s: lambdas %s (guard scale %s) -> %s", key, [round(v, 4) for v in lam.values],
-             lam.guard.get("scale"), art.short)
+    log.info("distilled %s (%s): lambdas %s (guard chose %s) -> %s", key, objective, [round(v, 4) for v in lam.values],
+             lam.guard.get("chosen", "off"), art.short)
     return art.id
 
 

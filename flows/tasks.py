@@ -28,6 +28,7 @@ from prefect.context import TaskRunContext
 
 import dode
 from dode.report import render_report
+from dode.store.manifest import HEX64
 from dode.store.registry import Registry
 
 from . import steps
@@ -38,12 +39,35 @@ PROGRESS_EVERY_S = 2.0  # sampling progress artifacts: for shards that run longe
 
 
 def cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:
-    """Prefect cache key: content hash of the task name, the dode version and the JSON parameters."""
+    """Prefect cache key: content hash of the task name, the dode version and the JSON parameters -- unless the
+    result cached under it names an artifact the registry no longer holds intact (wiped, restored, repaired):
+    then the next key of the chain, so the task runs again (and says so) instead of trusting the cache."""
     blob = json.dumps({"task": ctx.task.name, "dode": dode.__version__, "params": params}, sort_keys=True)
-    return f"dode-{ctx.task.name}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
+    key = f"dode-{ctx.task.name}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
+    store, registry = ctx.result_store, params.get("registry")
+    for generation in range(MAX_RECOMPUTES):
+        candidate = key if generation == 0 else f"{key}-r{generation}"
+        if store is None or registry is None or not store.exists(candidate):
+            return candidate
+        cached = store.read(candidate).result
+        if registry_holds(registry, cached):
+            return candidate
+        steps.log.warning("%s: the cached result %s is missing or damaged in registry %s; recomputing",
+                    ctx.task.name, str(cached)[:12], registry)
+    return f"{key}-r{MAX_RECOMPUTES}"
+
+
+def registry_holds(registry: str, result: object) -> bool:
+    """Whether a cached task result can be trusted: not an artifact id, or an artifact intact in the registry
+    together with the artifacts it was made from (a samples index and its chunks)."""
+    if not (isinstance(result, str) and HEX64.fullmatch(result)):
+        return True
+    reg = steps.open_registry(registry)
+    return reg.intact(result) and all(reg.intact(parent) for parent in reg.get(result).parents)
 
 
 CACHED = {"cache_key_fn": cache_key, "persist_result": True}
+MAX_RECOMPUTES = 100  # cached results replaced after registry damage, per task and parameters
 
 
 @lru_cache(maxsize=1)

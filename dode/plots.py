@@ -1,5 +1,6 @@
-"""The sweep report's PNG plots (matplotlib, Agg backend): metrics against NFE, lambda_k per evaluation k,
-and sample grids (base | D-ODE | teacher, same seeds)."""
+"""The sweep report's PNG plots (matplotlib, Agg backend): metrics against NFE, lambda_k per evaluation k
+(D-ODE and each variant), the learned sigma grids against their start grids, and sample grids (base | D-ODE
+| variants | teacher, same seeds)."""
 
 from __future__ import annotations
 
@@ -44,35 +45,64 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_ylabel(sel[0]["label"])
         ax.set_title(f"{sel[0]['label']}: base (dashed) vs D-ODE (solid)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / f"metric-{metric}.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save(plt, fig, out / f"metric-{metric}.png"))
     return paths
 
 
-def plot_lambdas(lambdas: dict[str, dict[int, list[float]]], out: Path) -> Path:
-    """lambda_k against evaluation k: one panel per solver, one line per NFE."""
-    plt = pyplot()
-    cols = min(3, len(lambdas))
-    rows = -(-len(lambdas) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False, sharey=True)
-    for ax in axes.flat[len(lambdas):]:
+def panel_axes(plt: Any, count: int, width: float = 3.6, height: float = 2.8) -> tuple[Any, Any]:
+    """A figure with ``count`` panels, at most 3 per row (the spare ones hidden)."""
+    cols = min(3, max(count, 1))
+    rows = -(-max(count, 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[count:]:
         ax.set_visible(False)
-    for ax, (solver, by_nfe) in zip(axes.flat, lambdas.items()):
-        for nfe, values in sorted(by_nfe.items()):
-            ax.plot(range(len(values)), values, "-o", ms=3, label=f"NFE {nfe}")
-        ax.axhline(0, color="k", lw=0.5)
-        ax.set_title(solver)
-        ax.set_xlabel("evaluation k")
-        ax.legend(fontsize=6)
-    for row in axes:
-        row[0].set_ylabel("λ_k")
+    return fig, axes
+
+
+def save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    path = out / "lambdas.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_lambdas(lambdas: dict[str, dict[int, dict[str, list[float]]]], out: Path) -> Path:
+    """lambda_k against evaluation k: one panel per solver, one colour per NFE, one line style per fit
+    (D-ODE solid, the variants dashed/dotted); ``lambdas[solver][nfe][fit]`` are the values."""
+    plt = pyplot()
+    fig, axes = panel_axes(plt, len(lambdas))
+    fits = list(dict.fromkeys(f for by in lambdas.values() for fs in by.values() for f in fs))
+    styles = {f: ("-o", "--s", ":^", "-.v", "--x")[i % 5] for i, f in enumerate(fits)}
+    for ax, (solver, by_nfe) in zip(axes.flat, lambdas.items()):
+        for i, (nfe, by_fit) in enumerate(sorted(by_nfe.items())):
+            for fit, values in by_fit.items():
+                ax.plot(range(len(values)), values, styles[fit], color=f"C{i}", ms=3, label=f"NFE {nfe} {fit}")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(solver)
+        ax.set_xlabel("evaluation k")
+        ax.set_ylabel("λ_k")
+        ax.legend(fontsize=5)
+    return save(plt, fig, out / "lambdas.png")
+
+
+def plot_grids(grids: dict[str, dict[int, dict[str, tuple[list[float], list[float]]]]], out: Path) -> Path:
+    """log sigma_i against step i of every learned grid beside its start grid (black, dotted): one panel per
+    solver, one colour per NFE; ``grids[solver][nfe][fit] = (start sigmas, learned sigmas)``. The final
+    sigma 0 is left out (log 0)."""
+    plt = pyplot()
+    fig, axes = panel_axes(plt, len(grids))
+    for ax, (solver, by_nfe) in zip(axes.flat, grids.items()):
+        for i, (nfe, by_fit) in enumerate(sorted(by_nfe.items())):
+            start = next(iter(by_fit.values()))[0][:-1]
+            ax.plot(range(len(start)), np.log(start), ":", color="k", lw=0.8)
+            for j, (fit, (_, learned)) in enumerate(by_fit.items()):
+                ax.plot(range(len(learned) - 1), np.log(learned[:-1]), ("-o", "--s", "-.^")[j % 3], color=f"C{i}",
+                        ms=3, label=f"NFE {nfe} {fit}")
+        ax.set_title(f"{solver}: learned vs start (dotted)")
+        ax.set_xlabel("step i")
+        ax.set_ylabel("log σ_i")
+        ax.legend(fontsize=5)
+    return save(plt, fig, out / "grids.png")
 
 
 def mosaic(images: np.ndarray) -> np.ndarray:
@@ -85,19 +115,18 @@ def mosaic(images: np.ndarray) -> np.ndarray:
     return grid[..., 0] if c == 1 else grid
 
 
-def plot_samples(panels: dict[str, dict[str, np.ndarray]], out: Path) -> Path:
-    """Rows: solvers; columns: base | D-ODE | teacher sample grids (same seeds)."""
+def plot_samples(panels: dict[str, dict[str, np.ndarray]], out: Path, name: str = "samples.png") -> Path:
+    """One row per panel (solver and NFE), one column per side: base | D-ODE | variants | teacher (same seeds)."""
     plt = pyplot()
-    columns = ["base", "D-ODE", "teacher"]
-    fig, axes = plt.subplots(len(panels), 3, figsize=(6.0, 2.1 * len(panels)), squeeze=False)
+    columns = list(dict.fromkeys(c for images in panels.values() for c in images))
+    fig, axes = plt.subplots(len(panels), len(columns), figsize=(2.0 * len(columns), 2.1 * len(panels)), squeeze=False)
     for row, (title, images) in zip(axes, panels.items()):
         for ax, col in zip(row, columns):
-            ax.imshow(mosaic(images[col]), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{title} {col}" if col != "teacher" else "teacher", fontsize=8)
-    fig.tight_layout()
-    path = out / "samples.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+            if col not in images:
+                ax.set_visible(False)
+                continue
+            ax.imshow(mosaic(images[col]), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_title(f"{title} {col}" if col != "teacher" else "teacher", fontsize=7)
+    return save(plt, fig, out / name)

@@ -22,7 +22,7 @@ import dode
 from dode.checks import check_pipeline, check_reference
 from dode.grids import GridSpec
 from dode.metrics.scores import FEATURES, resolve_metrics
-from dode.report import REPORT_FILE
+from dode.report import REPORT_FILE, downloads, ui_markdown
 from dode.sweep import (
     cell_fits,
     plan_cells,
@@ -192,6 +192,9 @@ def publish_report(uri: str, title: str, meta: dict, rows: list[dict], cells: li
     report_id = tasks.report(uri, title, meta, rows, cells, teacher_samples, sorted(parents))
     report = reg.get(report_id)
     path = str(reg.local_path(report, REPORT_FILE)) if reg.local else f"{uri}/artifacts/{report.id}"
-    create_markdown_artifact(reg.read_bytes(report, REPORT_FILE).decode(), key="dode-report",
-                             description=f"report {report.id} at {path}")
+    # The UI's copy: images inlined (relative links do not render there), downloads as command lines.
+    images = {name: reg.read_bytes(report, name) for name in report.files if name.endswith(".png")}
+    shared = [report_id, *sorted(parents), *(i for i in used if reg.get(i).kind == "samples")]
+    text = reg.read_bytes(report, REPORT_FILE).decode() + "\n" + downloads(reg, shared)
+    create_markdown_artifact(ui_markdown(text, images), key="dode-report", description=f"report {report.id} at {path}")
     return path, report_id

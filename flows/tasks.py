@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import runtime, task
-from prefect.artifacts import acreate_link_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    MarkdownArtifact,
+    acreate_link_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -108,15 +113,22 @@ def flow_run_provenance(flow_run_id: str) -> dict[str, str]:
 
 
 def link_artifacts(reg: Registry, ids: list[str]) -> None:
-    """One Prefect link artifact per registry entry the run produced or used (the UI's way to them), sent
-    concurrently (one request each)."""
+    """One Prefect artifact per registry entry the run produced or used (the UI's way to them), sent concurrently
+    (one request each): for a remote registry a link to its fsspec URL, for a local one (a file:// link opens
+    nothing from a browser or another machine) a markdown note; both give the ``dode artifacts get`` command."""
     arts = [reg.get(id) for id in dict.fromkeys(ids)]
+
+    def create(art: Any, client: Any) -> Any:
+        key, get = f"dode-{art.kind}-{art.id[:12]}", reg.get_command(art)
+        if not reg.local:
+            return acreate_link_artifact(link=reg.url(art), link_text=f"{art.kind}: {art.key}", key=key,
+                                         description=f"registry {reg.uri}, artifact {art.id}: `{get}`", client=client)
+        return MarkdownArtifact(markdown=f"**{art.kind}: {art.key}**\n\n`{get}`", key=key,
+                                description=f"registry {reg.uri}, artifact {art.id}").acreate(client)
 
     async def send() -> None:
         async with get_client() as client:
-            await asyncio.gather(*(acreate_link_artifact(
-                link=reg.url(art), link_text=f"{art.kind}: {art.key}", key=f"dode-{art.kind}-{art.id[:12]}",
-                description=f"registry {reg.uri}, artifact {art.id}", client=client) for art in arts))
+            await asyncio.gather(*(create(art, client) for art in arts))
 
     asyncio.run(send())
 

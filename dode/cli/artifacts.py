@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from .. import progress
+from ..store.fetch import fetch_parts, has_parts, write_npz, write_pngs
 from ..store.location import registry_location
 from ..store.manifest import KINDS
 from ..store.registry import Registry
+
+FORMATS = {"png": write_pngs, "npz": write_npz, "files": fetch_parts}  # how `get` writes an artifact with parts
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -30,10 +35,18 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     show.add_argument("id", help="artifact id or unique prefix")
     show.set_defaults(func=run_show)
 
-    get = actions.add_parser("get", parents=[registry], help="download an artifact's files, verifying each sha256")
+    get = actions.add_parser(
+        "get", parents=[registry], help="download an artifact, verifying each sha256; a samples job as its images",
+        description="Writes the artifact's files into DIR. An artifact with parts (a samples job or shard: an index "
+        "over chunk artifacts) is written as its content, every part read and verified: --format png (default) "
+        "writes DIR/<seed>.png, npz writes DIR/samples.npz (images uint8 (N, C, H, W) and seeds), files writes "
+        "the index and each part's files under DIR/parts/<part id>/.")
     get.add_argument("id", help="artifact id or unique prefix")
     get.add_argument("--out", required=True, metavar="DIR", help="directory to write the files into (only inside it)")
     get.add_argument("--force", action="store_true", help="overwrite files in DIR that hold other content")
+    get.add_argument("--format", choices=FORMATS, default=None,
+                     help="how to write an artifact with parts (default png); other artifacts: files only")
+    get.add_argument("--quiet", action="store_true", help="no progress bar")
     get.set_defaults(func=run_get)
 
     verify = actions.add_parser("verify", parents=[registry],
@@ -79,8 +92,16 @@ def run_show(args: argparse.Namespace) -> int:
 def run_get(args: argparse.Namespace) -> int:
     reg = open_registry(args)
     art = reg.get(args.id)
-    out = reg.fetch(art, args.out, force=args.force)
-    print(f"{art.id}: {len(art.files)} file(s) verified into {out}")
+    if not has_parts(art):
+        if args.format not in (None, "files"):
+            raise ValueError(f"--format {args.format} applies to artifacts with parts (samples jobs and shards); "
+                             f"{art.short} is a {art.kind!r} artifact: drop --format")
+        out = reg.fetch(art, args.out, force=args.force)
+        print(f"{art.id}: {len(art.files)} file(s) verified into {out}")
+        return 0
+    with progress.bars(not args.quiet):
+        count, what = FORMATS[args.format or "png"](reg, art, Path(args.out), args.force)
+    print(f"{art.id}: {count} {what} verified into {args.out}")
     return 0
 
 

@@ -21,6 +21,7 @@ import functools
 import importlib.metadata
 import json
 import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -115,6 +116,12 @@ class Registry(VerifiedReads):
     def url(self, art: Artifact) -> str:
         """Where an artifact's manifest lives: a file:// URI, or the fsspec URL."""
         return self.storage.url(self.manifest_key(art.id))
+
+    def get_command(self, art: Artifact, out: str | None = None) -> str:
+        """The ``dode artifacts get`` command line that downloads ``art``, verified, into ``out`` (default: the
+        id's first 12 digits): works on any machine that reaches this registry, where a file:// URL does not."""
+        return (f"dode artifacts get {art.id} --registry {shlex.quote(self.uri)} "
+                f"--out {shlex.quote(out or art.id[:12])}")
 
     def staging(self) -> StagingArea:
         """A private local directory for partial files (``with reg.staging() as area: area.path``)."""

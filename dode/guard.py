@@ -1,7 +1,8 @@
 """The held-out guard: never hand back fitted parameters that do worse than the base solver on noise the
 fit did not see. Candidates are the objective's result, its alternatives and the base solver on the start
 grid; each samples the held-out noise and is compared to the teacher's held-out final samples by mean
-squared error (``mse``) or by the Frechet distance of their distributions (``fd``).
+squared error (``mse``) or, for objectives that may trade per-sample error for a better distribution,
+by the Frechet distance of their distributions (``fd``).
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ def held_out_samples(problem: FitProblem, values: tuple[float, ...], sigmas: Ten
 def select(problem: FitProblem, result: FitResult, features: Features | None = None) -> tuple[str, dict]:
     """The guard's choice and its report (every candidate's held-out MSE, and Frechet distance for ``fd``).
 
-    ``mse``: the smallest held-out final error (ties go to the earlier candidate). ``fd``: the smallest
-    Frechet distance to the teacher's held-out samples among the candidates no further than the base
-    solver's, in ``features`` (default: pixels, projected as ``projection`` says).
+    ``mse``: the smallest held-out final error (ties go to the earlier candidate). ``fd``: the first
+    candidate, in preference order, whose held-out samples are no further from the teacher's in
+    distribution than the base solver's: the Frechet distance in ``features`` (default: pixels, projected
+    as ``projection`` says). The objective's own result comes first: it was already selected on held-out
+    error, so the distribution only decides whether it may be used.
     """
     if result.criterion not in CRITERIA:
         raise ValueError(f"unknown guard criterion {result.criterion!r}; choose one of {list(CRITERIA)}")
@@ -73,7 +76,7 @@ def select(problem: FitProblem, result: FitResult, features: Features | None = N
     if result.criterion == "mse":
         chosen = min(mse, key=lambda k: mse[k])
     else:
-        chosen = min((k for k in fd if fd[k] <= fd["base"]), key=lambda k: fd[k])
+        chosen = next(k for k in fd if fd[k] <= fd["base"])
     report = {"holdout": len(problem.heldout_noise), "criterion": result.criterion, "chosen": chosen,
               "changed": chosen != result.name, "fitted": list(result.values), "mse": mse}
     return chosen, {**report, "fd": fd} if fd else report

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from . import progress
 from .correction import ALIGNMENTS
 from .sampling import prepare, sample
 from .schedules import is_karras, karras_sigmas, refine, vp_sigmas
@@ -155,9 +156,11 @@ def run_teacher(
             held["d"] = ev.denoised
         if index != held["index"]:
             flush()
+            bar.update(index - held["index"])
         held.update(index=index, x=x, d=None)
 
-    sample(denoiser, noise, sigmas, solver, on_state=on_state)
+    with progress.bar(len(sigmas) - 1, f"teacher {solver} ({len(noise)} samples)", "step") as bar:
+        sample(denoiser, noise, sigmas, solver, on_state=on_state)
     flush()
 
 

@@ -52,7 +52,7 @@ def test_npz_holds_images_and_seeds(sampled, tmp_path, capsys):
 
 
 def test_files_format_writes_the_index_and_every_part(sampled, tmp_path, capsys):
-    root, reg, job, _ = sampled
+    root, _, job, _ = sampled
     assert get(root, job.id, "--out", tmp_path, "--format", "files") == 0
     chunks = sorted(os.listdir(tmp_path / "parts"))
     assert (tmp_path / "index.json").is_file() and len(chunks) == 3

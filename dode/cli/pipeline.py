@@ -10,6 +10,7 @@ import argparse
 import hashlib
 from pathlib import Path
 
+from .. import progress
 from ..grids import FAMILIES
 from ..solvers import SOLVERS
 
@@ -25,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument(
         "model", metavar="PATH_OR_ID", help="diffusers pipeline folder (save_pretrained) or hub id"
     )
-    p.add_argument("--solver", default="euler", choices=sorted(SOLVERS))
+    p.add_argument("--solver", default="euler", choices=sorted(SOLVERS), help="base solver (default %(default)s)")
     p.add_argument("--nfe", type=int, required=True, help="network evaluations of the student (heun: odd)")
     p.add_argument(
         "--prompts", type=Path, required=True, metavar="FILE", help="text file, one prompt per line"
@@ -36,12 +37,13 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument(
         "--negative-prompt", default=None, help="unconditional branch text (default: empty prompt)"
     )
-    p.add_argument("--grid", default="karras", choices=FAMILIES)
+    p.add_argument("--grid", default="karras", choices=FAMILIES, help="student grid family (default %(default)s)")
     p.add_argument("--teacher-factor", type=int, default=10, help="teacher steps per student step")
     p.add_argument("--samples-per-prompt", type=int, default=4, help="seeded latents per prompt to fit on")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--correction", default="data", choices=("data", "noise"))
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first latent (default %(default)s)")
+    p.add_argument("--correction", default="data", choices=("data", "noise"),
+                   help="D-ODE correction flavour (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument(
         "--registry", default=None, metavar="URI", help="registry (default: $DODE_REGISTRY or data/registry)"
     )
@@ -49,6 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument(
         "--out", type=Path, default=None, metavar="DIR", help="write the DODEScheduler folder here"
     )
+    p.add_argument("--quiet", action="store_true", help="no progress bars (teacher, distillation)")
     p.set_defaults(func=run)
 
 
@@ -79,7 +82,6 @@ def load_pipeline(path_or_id: str, device: str):
 def run(args: argparse.Namespace) -> int:
     from ..diffusers_scheduler import DODEScheduler
     from ..grids import GridSpec
-    from ..pipeline_distill import distill_pipeline
     from ..store.lambdas import save_lambdas
     from ..store.location import registry_location
     from ..store.registry import Registry
@@ -94,19 +96,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, args.device)
 
     # Distil on the pipeline's own guided denoiser.
-    lam = distill_pipeline(
-        pipe,
-        prompts,
-        solver=args.solver,
-        nfe=args.nfe,
-        grid=args.grid,
-        guidance_scale=args.guidance_scale,
-        negative_prompt=args.negative_prompt,
-        samples_per_prompt=args.samples_per_prompt,
-        teacher_factor=args.teacher_factor,
-        seed=args.seed,
-        correction=args.correction,
-    )
+    with progress.bars(not args.quiet):
+        lam = distill_lambdas(pipe, prompts, args)
     print(f"lambdas ({lam.solver}, {lam.nfe} evaluations): {', '.join(f'{v:+.4f}' for v in lam.values)}")
     print(f"guard: {lam.guard.get('scale', 'off')} x fitted, held-out mse {lam.guard.get('mse', {})}")
 
@@ -133,3 +124,22 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"scheduler written to {args.out} (load with DODEScheduler.from_pretrained)")
     return 0
+
+
+def distill_lambdas(pipe, prompts: list[str], args: argparse.Namespace):
+    """``dode.pipeline_distill.distill_pipeline`` with the command line's settings."""
+    from ..pipeline_distill import distill_pipeline
+
+    return distill_pipeline(
+        pipe,
+        prompts,
+        solver=args.solver,
+        nfe=args.nfe,
+        grid=args.grid,
+        guidance_scale=args.guidance_scale,
+        negative_prompt=args.negative_prompt,
+        samples_per_prompt=args.samples_per_prompt,
+        teacher_factor=args.teacher_factor,
+        seed=args.seed,
+        correction=args.correction,
+    )

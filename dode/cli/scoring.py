@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import progress
 from ..grids import FAMILIES
 from ..metrics.features import EXTRACTORS, INCEPTION_DIMS
 
@@ -34,36 +35,41 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         "Prints the samples artifact id (the whole job's once every shard is done, else this shard's).",
     )
     p.add_argument("--model", required=True, help="registered model name or diffusers folder")
-    p.add_argument("--solver", default="euler", help="base solver (default euler)")
-    p.add_argument("--grid", default="karras", choices=FAMILIES, help="grid family (default karras)")
-    p.add_argument("--nfe", type=int, required=True, help="network evaluations per sample")
-    p.add_argument("--lambdas", default=None, metavar="ID", help="lambdas artifact id (or unique prefix)")
+    p.add_argument("--solver", default=None, help="base solver (default euler; with --lambdas: theirs)")
+    p.add_argument("--grid", default=None, choices=FAMILIES,
+                   help="grid family (default karras; with --lambdas: the grid they were fitted on)")
+    p.add_argument("--nfe", type=int, default=None, help="network evaluations per sample (implied by --lambdas)")
+    p.add_argument("--lambdas", default=None, metavar="ID",
+                   help="lambdas artifact id (or unique prefix); implies solver, NFE and grid (learned grids too)")
     p.add_argument("--allow-other-model", action="store_true",
                    help="use --lambdas even if they were fitted on another model (refused by default)")
-    p.add_argument("--n-samples", type=int, default=1000)
-    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--n-samples", type=int, default=1000, help="samples in the job (default %(default)s)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seed of the first sample; sample k uses seed first_seed + k (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch and per stored chunk")
     p.add_argument("--shard", type=int, default=0, help="which shard this worker computes (0-based)")
-    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--num-shards", type=int, default=1, help="shards the job's chunks are split into (default 1)")
     p.add_argument("--png-dir", default=None, help="also write the samples as <seed>.png here")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--registry", default=None, metavar="URI", help="registry path or URL (default $DODE_REGISTRY)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_sample)
 
 
 def run_sample(args: argparse.Namespace) -> int:
     from ..generate import SamplingJob, export_png, run_sampling
-    from ..grids import GridSpec
 
-    job = SamplingJob(args.model, args.solver, GridSpec.for_nfe(args.grid, args.solver, args.nfe).to_dict(),
-                      args.lambdas, args.n_samples, args.first_seed, args.batch_size)
+    registry = _registry(args.registry) if args.lambdas else None
+    solver, grid = implied_sampler(registry, args) if args.lambdas else base_sampler(args)
+    job = SamplingJob(args.model, solver, grid, args.lambdas, args.n_samples, args.first_seed, args.batch_size)
     if args.png_dir:  # before sampling, not after
         try:
             Path(args.png_dir).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ValueError(f"--png-dir {args.png_dir}: cannot create this folder ({err.strerror})") from None
-    registry = _registry(args.registry)
-    art = run_sampling(job, registry, shard=args.shard, num_shards=args.num_shards, device=args.device, progress=True,
+    registry = registry or _registry(args.registry)
+    art = run_sampling(job, registry, shard=args.shard, num_shards=args.num_shards, device=args.device,
+                       progress=not args.quiet,
                        allow_other_model=args.allow_other_model)
     if "shard" in art.params:
         print(f"shard {args.shard} of {args.num_shards} done; the job's other shards are still missing", file=sys.stderr)
@@ -72,6 +78,36 @@ def run_sample(args: argparse.Namespace) -> int:
         print(f"wrote {count} PNGs to {args.png_dir}", file=sys.stderr)
     print(art.id)
     return 0
+
+
+def base_sampler(args: argparse.Namespace) -> tuple[str, dict]:
+    """(solver, grid) without lambdas: --solver (default euler) and --grid (default karras) at --nfe (needed)."""
+    from ..grids import GridSpec
+
+    if args.nfe is None:
+        raise ValueError("pass --nfe N (network evaluations per sample), or --lambdas ID, which implies it")
+    solver = args.solver or "euler"
+    return solver, GridSpec.for_nfe(args.grid or "karras", solver, args.nfe).to_dict()
+
+
+def implied_sampler(registry, args: argparse.Namespace) -> tuple[str, dict]:
+    """(solver, grid) of the lambdas: their solver, and the grid they were fitted on (the job samples on their
+    learned grid where they have one, ``Lambdas.sampling_grid``), else their own sigmas as an explicit grid.
+    --solver, --nfe and --grid may be given only when they agree."""
+    from ..grids import GridSpec
+    from ..store.lambdas import load_lambdas
+
+    registry.check_readable()
+    art = registry.get(args.lambdas)
+    lam = load_lambdas(registry, art)
+    grid = GridSpec(**art.params["grid"]) if "grid" in art.params else GridSpec.explicit(lam.sigmas)
+    implied = {"--solver": (args.solver, lam.solver), "--nfe": (args.nfe, lam.nfe), "--grid": (args.grid, grid.family)}
+    clash = [f"{flag} {given} (they imply {mine})" for flag, (given, mine) in implied.items()
+             if given is not None and given != mine]
+    if clash:
+        raise ValueError(f"lambdas {art.short} were fitted for solver {lam.solver}, NFE {lam.nfe} on a {grid.family} "
+                         f"grid; drop {', '.join(clash)}: --lambdas implies them")
+    return lam.solver, grid.to_dict()
 
 
 def _add_fid(sub: argparse._SubParsersAction) -> None:
@@ -92,11 +128,12 @@ def _add_fid(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--register", default=None, metavar="KEY",
                    help="register the statistics of the (first) source as a 'reference-stats' artifact")
     p.add_argument("--registry", default=None, metavar="URI", help="registry path or URL (default $DODE_REGISTRY)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (feature extraction)")
     p.set_defaults(func=run_fid)
 
 
 def run_fid(args: argparse.Namespace) -> int:
-    from ..metrics.features import get_extractor
+    from ..metrics.features import Counted, get_extractor
     from ..metrics.fid import frechet_distance, save_stats_npz
     from ..metrics.sources import expected_features, publish_reference_stats, stats_of_source
 
@@ -108,7 +145,8 @@ def run_fid(args: argparse.Namespace) -> int:
     def extractor():
         if "extractor" not in cache:
             weights = args.inception_weights if args.features == "inception" else None
-            cache["extractor"] = get_extractor(args.features, dims=dims, device=args.device, weights=weights)
+            cache["extractor"] = Counted(get_extractor(args.features, dims=dims, device=args.device, weights=weights),
+                                         bar)
         return cache["extractor"]
 
     def registry():
@@ -119,8 +157,9 @@ def run_fid(args: argparse.Namespace) -> int:
     if args.register:
         registry().check_writable()
     expected = expected_features(args.features, dims)
-    stats = [stats_of_source(p, extractor, registry=registry, batch_size=args.batch_size, expected=expected)
-             for p in (args.path[:1] if args.save_stats or args.register else args.path)]
+    with progress.bars(not args.quiet), progress.bar(None, f"{args.features} features", "image") as bar:
+        stats = [stats_of_source(p, extractor, registry=registry, batch_size=args.batch_size, expected=expected)
+                 for p in (args.path[:1] if args.save_stats or args.register else args.path)]
     if args.save_stats:
         print(f"saved statistics of {args.path[0]} to {save_stats_npz(stats[0], args.path[1])}", file=sys.stderr)
     if args.register:

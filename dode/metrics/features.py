@@ -173,3 +173,19 @@ def get_extractor(
     if name == "inception":
         return InceptionFeatures(dims, device, weights)
     return EXTRACTORS[name](device, weights)
+
+
+class Counted:
+    """An extractor that counts the images it is fed on a progress bar (``dode.progress.bar``); every other
+    attribute (name, label, fingerprint, dims) is the wrapped extractor's."""
+
+    def __init__(self, extractor: FeatureExtractor, bar: object) -> None:
+        self.extractor, self.bar = extractor, bar
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.extractor, name)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        out = self.extractor(images)
+        self.bar.update(len(images))
+        return out

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .. import progress
 from ..sampling import integrate
 from ..types import Denoiser, Tensor
 from .problem import FitProblem, FitResult
@@ -137,6 +138,7 @@ def fit_final(
     losses: list[float] = []
     stale = 0
 
+    bar = progress.bar(iterations, "distill (final sample)", "iteration")
     for it in range(iterations + 1):
         # Held-out selection: measure, keep the best iterate, stop when it has not improved for a while.
         if it % eval_every == 0 or it == iterations:
@@ -144,6 +146,7 @@ def fit_final(
                 current = grid().detach()
             score = final_error(problem, lam, current, *split)
             curve.append([it, score])
+            bar.set_postfix(heldout_mse=f"{score:.3g}", refresh=False)
             if score < best["score"]:
                 best, stale = {"score": score, "iteration": it, "lam": lam.detach().clone(), "grid": current}, 0
             else:
@@ -157,6 +160,8 @@ def fit_final(
             return torch.tensor(losses[-1], dtype=torch.float64)
 
         optimiser.step(closure)
+        bar.update(1)
+    bar.close()
 
     info = {"iterations": len(losses), "best_iteration": best["iteration"], "selected_on": "heldout" if heldout else "fit",
             "heldout_mse": curve, "fit_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},

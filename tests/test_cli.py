@@ -1,0 +1,107 @@
+"""The command line: every option of every sub-command (and of every `dode run STAGE`) has help text;
+`dode sample --lambdas ID` implies solver, NFE and grid; progress bars only when asked for and on a terminal."""
+
+import argparse
+import io
+
+import pytest
+
+from dode import progress
+from dode.cli import build_parser, main
+from dode.correction import Lambdas
+from dode.generate import load_samples
+from dode.grids import GridSpec
+from dode.models import load_model
+from dode.store.lambdas import save_lambdas
+from dode.store.registry import Registry
+
+
+def sub_parsers(parser: argparse.ArgumentParser, prefix: str = "dode"):
+    """(command line, parser) of ``parser`` and every sub-command under it."""
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from sub_parsers(child, f"{prefix} {name}")
+
+
+def stage_parsers():
+    from flows.cli import STAGES, load_flow, stage_parser
+
+    return [(f"dode run {s}", stage_parser(s, load_flow(s))) for s in STAGES]
+
+
+def test_every_option_has_help_text():
+    parsers = [*sub_parsers(build_parser()), *stage_parsers()]
+    missing = [f"{cmd} {action.option_strings[0] if action.option_strings else action.dest}"
+               for cmd, p in parsers for action in p._actions
+               if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()]
+    assert len(parsers) > 10 and not missing, missing
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """Lambdas for heun at NFE 5 fitted on a karras grid (params as the distill step writes them), and lambdas
+    without a recorded grid."""
+    root = tmp_path_factory.mktemp("cli") / "registry"
+    reg = Registry(root)
+    spec = GridSpec.for_nfe("karras", "heun", 5)
+    sigmas = spec.sigmas(load_model("mixture-smooth").denoiser).tolist()
+    with_grid = save_lambdas(reg, Lambdas([0.0] * 5, "heun", sigmas), "with-grid", params={"grid": spec.to_dict()})
+    bare = save_lambdas(reg, Lambdas([0.0, 0.0], "euler", [80.0, 1.0, 0.0]), "bare")
+    return root, reg, with_grid, bare
+
+
+def sample(root, *argv):
+    return main(["sample", "--model", "mixture-smooth", "--n-samples", "3", "--batch-size", "3", "--device", "cpu",
+                 "--registry", str(root), "--quiet", *map(str, argv)])
+
+
+def test_lambdas_imply_solver_nfe_and_grid(fitted, capsys):
+    root, reg, with_grid, bare = fitted
+    assert sample(root, "--lambdas", with_grid.id[:10]) == 0
+    job = reg.get(capsys.readouterr().out.split()[-1]).params["job"]
+    assert (job["solver"], job["grid"], job["lambdas_id"]) == ("heun", GridSpec("karras", 3).to_dict(), with_grid.id)
+    assert sample(root, "--lambdas", with_grid.id, "--solver", "heun", "--nfe", "5", "--grid", "karras") == 0
+    art = reg.get(capsys.readouterr().out.split()[-1])
+    assert art.params["job"]["grid"] == job["grid"] and len(load_samples(reg, art)) == 3  # agreeing: same job
+    assert sample(root, "--lambdas", bare.id) == 0
+    job = reg.get(capsys.readouterr().out.split()[-1]).params["job"]
+    assert job["grid"] == GridSpec.explicit([80.0, 1.0, 0.0]).to_dict() and job["solver"] == "euler"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--solver", "euler"), "drop --solver euler (they imply heun)"),
+    (("--nfe", "3"), "drop --nfe 3 (they imply 5)"),
+    (("--grid", "time_uniform", "--nfe", "4"), "drop --nfe 4 (they imply 5), --grid time_uniform (they imply karras)"),
+])
+def test_conflicting_options_are_one_clear_error(fitted, capsys, extra, message):
+    root, reg, with_grid, _ = fitted
+    before = {a.id for a in reg.list()}
+    assert sample(root, "--lambdas", with_grid.id, *extra) == 2
+    err = capsys.readouterr().err
+    assert f"fitted for solver heun, NFE 5 on a karras grid; {message}: --lambdas implies them" in err
+    assert "Traceback" not in err and {a.id for a in Registry(root).list()} == before
+
+
+def test_sample_without_lambdas_needs_nfe(tmp_path, capsys):
+    assert sample(tmp_path / "reg") == 2
+    assert "pass --nfe N (network evaluations per sample), or --lambdas ID" in capsys.readouterr().err
+
+
+def test_progress_bars_are_off_unless_turned_on_and_on_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    with progress.bar(4, "quiet") as bar:
+        bar.update(4)
+    assert term.getvalue() == ""  # library default: silent
+    with progress.bars(), progress.bar(4, "teacher") as bar:
+        bar.update(4)
+    assert "teacher:   0%" in term.getvalue() and "0/4" in term.getvalue()
+    with progress.bars(False), progress.bar(4, "off") as bar:  # --quiet
+        bar.update(4)
+    assert "off" not in term.getvalue()

@@ -23,7 +23,8 @@ def pyplot() -> Any:
 
 
 def plot_metrics(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """One PNG per metric: value against NFE per solver (base dashed, D-ODE solid, teacher dotted)."""
+    """One PNG per metric: value against NFE per solver (base dashed, D-ODE solid, each variant its own
+    dash-dot style, teacher dotted)."""
     plt = pyplot()
     paths = []
     for metric in dict.fromkeys(r["metric"] for r in rows):
@@ -34,16 +35,21 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             color = f"C{i}"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "--o", color=color, ms=3, alpha=0.6)
             ax.plot([p[0] for p in pts], [p[2] for p in pts], "-o", color=color, ms=4, label=solver)
+            for j, name in enumerate(dict.fromkeys(v for r in sel for v in r.get("variants", {}))):
+                var = sorted((r["nfe"], r["variants"][name]) for r in sel
+                             if r["solver"] == solver and r["variants"].get(name) is not None)
+                ax.plot([p[0] for p in var], [p[1] for p in var], ("-.^", ":s", "-.v")[j % 3], color=color, ms=4,
+                        label=f"{solver} {name}" if var else None)
         teacher = next((r["teacher"] for r in sel if r["teacher"] is not None), None)
         if teacher is not None:
             ax.axhline(teacher, color="k", ls=":", label="teacher")
-        values = [v for r in sel for v in (r["base"], r["dode"]) if v is not None]
+        values = [v for r in sel for v in (r["base"], r["dode"], *r.get("variants", {}).values()) if v is not None]
         if values and min(values) > 0:
             ax.set_yscale("log")
         ax.set_xlabel("NFE")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(sel[0]["label"])
-        ax.set_title(f"{sel[0]['label']}: base (dashed) vs D-ODE (solid)")
+        ax.set_title(f"{sel[0]['label']}: base (dashed), D-ODE (solid), variants (dash-dot)", fontsize=9)
         ax.legend(fontsize=8)
         paths.append(save(plt, fig, out / f"metric-{metric}.png"))
     return paths

@@ -16,3 +16,14 @@ def greedy_fit(denoiser, noise, sigmas, solver, targets, *, correction="data"):
     values = greedy_lambdas(problem)
     lam = dode.Lambdas(values, solver, sigmas.tolist(), correction)
     return values, dode.sample(denoiser, noise, sigmas, solver, lam, correction=correction)
+
+
+class Counting:
+    """A denoiser that counts its network calls."""
+
+    def __init__(self, den):
+        self.den, self.calls = den, 0
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        return self.den(x, sigma)

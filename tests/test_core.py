@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import Counting
 from helpers import greedy_fit as fit
 
 import dode
@@ -24,15 +25,6 @@ def noise(n: int, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def mixture():
     return digits_mixture(0.35, per_class=True)
-
-
-class Counting:
-    def __init__(self, den):
-        self.den, self.calls = den, 0
-
-    def __call__(self, x, sigma):
-        self.calls += 1
-        return self.den(x, sigma)
 
 
 def grid_for(solver: str, nfe: int) -> torch.Tensor:

@@ -4,21 +4,13 @@ import json
 
 import pytest
 import torch
+from helpers import Counting
 
 import dode
 from dode.guard import frechet, select
 from dode.models import GaussianDenoiser, digits_mixture
 from dode.objectives import OBJECTIVES, FitProblem, FitResult
 from dode.objectives.final import accumulate, final_sample, fit_final, grid_from_logits, logits_from_grid
-
-
-class Counting:
-    def __init__(self, den):
-        self.den, self.calls = den, 0
-
-    def __call__(self, x, sigma):
-        self.calls += 1
-        return self.den(x, sigma)
 
 
 @pytest.fixture(scope="module")

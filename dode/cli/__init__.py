@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError) as err:
+    except (ValueError, OSError) as err:  # bad input and file-system trouble: one line, exit 2
         print(f"dode {args.command}: error: {err}", file=sys.stderr)
         return 2
 

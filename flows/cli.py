@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dode import checks
+from dode import checks, progress
 from dode.report import text_table
 
 Check = Callable[[dict[str, Any]], None]
@@ -42,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "flow's parameters, as in prefect.yaml's deployments; options left out take the flow's defaults. "
         "`dode run STAGE --help` lists a stage's options.",
     )
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (they show only on a terminal anyway); before STAGE")
     p.add_argument("stage", choices=STAGES, metavar="STAGE", help=f"one of: {', '.join(STAGES)}")
     p.add_argument("options", nargs=argparse.REMAINDER, help="the flow's parameters as --options")
     p.set_defaults(func=main)
@@ -190,7 +192,8 @@ def main(args: argparse.Namespace) -> int:
     """Entry point of ``dode run STAGE [--option ...]``."""
     flow = load_flow(args.stage)
     options = stage_parser(args.stage, flow).parse_args(args.options)
-    result = run_stage(args.stage, dict(vars(options)))
+    with progress.bars(not args.quiet):  # teacher, distillation and feature-extraction bars in this process
+        result = run_stage(args.stage, dict(vars(options)))
     sys.stdout.flush()
     print(show(result))
     return 0

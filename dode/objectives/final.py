@@ -111,12 +111,12 @@ def fit_final(
     if init not in INITS:
         raise ValueError(f"objective 'final': unknown init {init!r}; choose one of {list(INITS)}")
     start_time = time.perf_counter()
-    sigmas, dtype = problem.sigmas, problem.sigmas.dtype
+    sigmas = problem.sigmas
     greedy = tuple(greedy_lambdas(problem))
     if max_fit is not None:  # fit on the first max_fit samples of the fit split (cost is linear in them)
         problem = replace(problem, noise=problem.noise[:max_fit], targets=tuple(t[:max_fit] for t in problem.targets))
     start = greedy if learn_lambdas and init == "greedy" else [0.0] * len(greedy)
-    lam = torch.tensor(start, dtype=dtype, device=sigmas.device)
+    lam = torch.tensor(start, dtype=sigmas.dtype, device=sigmas.device)
     sigma_lo = sigma_floor(problem.denoiser, sigmas)
     theta = logits_from_grid(sigmas, sigma_lo)
     leaves = [t.requires_grad_() for t, on in ((lam, learn_lambdas), (theta, learn_sigmas)) if on]
@@ -129,15 +129,33 @@ def fit_final(
         def denoiser(x: Tensor, sigma: Tensor, den: Denoiser = problem.denoiser) -> Tensor:
             return checkpoint(den, x, sigma, use_reentrant=False)
 
+    def step(optimiser: torch.optim.Optimizer, losses: list[float]) -> None:
+        # One optimiser step on the full-batch final-sample loss, accumulated over micro-batches.
+        def closure() -> Tensor:
+            optimiser.zero_grad(set_to_none=True)
+            losses.append(accumulate(problem, denoiser, lam, grid, micro_batch, leaves))
+            return torch.tensor(losses[-1], dtype=torch.float64)
+
+        optimiser.step(closure)
+
     optimiser = make_optimiser(optimizer, lam if learn_lambdas else None, theta if learn_sigmas else None,
                                lr_lambdas, lr_sigmas)
+    best, info = optimise(problem, lam, grid, lambda losses: step(optimiser, losses), iterations, eval_every, patience)
+    info.update(seconds=round(time.perf_counter() - start_time, 3), sigma_lo=sigma_lo, start_sigmas=sigmas.tolist())
+    return FitResult(tuple(best["lam"].tolist()), best["grid"], "final", info, (("greedy", greedy, sigmas),), "fd")
+
+
+def optimise(problem: FitProblem, lam: Tensor, grid: Any, step: Any, iterations: int, eval_every: int,
+             patience: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``step(losses)`` up to ``iterations`` times; every ``eval_every`` iterations measure the final error
+    on the held-out split (else the fit split), keep the best iterate, and stop after ``patience``
+    measurements without improvement. Returns the best iterate and what the fit reports."""
     heldout = len(problem.heldout_noise) > 0
     split = (problem.heldout_noise, problem.heldout_final) if heldout else (problem.noise, problem.final)
     best: dict[str, Any] = {"score": math.inf, "iteration": 0, "lam": lam.detach().clone(), "grid": grid().detach()}
     curve: list[list[float]] = []
     losses: list[float] = []
     stale = 0
-
     bar = progress.bar(iterations, "distill (final sample)", "iteration")
     for it in range(iterations + 1):
         # Held-out selection: measure, keep the best iterate, stop when it has not improved for a while.
@@ -153,22 +171,12 @@ def fit_final(
                 stale += 1
             if it == iterations or stale > patience:
                 break
-        # One optimiser step on the full-batch final-sample loss, accumulated over micro-batches.
-        def closure() -> Tensor:
-            optimiser.zero_grad(set_to_none=True)
-            losses.append(accumulate(problem, denoiser, lam, grid, micro_batch, leaves))
-            return torch.tensor(losses[-1], dtype=torch.float64)
-
-        optimiser.step(closure)
+        step(losses)
         bar.update(1)
     bar.close()
-
-    info = {"iterations": len(losses), "best_iteration": best["iteration"], "selected_on": "heldout" if heldout else "fit",
-            "heldout_mse": curve, "fit_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
-            "seconds": round(time.perf_counter() - start_time, 3), "sigma_lo": sigma_lo,
-            "start_sigmas": sigmas.tolist()}
-    values = tuple(best["lam"].tolist())
-    return FitResult(values, best["grid"], "final", info, (("greedy", greedy, sigmas),), "fd")
+    return best, {"iterations": len(losses), "best_iteration": best["iteration"],
+                  "selected_on": "heldout" if heldout else "fit", "heldout_mse": curve,
+                  "fit_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None}}
 
 
 def make_optimiser(name: str, lam: Tensor | None, theta: Tensor | None, lr_lambdas: float, lr_sigmas: float):

@@ -167,6 +167,9 @@ class Registry(VerifiedReads):
                 if existing is None or self.file_problem(existing, name) is not None:
                     self.storage.commit(s.path, self.file_key(id, name))
             if existing is not None:
+                if not self.storage.exists(self.manifest_key(id)):  # known here, deleted there: restore it
+                    self.storage.commit(json.dumps(existing.to_dict(), indent=2, sort_keys=True).encode(),
+                                        self.manifest_key(id))
                 return existing
             art = Artifact(id, kind, key, params, tuple(p.id for p in parent_arts),
                            self.provenance(provenance, parent_arts),

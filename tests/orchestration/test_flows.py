@@ -83,8 +83,11 @@ def test_results_table_report_and_ui_artifacts(swept):
     assert "| euler | 3 |" in text and "![samples](samples.png)" in text
     assert out["report"].endswith("report.md") and Path(out["report"]).read_text() == text
     named = {"dode-results", "dode-report", "dode-pipeline-progress"}
-    mine = {a.key for a in read_artifacts() if a.flow_run_id == run_id and a.key}
+    artifacts = [a for a in read_artifacts() if a.flow_run_id == run_id and a.key]
+    mine = {a.key for a in artifacts}
     assert named <= mine
+    ui_report = next(a.data for a in artifacts if a.key == "dode-report")  # what the Prefect UI renders
+    assert "data:image/png;base64," in ui_report and "file://" not in ui_report and "dode artifacts get" in ui_report
     links = mine - named
     assert {f"dode-{a.kind}-{a.id[:12]}" for a in reg.list() if "shard" not in a.params
             and "images.npy" not in a.files} == links  # one link per registry entry (chunks: via their index)
@@ -143,3 +146,33 @@ def test_library_loggers_reach_the_flow_run_logs(prefect_harness):
             return
         time.sleep(0.25)
     pytest.fail(f"the dode record never reached the API; logs: {messages}")
+
+
+def test_registry_damage_beats_the_prefect_cache(prefect_harness, tmp_path):
+    """Issue: a rerun after deleting one sample chunk (or wiping the registry) used to report every task
+    "Cached" while the registry lacked the artifacts. The registry is the source of truth: recompute."""
+    import shutil
+
+    from flows.pipeline import pipeline_flow
+    from flows.stages import distill_flow
+
+    tiny = {"model": "mixture-smooth", "solvers": ("euler",), "nfes": (3,), "teacher_factor": 2, "n_distill": 16,
+            "n_samples": 32, "batch_size": 16}
+    reg = Registry(tmp_path / "registry")
+    first = pipeline_flow(**tiny, registry=reg.uri)
+    chunk = sorted(a.id for a in reg.list("samples") if "images.npy" in a.files)[0]
+    shutil.rmtree(tmp_path / "registry" / "artifacts" / chunk)
+    again = pipeline_flow(**tiny, registry=reg.uri, return_state=True)
+    states = task_states(again.state_details.flow_run_id)
+    again = again.result()
+    assert again["rows"] == first["rows"]
+    assert Registry(reg.uri).intact(chunk) and Registry(reg.uri).verify() == []
+    assert ("sample", "Completed") in states  # the damaged job ran again; the rest stayed cached
+    assert {s for _, s in states} == {"Completed", "Cached"}
+
+    common = {"model": "mixture-smooth", "solver": "euler", "nfe": 3, "teacher_factor": 2, "n_distill": 16,
+              "batch_size": 16}
+    lam = distill_flow(**common, registry=reg.uri)["lambdas"]
+    shutil.rmtree(tmp_path / "registry")  # a wiped registry
+    assert distill_flow(**common, registry=reg.uri)["lambdas"] == lam  # recomputed, same content, same id
+    assert Registry(reg.uri).intact(lam)

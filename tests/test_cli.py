@@ -86,7 +86,20 @@ def test_conflicting_options_are_one_clear_error(fitted, capsys, extra, message)
 
 def test_sample_without_lambdas_needs_nfe(tmp_path, capsys):
     assert sample(tmp_path / "reg") == 2
-    assert "pass --nfe N (network evaluations per sample), or --lambdas ID" in capsys.readouterr().err
+    assert "pass --nfe N (network evaluations per sample), --sigmas S0,...,0, or --lambdas ID" in capsys.readouterr().err
+
+
+def test_sample_on_an_explicit_grid(tmp_path, capsys):
+    from dode.generate import load_samples
+
+    assert sample(tmp_path / "reg", "--solver", "dpmpp_2m", "--sigmas", "80,5,0.5,0.05,0") == 0
+    art = Registry(tmp_path / "reg").get(capsys.readouterr().out.strip())
+    assert art.params["job"]["grid"]["values"] == [80.0, 5.0, 0.5, 0.05, 0.0]
+    assert load_samples(Registry(tmp_path / "reg"), art).shape[0] == 3
+    for bad, message in ((["--sigmas", "80,1,2,0"], "strictly decreasing"), (["--sigmas", "80,x,0"], "comma-separated"),
+                         (["--sigmas", "80,1,0", "--nfe", "2"], "drop --nfe and --grid")):
+        assert sample(tmp_path / "reg", *bad) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_progress_bars_are_off_unless_turned_on_and_on_a_terminal(monkeypatch):

@@ -317,11 +317,16 @@ def test_ddim_pipeline_drops_the_lambdas_and_dode_pipeline_recovers_them():
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()  # other tests (and the flows) may have silenced diffusers
+    diffusers_logging.set_verbosity_warning()
     logging.getLogger("diffusers").addHandler(handler)
     try:
         ddim = DDIMPipeline(unet=unet, scheduler=sched)
     finally:
         logging.getLogger("diffusers").removeHandler(handler)
+        diffusers_logging.set_verbosity(level)
     assert type(ddim.scheduler).__name__ == "DDIMScheduler"
     assert any(
         "'lambdas': [0.3, -0.3, 0.3, -0.3]" in r.getMessage() and "ignored" in r.getMessage() for r in records

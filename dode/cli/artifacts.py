@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from .. import progress
-from ..store.fetch import fetch_parts, has_parts, write_npz, write_pngs
+from ..store.export import fetch_parts, write_npz, write_pngs
+from ..store.fetch import has_parts
 from ..store.location import registry_location
 from ..store.manifest import KINDS
 from ..store.registry import Registry

@@ -39,6 +39,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", default=None, choices=FAMILIES,
                    help="grid family (default karras; with --lambdas: the grid they were fitted on)")
     p.add_argument("--nfe", type=int, default=None, help="network evaluations per sample (implied by --lambdas)")
+    p.add_argument("--sigmas", default=None, metavar="S0,...,0",
+                   help="an explicit grid instead of --grid/--nfe: comma-separated noise levels, strictly "
+                   "decreasing, ending in 0 (e.g. 80,10,1,0.1,0)")
     p.add_argument("--lambdas", default=None, metavar="ID",
                    help="lambdas artifact id (or unique prefix); implies solver, NFE and grid (learned grids too)")
     p.add_argument("--allow-other-model", action="store_true",
@@ -84,9 +87,17 @@ def base_sampler(args: argparse.Namespace) -> tuple[str, dict]:
     """(solver, grid) without lambdas: --solver (default euler) and --grid (default karras) at --nfe (needed)."""
     from ..grids import GridSpec
 
-    if args.nfe is None:
-        raise ValueError("pass --nfe N (network evaluations per sample), or --lambdas ID, which implies it")
     solver = args.solver or "euler"
+    if args.sigmas is not None:
+        if args.nfe is not None or args.grid is not None:
+            raise ValueError("--sigmas is the whole grid: drop --nfe and --grid")
+        try:
+            values = [float(v) for v in args.sigmas.split(",")]
+        except ValueError:
+            raise ValueError(f"--sigmas must be comma-separated numbers ending in 0, got {args.sigmas!r:.80}") from None
+        return solver, GridSpec.explicit(values).to_dict()
+    if args.nfe is None:
+        raise ValueError("pass --nfe N (network evaluations per sample), --sigmas S0,...,0, or --lambdas ID")
     return solver, GridSpec.for_nfe(args.grid or "karras", solver, args.nfe).to_dict()
 
 
@@ -103,7 +114,7 @@ def implied_sampler(registry, args: argparse.Namespace) -> tuple[str, dict]:
     grid = GridSpec(**art.params["grid"]) if "grid" in art.params else GridSpec.explicit(lam.sigmas)
     implied = {"--solver": (args.solver, lam.solver), "--nfe": (args.nfe, lam.nfe), "--grid": (args.grid, grid.family)}
     clash = [f"{flag} {given} (they imply {mine})" for flag, (given, mine) in implied.items()
-             if given is not None and given != mine]
+             if given is not None and given != mine] + (["--sigmas (they imply their grid)"] if args.sigmas else [])
     if clash:
         raise ValueError(f"lambdas {art.short} were fitted for solver {lam.solver}, NFE {lam.nfe} on a {grid.family} "
                          f"grid; drop {', '.join(clash)}: --lambdas implies them")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .correction import CORRECTIONS
+from .correction import ALIGNMENTS, CORRECTIONS
 from .grids import FAMILIES
 from .metrics.scores import check_metrics
 from .models import check_model_name
@@ -40,6 +40,7 @@ def check_fit(p: Params) -> None:
     check_teacher(p)
     check_choice("correction", p["correction"], CORRECTIONS)
     check_options(p["objective"], p["objective_options"])
+    check_alignment(p.get("alignment", "exact"), p.get("solvers") or [p.get("solver")], p["family"])
     if not 0 < p["holdout"] < 1:
         raise ValueError(f"holdout must be a fraction in (0, 1), got {p['holdout']}")
 
@@ -90,3 +91,12 @@ def check_reference(registry: Any, reference: str | None) -> None:
     if art.kind != "reference-stats":
         raise ValueError(f"reference {art.short} is a {art.kind!r} artifact, not 'reference-stats'; pass the id "
                          "of feature statistics (dode fid --register, or a pipeline run's reference-stats)")
+
+
+def check_alignment(alignment: str, solvers: list[str], family: str) -> None:
+    """``official`` alignment exists for the reference code's cases only: euler and heun on Karras grids."""
+    check_choice("alignment", alignment, ALIGNMENTS)
+    if alignment == "official" and (family != "karras" or set(solvers) - {"euler", "heun"}):
+        raise ValueError("official alignment (the reference code's Euler teacher) is defined for the solvers euler "
+                         "and heun on karras grids here; use alignment=exact for "
+                         f"{sorted(set(solvers) - {'euler', 'heun'}) or family}")

@@ -59,6 +59,7 @@ def pipeline_flow(
     correction: str = "data",
     objective: str = "step",
     objective_options: dict | None = None,
+    alignment: str = "exact",
     variants: dict | None = None,
     metrics: tuple[str, ...] = ("auto",),
     reference: str | None = None,
@@ -89,6 +90,7 @@ def pipeline_flow(
         correction: D-ODE correction flavour: data or noise
         objective: distillation objective (dode.objectives), e.g. step
         objective_options: the objective's options, e.g. iterations=150 (objective final)
+        alignment: teacher targets: exact (the refined student grid) or official (the reference code's)
         variants: more fits to compare, by name: {objective, options, solvers, nfes}, e.g. {"λ+timesteps":
             {"objective": "final", "solvers": ["euler"], "nfes": [4, 5]}}
         metrics: fd-digits, fd-pixels, fid, rmse, or auto (the model's own)
@@ -115,7 +117,7 @@ def pipeline_flow(
             "teacher_factor": teacher_factor, "teacher_solver": teacher_solver, "n_samples": n_distill,
             "first_seed": distill_seed, "batch_size": batch_size}, {
             "guard": guard, "holdout": holdout, "correction": correction, "objective": objective,
-            "objective_options": objective_options}, plan_variants(variants), progress)
+            "objective_options": objective_options, "alignment": alignment}, plan_variants(variants), progress)
 
         # Base, D-ODE and teacher samples (in shards), scored.
         rows, cells, teacher_samples, used = evaluate_cells(
@@ -125,7 +127,8 @@ def pipeline_flow(
 
     # Table, report and links in the Prefect UI; the report itself in the registry.
     meta = {"model": model, "fingerprint": reg.get(model_id).params["fingerprint"][:16], "grid family": family,
-            "teacher": f"{teacher_solver} on the {teacher_factor}x refined student grid (exact alignment)",
+            "teacher": f"{teacher_solver} on the {teacher_factor}x refined student grid (exact alignment)"
+            if alignment == "exact" else f"Euler on a fresh {teacher_factor}x-NFE grid (official alignment)",
             "distillation samples": f"{n_distill} (seeds from {distill_seed}; guard {guard}, holdout {holdout})",
             "objective": f"{objective} {objective_options or ''}".strip(),
             **{f"variant {k}": f"{v['objective']} {v['options'] or ''}".strip() for k, v in (variants or {}).items()},

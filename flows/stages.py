@@ -74,6 +74,7 @@ def distill_flow(
     correction: str = "data",
     objective: str = "step",
     objective_options: dict | None = None,
+    alignment: str = "exact",
     registry: str | None = None,
 ) -> dict:
     """D-ODE lambdas for one solver and NFE: the teacher (found or computed), then the fit; returns
@@ -94,6 +95,7 @@ def distill_flow(
         correction: D-ODE correction flavour: data or noise
         objective: distillation objective (dode.objectives), e.g. step
         objective_options: the objective's options, e.g. iterations=150 (objective final)
+        alignment: teacher targets: exact (the refined student grid) or official (the reference code's)
         registry: registry path or URL (default $DODE_REGISTRY or data/registry)
     """
     check_distill(locals())
@@ -103,7 +105,7 @@ def distill_flow(
     model_id = tasks.register_model(uri, model)
     traj = tasks.teacher(uri, model_id, cell["grid"], teacher_factor, teacher_solver, n_distill, distill_seed,
                          batch_size)
-    lam_id = tasks.distill(uri, traj, solver, guard, holdout, correction, objective, objective_options)
+    lam_id = tasks.distill(uri, traj, solver, guard, holdout, correction, objective, objective_options, alignment)
     lam = load_lambdas(reg, lam_id)
     create_table_artifact([{"k": k, "lambda": v} for k, v in enumerate(lam.values)], key="dode-lambdas",
                           description=f"{model} {solver} NFE {nfe}: lambda per evaluation (guard {lam.guard})")

@@ -18,6 +18,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+import dode
 from dode import get_solver
 from dode.distill_stored import distill_from_states
 from dode.generate import SamplingJob, run_sampling
@@ -116,9 +117,11 @@ def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teach
 
 
 def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout: float, correction: str,
-            objective: str = "step", objective_options: dict | None = None, *, provenance: dict | None = None) -> str:
+            objective: str = "step", objective_options: dict | None = None, alignment: str = "exact", *,
+            provenance: dict | None = None) -> str:
     """D-ODE lambdas for ``solver`` on the teacher's student grid, fitted to its stored states by ``objective``
-    (a ``dode.objectives`` entry) with ``objective_options``."""
+    (a ``dode.objectives`` entry) with ``objective_options``; with ``official`` alignment, to the reference
+    code's Euler teacher, run here from the same seeds (its grid is the solver's own, so it is not stored)."""
     reg = open_registry(registry)
     traj_art = reg.get(trajectory_id)
     p = traj_art.params
@@ -130,19 +133,23 @@ def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout
     n_eval = get_solver(solver).nfe(spec.steps)
     params = {"model": m.name, "fingerprint": m.fingerprint, "solver": solver, "nfe": n_eval, "grid": spec.to_dict(),
               "teacher": traj_art.id, "guard": guard, "holdout": holdout, "correction": correction,
-              "objective": objective, "objective_options": dict(objective_options or {})}
+              "objective": objective, "objective_options": dict(objective_options or {}), "alignment": alignment}
     key = f"{m.name}/{solver}/nfe{n_eval}/{spec.family}-{spec.steps}"
     found = reg.find("lambdas", key, **params)
     if found:
         log.info("lambdas %s found in the registry (%s)", key, found[0].short)
         return found[0].id
     traj = read_steps(reg.local_path(traj_art, TEACHER_FILE))
-    plan = student_grid_teacher(m, spec, factor, p["teacher_solver"])
-    states = {plan.student_index(step): traj.at(step) for step in traj.steps}
-    record = {**plan.record(), "trajectory": traj_art.id}
-    lam = distill_from_states(m.denoiser, seeded_noise(traj.sample_ids.tolist(), m.shape), spec.sigmas(m.denoiser),
-                              states, solver, teacher=record, guard=guard, holdout=holdout, correction=correction,
-                              objective=objective, objective_options=objective_options)
+    noise, sigmas = seeded_noise(traj.sample_ids.tolist(), m.shape), spec.sigmas(m.denoiser)
+    fit = {"guard": guard, "holdout": holdout, "correction": correction, "objective": objective,
+           "objective_options": objective_options}
+    if alignment == "official":
+        lam = dode.distill(m.denoiser, noise, sigmas, solver, factor, alignment, **fit)
+    else:
+        plan = student_grid_teacher(m, spec, factor, p["teacher_solver"])
+        states = {plan.student_index(step): traj.at(step) for step in traj.steps}
+        lam = distill_from_states(m.denoiser, noise, sigmas, states, solver,
+                                  teacher={**plan.record(), "trajectory": traj_art.id}, **fit)
     art = save_lambdas(reg, lam, key, [traj_art.id], params, provenance=provenance)
     log.info("distilled %s (%s): lambdas %s (guard chose %s) -> %s", key, objective, [round(v, 4) for v in lam.values],
              lam.guard.get("chosen", "off"), art.short)

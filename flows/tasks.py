@@ -168,10 +168,10 @@ def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teach
 
 @task(name="distill", **CACHED)
 def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout: float, correction: str,
-            objective: str = "step", objective_options: dict | None = None) -> str:
+            objective: str = "step", objective_options: dict | None = None, alignment: str = "exact") -> str:
     """D-ODE lambdas for ``solver``, fitted to a stored teacher trajectory."""
     return steps.distill(registry, trajectory_id, solver, guard, holdout, correction, objective, objective_options,
-                         provenance=provenance())
+                         alignment, provenance=provenance())
 
 
 @task(name="sample", **CACHED, retries=1, retry_delay_seconds=1)

@@ -67,6 +67,8 @@ def test_variants_are_sampled_and_scored_beside_base_and_dode():
     ({"variants": {"fast": {"objective": "final", "options": {"iters": 3}}}}, r"no option\(s\) \['iters'\]"),
     ({"variants": {"fast": {"options": {}}}}, "must be a mapping with 'objective'"),
     ({"variants": {"base": {"objective": "final"}}}, "variant name 'base' is taken"),
+    ({"alignment": "roughly"}, "unknown alignment 'roughly'"),
+    ({"alignment": "official", "solvers": ["euler", "dpmpp_2m"]}, r"use alignment=exact for \['dpmpp_2m'\]"),
     ({"variants": {"v": {"objective": "final", "solvers": ["rk4"]}}}, "unknown solver 'rk4'"),
     ({"holdout": 1.0}, r"holdout must be a fraction in \(0, 1\)"),
     ({"metrics": ["fid", "lpips"]}, r"unknown metric\(s\) \['lpips'\]"),

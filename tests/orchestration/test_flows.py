@@ -176,3 +176,22 @@ def test_registry_damage_beats_the_prefect_cache(prefect_harness, tmp_path):
     shutil.rmtree(tmp_path / "registry")  # a wiped registry
     assert distill_flow(**common, registry=reg.uri)["lambdas"] == lam  # recomputed, same content, same id
     assert Registry(reg.uri).intact(lam)
+
+
+def test_official_alignment_through_the_distill_flow(swept):
+    """`alignment=official` (the reference code's Euler teacher) through the flow equals the library's."""
+    from flows.stages import distill_flow
+
+    reg = swept[0]
+    common = {"model": SMALL["model"], "teacher_factor": SMALL["teacher_factor"], "n_distill": SMALL["n_distill"],
+              "batch_size": SMALL["batch_size"], "registry": reg.uri}
+    out = distill_flow(solver="euler", nfe=3, alignment="official", **common)
+    lam = load_lambdas(reg, out["lambdas"])
+    m = load_model(SMALL["model"])
+    sigmas = GridSpec.for_nfe("karras", "euler", 3).sigmas(m.denoiser)
+    direct = dode.distill(m.denoiser, seeded_noise(list(range(1_000_000, 1_000_000 + SMALL["n_distill"])), m.shape),
+                          sigmas, "euler", SMALL["teacher_factor"], "official")
+    assert lam.values == direct.values and lam.teacher["alignment"] == "official"
+    assert reg.get(out["lambdas"]).params["alignment"] == "official"
+    exact = load_lambdas(reg, distill_flow(solver="euler", nfe=3, **common)["lambdas"])
+    assert exact.values != lam.values

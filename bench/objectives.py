@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-from quality import METRICS, scorer
+from quality import METRICS, testbed
 
 import dode
 from dode.grids import GridSpec
 from dode.images import to_model, to_uint8
 from dode.metrics.fid import frechet_distance
-from dode.models import load_model
 
 FITS = {  # variant -> distill keyword arguments (besides the teacher settings)
     "greedy": {},
@@ -103,11 +102,7 @@ def main() -> None:
     torch.set_num_threads(1)
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
     for name in args.testbeds:
-        model = load_model(name)
-        gen = torch.Generator().manual_seed(0)
-        fit_noise = torch.randn(args.n_fit, *model.shape, generator=gen, dtype=torch.float64)
-        eval_noise = torch.randn(args.n_eval, *model.shape, generator=gen, dtype=torch.float64)
-        stats, data_stats = scorer(name, model)
+        model, fit_noise, eval_noise, stats, data_stats = testbed(name, args.n_fit, args.n_eval)
         exact = dode.sample(model.denoiser, eval_noise, GridSpec("karras", args.ref_steps).sigmas(model.denoiser), "heun")
         print(f"\n## {name} (cells: FD to data / FD to the teacher's samples / RMSE to the ODE solution; "
               f"FD is {METRICS.get(name, 'FD-pixels')})\n")

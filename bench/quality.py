@@ -50,6 +50,15 @@ def scorer(name: str, model):
     return pixel_stats, pixel_stats(model.denoiser.sample_data(50_000, torch.Generator().manual_seed(1)))
 
 
+def testbed(name: str, n_fit: int, n_eval: int):
+    """(model, fit noise, evaluation noise, stats function, the data's stats): the seeded setup of a testbed."""
+    model = load_model(name)
+    gen = torch.Generator().manual_seed(0)
+    fit_noise = torch.randn(n_fit, *model.shape, generator=gen, dtype=torch.float64)
+    eval_noise = torch.randn(n_eval, *model.shape, generator=gen, dtype=torch.float64)
+    return (model, fit_noise, eval_noise, *scorer(name, model))
+
+
 def run_cell(model, solver, nfe, fit_noise, eval_noise, exact, stats, data_stats, factor):
     den = model.denoiser
     sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas(den)
@@ -114,11 +123,7 @@ def main() -> None:
         return
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
     for name in args.testbeds:
-        model = load_model(name)
-        gen = torch.Generator().manual_seed(0)
-        fit_noise = torch.randn(args.n_fit, *model.shape, generator=gen, dtype=torch.float64)
-        eval_noise = torch.randn(args.n_eval, *model.shape, generator=gen, dtype=torch.float64)
-        stats, data_stats = scorer(name, model)
+        model, fit_noise, eval_noise, stats, data_stats = testbed(name, args.n_fit, args.n_eval)
         # Reference: a fine Heun solve on the students' sigma range, checked against one twice as fine.
         exact, finer = (dode.sample(model.denoiser, eval_noise, GridSpec("karras", n).sigmas(model.denoiser), "heun")
                         for n in (args.ref_steps, 2 * args.ref_steps))

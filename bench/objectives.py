@@ -4,7 +4,7 @@ lambda + timesteps) vs the teacher, per solver x NFE, with each fit's time and n
 Per cell: FD to the data (FD-digits on digits-ddpm, samples quantised to uint8 as the pipeline scores them;
 FD-pixels against exact draws on the mixtures), FD to the teacher's own samples (the model's ODE
 distribution: solver error without model error), RMSE to the ODE solution (a --ref-steps Heun solve),
-and for every fit its wall time (one thread) and network calls as multiples of the teacher's. Results
+and for every fit its wall time (one thread) and forward sample-evaluations, as multiples of the teacher's on the same samples (backward passes not counted). Results
 merge into --json under "testbed/solver/nfe"; a markdown table per testbed goes to stdout.
 
     .venv/bin/python bench/objectives.py                                  # both mixtures, NFE 3..10
@@ -36,7 +36,7 @@ VARIANTS = ("base", *FITS, "teacher")
 
 
 class Counting:
-    """A denoiser that counts its network calls (forward passes, one per batch)."""
+    """A denoiser that counts the samples it evaluates (forward passes; a backward pass costs about 2 more)."""
 
     def __init__(self, den):
         self.den, self.calls = den, 0
@@ -45,7 +45,7 @@ class Counting:
         return getattr(self.den, name)
 
     def __call__(self, x, sigma):
-        self.calls += 1
+        self.calls += len(x)
         return self.den(x, sigma)
 
 
@@ -71,7 +71,7 @@ def run_cell(model, solver, nfe, fit_noise, eval_noise, exact, stats, data_stats
         grid = torch.tensor(lam.sigmas, dtype=torch.float64)
         outs[name] = dode.sample(den, eval_noise, grid, solver, lam)
         cost[name] = {"seconds": round(seconds, 2), "time_x_teacher": round(seconds / teacher_time, 2),
-                      "calls_x_teacher": round(calls / teacher_calls * len(eval_noise) / len(fit_noise), 2),
+                      "forward_evals_x_teacher": round(calls / teacher_calls * len(eval_noise) / len(fit_noise), 2),
                       "guard": lam.guard.get("chosen"), "sigmas": [round(s, 4) for s in lam.sigmas]}
     teacher_stats = stats(quantise(teacher))
     return {name: {"fd": frechet_distance(stats(quantise(x)), data_stats),

@@ -151,7 +151,7 @@ class Lambdas:
         or the start grid a learned grid was fitted from (``fit["start_sigmas"]``); otherwise ``sigmas``
         (``check_matches`` then says why they do not fit)."""
         start = self.fit.get("start_sigmas")
-        if start is not None and _same_grid(torch.tensor(start, dtype=torch.float64), sigmas):
+        if start is not None and _same_grid(torch.tensor(_floats(start, "fit.start_sigmas"), dtype=torch.float64), sigmas):
             return torch.tensor(self.sigmas, dtype=torch.float64, device=sigmas.device)
         return sigmas
 

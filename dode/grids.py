@@ -37,10 +37,14 @@ class GridSpec:
             if self.values:
                 raise ValueError(f"grid family {self.family!r} takes no values; use family='explicit' for given sigmas")
             return
-        values = torch.tensor([float(v) for v in self.values], dtype=torch.float64)
+        if not isinstance(self.values, (list, tuple)) or len(self.values) != self.steps + 1:
+            got = len(self.values) if isinstance(self.values, (list, tuple)) else type(self.values).__name__
+            raise ValueError(f"an explicit grid of {self.steps} steps needs a list of {self.steps + 1} sigma values, got {got}")
+        try:
+            values = torch.tensor([float(v) for v in self.values], dtype=torch.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"explicit grid values must be numbers, got {list(self.values)[:4]!r:.80}") from None
         check_sigmas(values)
-        if len(values) != self.steps + 1:
-            raise ValueError(f"an explicit grid of {self.steps} steps needs {self.steps + 1} sigma values, got {len(values)}")
         object.__setattr__(self, "values", tuple(values.tolist()))
 
     @classmethod

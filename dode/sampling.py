@@ -78,35 +78,23 @@ def integrate(
     grad, for objectives that differentiate through the sampler); by default it runs under no_grad.
     """
     with torch.set_grad_enabled(grad):
-        return _integrate(denoiser, noise, sigmas, solver, lam_for, correction, on_state)
+        noise, sigmas, solver_, nfe = prepare(noise, sigmas, solver, correction)
+        steps = len(sigmas) - 1
+        state = SolverState(x=noise * sigmas[0])
+        basis_prev = noise if correction == "noise" else None  # eps_{-1} := x_T in the noise flavour
+        for k in range(nfe):
+            # Evaluate the denoiser.
+            sigma = sigmas[solver_.eval_index(k, steps)]
+            ev = Evaluation(state.x, sigma, evaluate(denoiser, state.x, sigma, k))
 
+            # D-ODE correction and solver update, as a function of lambda_k.
+            def update(lam: float, state: SolverState = state, ev: Evaluation = ev, prev: Tensor | None = basis_prev) -> SolverState:
+                return dode_step(solver_, sigmas, state, ev, prev, lam, correction)[0]
 
-def _integrate(
-    denoiser: Denoiser,
-    noise: Tensor,
-    sigmas: Tensor,
-    solver: str,
-    lam_for: LambdaRule,
-    correction: str,
-    on_state: StateHook | None,
-) -> Tensor:
-    noise, sigmas, solver_, nfe = prepare(noise, sigmas, solver, correction)
-    steps = len(sigmas) - 1
-    state = SolverState(x=noise * sigmas[0])
-    basis_prev = noise if correction == "noise" else None  # eps_{-1} := x_T in the noise flavour
-    for k in range(nfe):
-        # Evaluate the denoiser.
-        sigma = sigmas[solver_.eval_index(k, steps)]
-        ev = Evaluation(state.x, sigma, evaluate(denoiser, state.x, sigma, k))
-
-        # D-ODE correction and solver update, as a function of lambda_k.
-        def update(lam: float, state: SolverState = state, ev: Evaluation = ev, prev: Tensor | None = basis_prev) -> SolverState:
-            return dode_step(solver_, sigmas, state, ev, prev, lam, correction)[0]
-
-        state, basis_prev, _ = dode_step(solver_, sigmas, state, ev, basis_prev, lam_for(k, update), correction)
-        if on_state is not None:
-            on_state(solver_.out_index(k, steps), state.x, ev)
-    return state.x
+            state, basis_prev, _ = dode_step(solver_, sigmas, state, ev, basis_prev, lam_for(k, update), correction)
+            if on_state is not None:
+                on_state(solver_.out_index(k, steps), state.x, ev)
+        return state.x
 
 
 def sample(

@@ -139,13 +139,15 @@ def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout
     if found:
         log.info("lambdas %s found in the registry (%s)", key, found[0].short)
         return found[0].id
-    traj = read_steps(reg.local_path(traj_art, TEACHER_FILE))
-    noise, sigmas = seeded_noise(traj.sample_ids.tolist(), m.shape), spec.sigmas(m.denoiser)
+    sigmas = spec.sigmas(m.denoiser)
     fit = {"guard": guard, "holdout": holdout, "correction": correction, "objective": objective,
            "objective_options": objective_options}
-    if alignment == "official":
-        lam = dode.distill(m.denoiser, noise, sigmas, solver, factor, alignment, **fit)
+    if alignment == "official":  # the trajectory's seeds only: its stored states are not the targets
+        seeds = range(p["first_seed"], p["first_seed"] + p["n_samples"])
+        lam = dode.distill(m.denoiser, seeded_noise(list(seeds), m.shape), sigmas, solver, factor, alignment, **fit)
     else:
+        traj = read_steps(reg.local_path(traj_art, TEACHER_FILE))
+        noise = seeded_noise(traj.sample_ids.tolist(), m.shape)
         plan = student_grid_teacher(m, spec, factor, p["teacher_solver"])
         states = {plan.student_index(step): traj.at(step) for step in traj.steps}
         lam = distill_from_states(m.denoiser, noise, sigmas, states, solver,

@@ -168,3 +168,31 @@ def test_objective_options_are_checked(mixture):
         dode.distill(mixture, noise(8), sigmas, "euler", objective="final", iterations=-1)
     with pytest.raises(ValueError, match="unknown optimizer"):
         dode.distill(mixture, noise(8), sigmas, "euler", objective="final", optimizer="sgd")
+
+
+def test_guard_frechet_equals_pytorch_fids_distance():
+    from dode.metrics.fid import StreamingMoments, frechet_distance
+
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(300, 6, generator=gen, dtype=torch.float64)
+    b = 0.5 * torch.randn(300, 6, generator=gen, dtype=torch.float64) @ torch.randn(6, 6, generator=gen, dtype=torch.float64) + 1
+    want = frechet_distance(*(StreamingMoments().add(x.numpy()).stats("t") for x in (a, b)))
+    assert frechet(a, b) == pytest.approx(want, rel=1e-7)
+    assert frechet(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_teacher_spec_round_trips_and_bad_grids_are_refused():
+    from dode.grids import GridSpec
+    from dode.teacher import TeacherSpec
+
+    spec = TeacherSpec("dpmpp_2m", 5, "exact")
+    assert TeacherSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="a teacher spec is a JSON object"):
+        TeacherSpec.from_dict({**spec.to_dict(), "steps": 3})
+    for values, message in (([80.0, "x", 0.0], "must be numbers"), ("80,1,0", "needs a list of 3"),
+                            ([80.0, 1.0], "needs a list of 3"), ([1.0, 80.0, 0.0], "strictly decreasing")):
+        with pytest.raises(ValueError, match=message):
+            GridSpec("explicit", 2, values=values)
+    lam = dode.Lambdas([0.0, 0.1], "euler", [80.0, 1.0, 0.0], fit={"start_sigmas": "80,2,0"})
+    with pytest.raises(ValueError, match="fit.start_sigmas"):
+        lam.sampling_grid(torch.tensor([80.0, 2.0, 0.0], dtype=torch.float64))

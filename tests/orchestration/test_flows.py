@@ -160,7 +160,7 @@ def test_registry_damage_beats_the_prefect_cache(prefect_harness, tmp_path):
             "n_samples": 32, "batch_size": 16}
     reg = Registry(tmp_path / "registry")
     first = pipeline_flow(**tiny, registry=reg.uri)
-    chunk = sorted(a.id for a in reg.list("samples") if "images.npy" in a.files)[0]
+    chunk = min(a.id for a in reg.list("samples") if "images.npy" in a.files)
     shutil.rmtree(tmp_path / "registry" / "artifacts" / chunk)
     again = pipeline_flow(**tiny, registry=reg.uri, return_state=True)
     states = task_states(again.state_details.flow_run_id)

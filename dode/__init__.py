@@ -6,6 +6,7 @@ fitted in closed form against a teacher with teacher_factor x more steps from th
 
 from .correction import Lambdas, dode_correct, fit_lambda
 from .distill import distill
+from .gaussian import FirstStep, Gaussian
 from .sampling import sample
 from .schedules import karras_sigmas, refine, vp_sigmas
 from .solvers import SOLVERS, get_solver
@@ -14,6 +15,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SOLVERS",
+    "FirstStep",
+    "Gaussian",
     "Lambdas",
     "__version__",
     "distill",

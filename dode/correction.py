@@ -9,13 +9,14 @@ from typing import Any, Literal
 
 import torch
 
+from .gaussian import FirstStep
 from .types import Evaluation, Tensor
 
 Correction = Literal["data", "noise"]
 CORRECTIONS: tuple[str, ...] = ("data", "noise")
 ALIGNMENTS: tuple[str, ...] = ("exact", "official")
-LAMBDAS_SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)  # version 2 added objective, options, fit and model (defaults for version 1)
+LAMBDAS_SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)  # 2 added objective, options, fit and model; 3 first_step (defaults before)
 MAX_ABS_LAMBDA = 1e8  # far beyond any fitted weight (degenerate greedy fits reach ~1e4); larger values are corrupt input
 
 
@@ -78,7 +79,8 @@ class Lambdas:
     steps); ``objective`` and ``options`` the distillation objective (``dode.objectives``) and its
     options; ``fit`` what the fit reported (iterations, held-out losses); ``guard`` what the held-out
     guard measured and chose (empty when the guard was off); ``model`` the fingerprint of the model
-    the weights were fitted on ("" when unknown).
+    the weights were fitted on ("" when unknown); ``first_step`` the analytic first step they were fitted
+    with (``dode.gaussian.FirstStep.to_dict()``; empty for the network's), which sampling with them uses.
     """
 
     values: tuple[float, ...]
@@ -92,6 +94,7 @@ class Lambdas:
     options: dict[str, Any] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
     model: str = ""
+    first_step: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "values", tuple(_floats(self.values, "values")))
@@ -104,15 +107,31 @@ class Lambdas:
                 f"lambdas must be finite and at most {MAX_ABS_LAMBDA:g} in magnitude, got {bad[:3]}; "
                 "these weights are corrupt: distill new ones"
             )
-        for name in ("teacher", "guard", "options", "fit"):
+        for name in ("teacher", "guard", "options", "fit", "first_step"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"lambdas field {name!r} must be a JSON object, got {type(getattr(self, name)).__name__}")
         if not isinstance(self.solver, str) or not isinstance(self.objective, str) or not isinstance(self.model, str):
             raise ValueError("lambdas fields 'solver', 'objective' and 'model' must be strings")
+        FirstStep.from_dict(self.first_step)  # validated once here
 
     @property
     def nfe(self) -> int:
+        """Evaluations, one lambda each (an analytic first evaluation included)."""
         return len(self.values)
+
+    @property
+    def first(self) -> FirstStep | None:
+        """The analytic first step these weights were fitted with, or None (the network's)."""
+        return FirstStep.from_dict(self.first_step)
+
+    def check_first(self, first: FirstStep | None) -> FirstStep | None:
+        """The first step to sample these weights with: their own; a different one passed with them is an error."""
+        own = self.first
+        if first is not None and (own is None or first.to_dict() != own.to_dict()):
+            raise ValueError("these lambdas were fitted with " + (f"the {own.kind!r} first step of another Gaussian"
+                             if own else "the network's first step") + "; sample without passing a first step "
+                             "(the lambdas carry their own) or distill lambdas with this one")
+        return own
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": LAMBDAS_SCHEMA_VERSION, **asdict(self)}

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .correction import Lambdas
+from .gaussian import FirstStep
 from .guard import Features, candidates, select
 from .objectives import FitProblem, check_options
 from .sampling import prepare
@@ -35,6 +36,7 @@ def distill(
     objective: str = "step",
     objective_options: Mapping[str, Any] | None = None,
     features: Features | None = None,
+    first: FirstStep | None = None,
     **options: Any,
 ) -> Lambdas:
     """Fit D-ODE lambdas for ``solver`` on ``sigmas`` against a teacher run from the same ``noise``.
@@ -44,16 +46,18 @@ def distill(
     learn_sigmas=True``). With ``guard`` a ``holdout`` fraction of the noise is not fitted on and the
     guard picks among the fitted parameters, its alternatives and the base solver there (``features``:
     the feature map of the guard's Frechet distance, for objectives ranked by distribution); what it
-    measured is in ``.guard``. Sample on ``lam.sigmas`` (the learned grid, or the given one).
+    measured is in ``.guard``. Sample on ``lam.sigmas`` (the learned grid, or the given one). ``first``: an
+    analytic first step (``dode.gaussian.FirstStep``): the student's evaluation at sigmas[0] costs no network
+    call; the teacher still runs the network from sigmas[0]; the lambdas carry the first step.
     """
-    noise, sigmas, _, _ = prepare(noise, sigmas, solver, correction)
-    plan = TeacherSpec(teacher_solver, teacher_factor, alignment).plan(sigmas.cpu(), solver, denoiser)
+    noise, sigmas, _, _ = prepare(noise, sigmas, solver, correction, first)
+    plan = TeacherSpec(teacher_solver, teacher_factor, alignment).plan(sigmas.cpu(), solver, denoiser, first)
     # Teacher: the states at the student's target indices only (bounded memory).
     states = teacher_states(denoiser, noise, plan)
     targets = [states[i] for i in plan.targets]
     return fit_guarded(denoiser, noise, sigmas, solver, targets, plan.record(), guard=guard, holdout=holdout,
                        correction=correction, objective=objective, options={**(objective_options or {}), **options},
-                       features=features)
+                       features=features, first=first)
 
 
 def split(n: int, guard: bool, holdout: float) -> int:
@@ -81,10 +85,11 @@ def fit_guarded(
     objective: str = "step",
     options: Mapping[str, Any] | None = None,
     features: Features | None = None,
+    first: FirstStep | None = None,
 ) -> Lambdas:
     """Fit with ``objective`` against given teacher ``targets`` (one per evaluation, full batch; the last is
     the teacher's final state), then the held-out guard. ``teacher`` is recorded with the result."""
-    noise, sigmas, _, nfe = prepare(noise, sigmas, solver, correction)
+    noise, sigmas, _, nfe = prepare(noise, sigmas, solver, correction, first)
     if len(targets) != nfe or any(t.shape != noise.shape for t in targets):
         raise ValueError(f"need {nfe} teacher targets of shape {tuple(noise.shape)}, one per network evaluation")
     options = dict(options or {})
@@ -93,9 +98,10 @@ def fit_guarded(
 
     # Fit on the first n_fit samples; the rest is held out.
     problem = FitProblem(denoiser, noise[:n_fit], sigmas, solver, correction, tuple(t[:n_fit] for t in targets),
-                         noise[n_fit:], targets[-1][n_fit:])
+                         noise[n_fit:], targets[-1][n_fit:], first)
     result = check_options(objective, options)(problem, **options)
-    record = {"teacher": teacher, "n_fit": n_fit, "objective": objective, "options": options, "fit": result.info}
+    record = {"teacher": teacher, "n_fit": n_fit, "objective": objective, "options": options, "fit": result.info,
+              "first_step": first.to_dict() if first is not None else {}}
     if not guard:
         return Lambdas(result.values, solver, result.sigmas.tolist(), correction, guard={}, **record)
 

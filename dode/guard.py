@@ -48,8 +48,10 @@ def candidates(problem: FitProblem, result: FitResult) -> list[tuple[str, tuple[
 
 def held_out_samples(problem: FitProblem, values: tuple[float, ...], sigmas: Tensor, name: str) -> Tensor:
     """A candidate's samples from the held-out noise."""
-    lam = None if name == "base" else Lambdas(values, problem.solver, sigmas.tolist(), problem.correction)
-    return sample(problem.denoiser, problem.heldout_noise, sigmas, problem.solver, lam, correction=problem.correction)
+    first = problem.first.to_dict() if problem.first is not None else {}
+    lam = None if name == "base" else Lambdas(values, problem.solver, sigmas.tolist(), problem.correction, first_step=first)
+    return sample(problem.denoiser, problem.heldout_noise, sigmas, problem.solver, lam, correction=problem.correction,
+                  first=problem.first if lam is None else None)
 
 
 def select(problem: FitProblem, result: FitResult, features: Features | None = None) -> tuple[str, dict]:

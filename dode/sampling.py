@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from .correction import CORRECTIONS, Lambdas, corrected_denoised, correction_basis
+from .gaussian import FirstStep
 from .schedules import check_sigmas
 from .solvers import Solver, get_solver
 from .types import Denoiser, Evaluation, SolverState, Tensor
@@ -16,17 +17,37 @@ LambdaRule = Callable[[int, Update], float]  # picks lambda_k; sees the update s
 StateHook = Callable[[int, Tensor, Evaluation], None]  # (sigma index, state, raw evaluation) after each update
 
 
+def solver_steps(sigmas: Tensor, first: FirstStep | None) -> int:
+    """The grid steps the solver takes: all of them, or all but the first under a ``flowmap`` first step."""
+    return len(sigmas) - 1 - (first is not None and first.kind == "flowmap")
+
+
+def network_calls(solver: str, steps: int, first: FirstStep | None = None) -> int:
+    """Network calls per sample for ``solver`` on a grid of ``steps`` steps: its evaluations, less the
+    first one where a Gaussian answers it (``analytic``) or carries the state past it (``flowmap``)."""
+    solver_ = get_solver(solver)
+    if first is None:
+        return solver_.nfe(steps)
+    return solver_.nfe(steps) - 1 if first.kind == "analytic" else solver_.nfe(steps - 1)
+
+
 def prepare(
-    noise: Tensor, sigmas: Tensor, solver: str, correction: str
+    noise: Tensor, sigmas: Tensor, solver: str, correction: str, first: FirstStep | None = None
 ) -> tuple[Tensor, Tensor, Solver, int]:
-    """Validate the common arguments; return (noise, sigmas) in float64, the solver and its NFE."""
+    """Validate the common arguments; return (noise, sigmas) in float64, the solver and its evaluations
+    (the analytic first evaluation included; under a ``flowmap`` first step, those after it)."""
     solver_ = get_solver(solver)
     if correction not in CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; choose one of {list(CORRECTIONS)}")
     if not isinstance(noise, torch.Tensor) or noise.ndim < 2:
         raise ValueError("noise must be a tensor of shape (batch, *sample_shape), e.g. torch.randn(16, 1, 8, 8)")
+    if first is not None and not isinstance(first, FirstStep):
+        raise ValueError("first must be a dode.gaussian.FirstStep (or None for the network's first step)")
     check_sigmas(sigmas)
-    nfe = solver_.nfe(len(sigmas) - 1)
+    if first is not None and first.gaussian.dim != noise[0].numel():
+        raise ValueError(f"the first step's Gaussian has {first.gaussian.dim} dimensions, a sample "
+                         f"{noise[0].numel()}: build the Gaussian from this model's samples")
+    nfe = solver_.nfe(solver_steps(sigmas, first))
     if nfe < 2:
         raise ValueError(
             f"solver {solver!r} on a {len(sigmas) - 1}-step grid makes {nfe} network evaluation(s); "
@@ -69,6 +90,7 @@ def integrate(
     correction: str = "data",
     on_state: StateHook | None = None,
     grad: bool = False,
+    first: FirstStep | None = None,
 ) -> Tensor:
     """Integrate the probability-flow ODE from sigmas[0] * noise to sigma = 0 with one base solver.
 
@@ -76,16 +98,22 @@ def integrate(
     the distilled trajectory and the sampled one cannot drift apart (Kim et al., 2024, Alg. 1 and 2).
     With ``grad`` the loop records gradients (lambda_k may then be tensors and ``sigmas`` may require
     grad, for objectives that differentiate through the sampler); by default it runs under no_grad.
+    ``first`` (``dode.gaussian.FirstStep``) makes the evaluation at sigmas[0] without the network.
     """
     with torch.set_grad_enabled(grad):
-        noise, sigmas, solver_, nfe = prepare(noise, sigmas, solver, correction)
+        noise, sigmas, solver_, nfe = prepare(noise, sigmas, solver, correction, first)
+        x = noise * sigmas[0]
+        offset = 0
+        if first is not None and first.kind == "flowmap":  # the Gaussian's exact flow to sigmas[1]
+            x, sigmas, offset = first.gaussian.flow(x, sigmas[0], sigmas[1]), sigmas[1:], 1
+        analytic = first.gaussian if first is not None and first.kind == "analytic" else None
         steps = len(sigmas) - 1
-        state = SolverState(x=noise * sigmas[0])
+        state = SolverState(x=x)
         basis_prev = noise if correction == "noise" else None  # eps_{-1} := x_T in the noise flavour
         for k in range(nfe):
-            # Evaluate the denoiser.
+            # Evaluate the denoiser (the Gaussian's closed form for an analytic first evaluation).
             sigma = sigmas[solver_.eval_index(k, steps)]
-            ev = Evaluation(state.x, sigma, evaluate(denoiser, state.x, sigma, k))
+            ev = Evaluation(state.x, sigma, evaluate(analytic if k == 0 and analytic else denoiser, state.x, sigma, k))
 
             # D-ODE correction and solver update, as a function of lambda_k.
             def update(lam: float, state: SolverState = state, ev: Evaluation = ev, prev: Tensor | None = basis_prev) -> SolverState:
@@ -93,7 +121,7 @@ def integrate(
 
             state, basis_prev, _ = dode_step(solver_, sigmas, state, ev, basis_prev, lam_for(k, update), correction)
             if on_state is not None:
-                on_state(solver_.out_index(k, steps), state.x, ev)
+                on_state(offset + solver_.out_index(k, steps), state.x, ev)
         return state.x
 
 
@@ -106,18 +134,23 @@ def sample(
     *,
     correction: str | None = None,
     on_state: StateHook | None = None,
+    first: FirstStep | None = None,
 ) -> Tensor:
     """Sample x0 from unit ``noise`` (B, *shape) on the grid ``sigmas``, with D-ODE ``lambdas`` if given.
 
     Without lambdas this is the base solver; with them, D~_k = D_k + lambda_k (D_k - D_{k-1}) at no
-    extra network evaluations. Returns float64 (B, *shape).
+    extra network evaluations. ``first``: an analytic first step (``dode.gaussian.FirstStep``); lambdas
+    fitted with one carry it and use it. Returns float64 (B, *shape).
     """
     correction = correction or (lambdas.correction if lambdas is not None else "data")
     if lambdas is None:
-        return integrate(denoiser, noise, sigmas, solver, lambda k, update: 0.0, correction=correction, on_state=on_state)
-    _, sigmas64, _, nfe = prepare(noise, sigmas, solver, correction)
+        return integrate(denoiser, noise, sigmas, solver, lambda k, update: 0.0, correction=correction,
+                         on_state=on_state, first=first)
+    first = lambdas.check_first(first)
+    _, sigmas64, _, nfe = prepare(noise, sigmas, solver, correction, first)
     lambdas.check_matches(sigmas64.cpu(), solver, correction)
     if lambdas.nfe != nfe:
         raise ValueError(f"{lambdas.nfe} lambdas for a solver that makes {nfe} evaluations; distill new lambdas")
     values = lambdas.values
-    return integrate(denoiser, noise, sigmas, solver, lambda k, update: values[k], correction=correction, on_state=on_state)
+    return integrate(denoiser, noise, sigmas, solver, lambda k, update: values[k], correction=correction,
+                     on_state=on_state, first=first)

@@ -20,6 +20,7 @@ import torch
 
 from . import progress
 from .correction import ALIGNMENTS
+from .gaussian import FirstStep
 from .sampling import prepare, sample
 from .schedules import is_karras, karras_sigmas, refine, vp_sigmas
 from .solvers import get_solver
@@ -72,13 +73,20 @@ class TeacherSpec:
             return "euler"
         return self.solver or DEFAULT_TEACHER.get(student, student)
 
-    def plan(self, sigmas: Tensor, solver: str, denoiser: Denoiser | None = None) -> TeacherPlan:
+    def plan(self, sigmas: Tensor, solver: str, denoiser: Denoiser | None = None,
+             first: FirstStep | None = None) -> TeacherPlan:
         """The teacher for ``solver`` on the student grid ``sigmas`` (``denoiser`` only for ``official``
-        on a discrete model's DDIM grid, which needs its training schedule)."""
+        on a discrete model's DDIM grid, which needs its training schedule). The teacher always starts at
+        sigmas[0] with the network; under a ``flowmap`` first step the student's evaluations start one grid
+        point later, and so do their targets."""
         _, sigmas, _, _ = prepare(torch.zeros(1, 1), sigmas.detach().cpu(), solver, "data")
         steps = len(sigmas) - 1
+        if first is not None and self.alignment != "exact":
+            raise ValueError("an analytic first step needs alignment='exact' (the reference code's indexing "
+                             "has no first step to skip)")
         if self.alignment == "exact":
-            targets = tuple(i * self.factor for i in student_targets(solver, steps))
+            skip = int(first is not None and first.kind == "flowmap")
+            targets = tuple((i + skip) * self.factor for i in student_targets(solver, steps - skip))
             return TeacherPlan(self, refine(sigmas, self.factor), self.solver_for(solver), targets)
         return self._official_plan(sigmas, solver, denoiser)
 

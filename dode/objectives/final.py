@@ -57,7 +57,7 @@ def final_sample(problem: FitProblem, denoiser: Denoiser, lam: Tensor, sigmas: T
     """The student's final sample for the fit noise ``rows`` with lambdas ``lam`` on grid ``sigmas``."""
     noise = problem.noise[rows]
     return integrate(denoiser, noise, sigmas, problem.solver, lambda k, update: lam[k],
-                     correction=problem.correction, grad=grad)
+                     correction=problem.correction, grad=grad, first=problem.first)
 
 
 def accumulate(problem: FitProblem, denoiser: Denoiser, lam: Tensor, grid: Any, micro_batch: int, leaves: list) -> float:
@@ -79,7 +79,7 @@ def final_error(problem: FitProblem, lam: Tensor, sigmas: Tensor, noise: Tensor,
     """Mean squared final error to the teacher's ``target`` from ``noise`` (no gradient)."""
     values = lam.detach()
     x = integrate(problem.denoiser, noise, sigmas.detach(), problem.solver, lambda k, update: values[k],
-                  correction=problem.correction)
+                  correction=problem.correction, first=problem.first)
     return float((x - target).square().mean())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..gaussian import FirstStep
 from ..types import Denoiser, Tensor
 
 
@@ -15,6 +16,7 @@ class FitProblem:
     ``targets[k]`` is the teacher state that student evaluation k's update should reach, on the fit split
     (the last one is the teacher's final sample). ``heldout_noise`` / ``heldout_final`` are the held-out
     split (empty when the guard is off): objectives may select iterations on them, never fit on them.
+    ``first``: the analytic first step every sampler of this problem uses (None: the network's).
     """
 
     denoiser: Denoiser
@@ -25,6 +27,7 @@ class FitProblem:
     targets: tuple[Tensor, ...]
     heldout_noise: Tensor
     heldout_final: Tensor
+    first: FirstStep | None = None
 
     @property
     def final(self) -> Tensor:

@@ -24,7 +24,8 @@ def greedy_lambdas(problem: FitProblem) -> list[float]:
         values.append(lam)
         return lam
 
-    integrate(problem.denoiser, problem.noise, problem.sigmas, problem.solver, greedy, correction=problem.correction)
+    integrate(problem.denoiser, problem.noise, problem.sigmas, problem.solver, greedy, correction=problem.correction,
+              first=problem.first)
     return values
 
 

@@ -35,12 +35,14 @@ import torch
 
 from .correction import Lambdas
 from .devices import resolve_device
+from .gaussian import FIRST_STEPS, FirstStep
 from .grids import GridSpec
 from .images import to_uint8, write_png
 from .models import check_model_name, load_model
 from .rng import MAX_SEED, seeded_noise
 from .sampling import sample
 from .solvers import get_solver
+from .store.gaussians import load_gaussian
 from .store.lambdas import check_model, load_lambdas
 from .types import Denoiser, Tensor
 
@@ -52,7 +54,9 @@ ChunkHook = Callable[[int, Any], None]  # (chunk index, chunk artifact) after ea
 
 @dataclass(frozen=True)
 class SamplingJob:
-    """What to sample: model, solver, grid (``GridSpec.to_dict()``), optional lambdas artifact id, seeds.
+    """What to sample: model, solver, grid (``GridSpec.to_dict()``), optional lambdas artifact id, seeds, and
+    an analytic ``first_step`` with its 'gaussian' artifact (``gaussian_id``) for the base solver (lambdas
+    fitted with a first step carry their own: pass neither with them).
 
     Samples use seeds ``first_seed, ..., first_seed + n_samples - 1``; ``batch_size`` is both the forward
     batch and the chunk size (the unit of storage and of resumption).
@@ -65,6 +69,8 @@ class SamplingJob:
     n_samples: int = 1000
     first_seed: int = 0
     batch_size: int = 256
+    first_step: str = "network"
+    gaussian_id: str | None = None
     spec: GridSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +81,13 @@ class SamplingJob:
         except TypeError as err:
             raise ValueError(f"grid must be a GridSpec.to_dict(), e.g. {{'family': 'karras', 'steps': 10}}: {err}") from err
         object.__setattr__(self, "grid", self.spec.to_dict())
+        if self.first_step not in FIRST_STEPS:
+            raise ValueError(f"unknown first step {self.first_step!r}; choose one of {list(FIRST_STEPS)}")
+        if (self.first_step == "network") != (self.gaussian_id is None):
+            raise ValueError("an analytic first step needs a gaussian artifact id (gaussian_id), and only it does")
+        if self.gaussian_id is not None and self.lambdas_id is not None:
+            raise ValueError("lambdas carry the first step they were fitted with: pass no first step or gaussian "
+                             "with them")
         if self.n_samples < 1 or self.batch_size < 1:
             raise ValueError(f"need n_samples >= 1 and batch_size >= 1, got {self.n_samples} and {self.batch_size}")
         if not 0 <= self.first_seed <= MAX_SEED - self.n_samples:
@@ -90,15 +103,18 @@ class SamplingJob:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamplingJob:
-        fields = ("model", "solver", "grid", "lambdas_id", "n_samples", "first_seed", "batch_size")
+        fields = ("model", "solver", "grid", "lambdas_id", "n_samples", "first_seed", "batch_size", "first_step",
+                  "gaussian_id")
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ValueError(f"unknown sampling job field(s) {unknown}; a job has {list(fields)}")
         return cls(**data)
 
     def sampler(self) -> dict[str, Any]:
-        """What maps a seed to a sample: model, solver, grid, lambdas (not how many or in which batches)."""
-        return {"model": self.model, "solver": self.solver, "grid": self.grid, "lambdas_id": self.lambdas_id}
+        """What maps a seed to a sample: model, solver, grid, lambdas, first step (not how many or in which
+        batches); the network's first step adds no keys, so plain samplers hash as before."""
+        first = {"first_step": self.first_step, "gaussian_id": self.gaussian_id} if self.gaussian_id else {}
+        return {"model": self.model, "solver": self.solver, "grid": self.grid, "lambdas_id": self.lambdas_id, **first}
 
     def sampler_hash(self) -> str:
         """sha256 (16 hex digits) of ``sampler()``: a stored chunk serves every job with this hash and its seeds."""
@@ -106,6 +122,7 @@ class SamplingJob:
 
     def sampler_key(self) -> str:
         lam = self.lambdas_id[:12] if self.lambdas_id else "base"
+        lam += f"-{self.first_step}-{self.gaussian_id[:12]}" if self.gaussian_id else ""
         return f"{self.model}/{self.solver}/{self.spec.family}-{self.spec.steps}/{lam}"
 
     def key(self) -> str:
@@ -134,11 +151,11 @@ class SamplingJob:
 
 def generate_batch(
     denoiser: Denoiser, sigmas: Tensor, solver: str, lambdas: Lambdas | None, seeds: range | list[int],
-    shape: tuple[int, ...], device: str | torch.device = "cpu",
+    shape: tuple[int, ...], device: str | torch.device = "cpu", first: FirstStep | None = None,
 ) -> Tensor:
     """Model-space samples (float64, CPU) for ``seeds``: seeded noise, then ``dode.sample``."""
     noise = seeded_noise(seeds, shape, device=device)
-    return sample(denoiser, noise, sigmas, solver, lambdas).cpu()
+    return sample(denoiser, noise, sigmas, solver, lambdas, first=first).cpu()
 
 
 def _npy_bytes(images: np.ndarray) -> bytes:
@@ -165,6 +182,13 @@ class _Run:
             check_model(registry, art, lambdas, self.model.fingerprint, allow_other_model=allow_other_model)
             self.sigmas = lambdas.sampling_grid(self.sigmas)  # a learned grid replaces the start grid it came from
             lambdas.check_matches(self.sigmas, job.solver, lambdas.correction)
+        self.first = None
+        if job.gaussian_id:
+            gauss = registry.get(job.gaussian_id)
+            self.first = FirstStep(job.first_step, load_gaussian(registry, gauss, model=self.model.fingerprint,
+                                                                 allow_other_model=allow_other_model))
+            job, parents = replace(job, gaussian_id=gauss.id), [*parents, gauss.id]
+            self.job = job
         parents += [a.id for a in registry.find("model", fingerprint=self.model.fingerprint)[:1]]
         self.parents = parents
         self.base = {"schema_version": SAMPLES_SCHEMA_VERSION, "sampler_hash": job.sampler_hash(),
@@ -183,7 +207,7 @@ class _Run:
     def make_chunk(self, c: int) -> Any:
         seeds = self.job.chunk_seeds(c)
         x = generate_batch(self.model.denoiser, self.sigmas, self.job.solver, self.lambdas, seeds,
-                           self.model.shape, self.device)
+                           self.model.shape, self.device, self.first)
         params = {**self.base, "sampler": self.job.sampler(), "seeds": [seeds.start, seeds.stop]}
         key = f"{self.job.sampler_key()}/seeds-{seeds.start}-{seeds.stop - 1}"
         return self.registry.publish("samples", key, {"images.npy": _npy_bytes(to_uint8(x))},

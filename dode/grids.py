@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .gaussian import FIRST_STEPS
 from .schedules import VP_SPACINGS, check_sigmas, karras_sigmas, vp_sigmas
 from .solvers import get_solver
 from .types import Denoiser, Tensor
@@ -68,6 +69,19 @@ class GridSpec:
             return cls(family, lo, **kw)
         near = sorted({solver_.nfe(s) for s in range(max(1, lo - 2), lo + 2)})
         raise ValueError(f"solver {solver!r} cannot make exactly {nfe} evaluations; valid NFEs near it: {near}")
+
+    @classmethod
+    def for_calls(cls, family: str, solver: str, calls: int, first_step: str = "network", **kw: float) -> GridSpec:
+        """The grid on which ``solver`` makes exactly ``calls`` network calls with ``first_step``: ``for_nfe``
+        for the network's; one evaluation more for ``analytic`` (the Gaussian answers the first); one grid
+        step more for ``flowmap`` (the Gaussian's flow map takes it)."""
+        if first_step not in FIRST_STEPS:
+            raise ValueError(f"unknown first step {first_step!r}; choose one of {list(FIRST_STEPS)}")
+        if first_step == "network" or isinstance(calls, bool) or not isinstance(calls, int):
+            return cls.for_nfe(family, solver, calls, **kw)
+        if first_step == "analytic":
+            return cls.for_nfe(family, solver, calls + 1, **kw)
+        return cls(family, cls.for_nfe(family, solver, calls, **kw).steps + 1, **kw)
 
     def sigmas(self, denoiser: Denoiser | None = None) -> Tensor:
         """The grid as a float64 sigma vector ending in 0."""

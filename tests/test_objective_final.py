@@ -128,7 +128,7 @@ def test_guard_never_loses_to_the_base_when_final_overfits_a_tiny_fit_set(mixtur
     lam = dode.distill(mixture, noise(48), sigmas, "dpmpp_2m", holdout=0.96, objective="final", iterations=80,
                        lr_lambdas=1.0, lr_sigmas=1.0, eval_every=80)
     fd, mse = lam.guard["fd"], lam.guard["mse"]
-    assert lam.n_fit == 2 and set(fd) == set(mse) == {"final", "greedy", "base"}
+    assert lam.n_fit == 2 and set(fd) == set(mse) == {"final", "timesteps", "greedy", "base"}
     assert lam.guard["chosen"] == next(k for k in ("final", "greedy", "base") if fd[k] <= fd["base"])
     fresh = noise(200, seed=9)
     exact = dode.sample(mixture, fresh, dode.refine(sigmas, 5), "dpmpp_2m")

@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "artifacts": "dode.cli.artifacts",  # list / show / get / verify registry artifacts
     "sample": "dode.cli.scoring",  # large-batch sharded sampling
     "fid": "dode.cli.scoring",  # FID exactly as pytorch-fid, FD on other extractors
+    "gaussian": "dode.cli.gaussian",  # the analytic first step's Gaussian of a model
     "train-model": "dode.cli.train",  # (re)train the embedded digits model and classifier
     "distill-pipeline": "dode.cli.pipeline",  # fit lambdas for a diffusers pipeline
 }

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import progress
+from ..gaussian import FIRST_STEPS
 from ..grids import FAMILIES
 from ..metrics.features import EXTRACTORS, INCEPTION_DIMS
 
@@ -38,7 +39,14 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--solver", default=None, help="base solver (default euler; with --lambdas: theirs)")
     p.add_argument("--grid", default=None, choices=FAMILIES,
                    help="grid family (default karras; with --lambdas: the grid they were fitted on)")
-    p.add_argument("--nfe", type=int, default=None, help="network evaluations per sample (implied by --lambdas)")
+    p.add_argument("--nfe", type=int, default=None,
+                   help="network calls per sample (implied by --lambdas); with --first-step analytic the grid has "
+                        "one step more than the calls")
+    p.add_argument("--first-step", default=None, choices=FIRST_STEPS,
+                   help="how the evaluation at sigma_max is made: by the network (default), by a Gaussian of the "
+                        "model (analytic: closed form; flowmap: its exact flow to the next sigma); implied by --lambdas")
+    p.add_argument("--gaussian", default=None, metavar="ID",
+                   help="'gaussian' artifact for --first-step analytic/flowmap (make one with `dode gaussian`)")
     p.add_argument("--sigmas", default=None, metavar="S0,...,0",
                    help="an explicit grid instead of --grid/--nfe: comma-separated noise levels, strictly "
                    "decreasing, ending in 0 (e.g. 80,10,1,0.1,0)")
@@ -64,7 +72,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
     registry = _registry(args.registry) if args.lambdas else None
     solver, grid = implied_sampler(registry, args) if args.lambdas else base_sampler(args)
-    job = SamplingJob(args.model, solver, grid, args.lambdas, args.n_samples, args.first_seed, args.batch_size)
+    first = {} if args.lambdas else first_step_of(args)
+    job = SamplingJob(args.model, solver, grid, args.lambdas, args.n_samples, args.first_seed, args.batch_size, **first)
     if args.png_dir:  # before sampling, not after
         try:
             Path(args.png_dir).mkdir(parents=True, exist_ok=True)
@@ -83,6 +92,15 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def first_step_of(args: argparse.Namespace) -> dict:
+    """The job's first step without lambdas: --first-step (default network) and --gaussian, given together."""
+    kind = args.first_step or "network"
+    if (kind == "network") != (args.gaussian is None):
+        raise ValueError("--first-step analytic/flowmap needs --gaussian ID (make one with `dode gaussian`), and "
+                         "--gaussian needs --first-step analytic or flowmap")
+    return {"first_step": kind, "gaussian_id": args.gaussian}
+
+
 def base_sampler(args: argparse.Namespace) -> tuple[str, dict]:
     """(solver, grid) without lambdas: --solver (default euler) and --grid (default karras) at --nfe (needed)."""
     from ..grids import GridSpec
@@ -98,7 +116,7 @@ def base_sampler(args: argparse.Namespace) -> tuple[str, dict]:
         return solver, GridSpec.explicit(values).to_dict()
     if args.nfe is None:
         raise ValueError("pass --nfe N (network evaluations per sample), --sigmas S0,...,0, or --lambdas ID")
-    return solver, GridSpec.for_nfe(args.grid or "karras", solver, args.nfe).to_dict()
+    return solver, GridSpec.for_calls(args.grid or "karras", solver, args.nfe, args.first_step or "network").to_dict()
 
 
 def implied_sampler(registry, args: argparse.Namespace) -> tuple[str, dict]:
@@ -106,17 +124,22 @@ def implied_sampler(registry, args: argparse.Namespace) -> tuple[str, dict]:
     learned grid where they have one, ``Lambdas.sampling_grid``), else their own sigmas as an explicit grid.
     --solver, --nfe and --grid may be given only when they agree."""
     from ..grids import GridSpec
+    from ..sampling import network_calls
     from ..store.lambdas import load_lambdas
 
     registry.check_readable()
     art = registry.get(args.lambdas)
     lam = load_lambdas(registry, art)
     grid = GridSpec(**art.params["grid"]) if "grid" in art.params else GridSpec.explicit(lam.sigmas)
-    implied = {"--solver": (args.solver, lam.solver), "--nfe": (args.nfe, lam.nfe), "--grid": (args.grid, grid.family)}
+    first = lam.first
+    calls = network_calls(lam.solver, len(lam.sigmas) - 1, first)
+    implied = {"--solver": (args.solver, lam.solver), "--nfe": (args.nfe, calls), "--grid": (args.grid, grid.family),
+               "--first-step": (args.first_step, first.kind if first else "network")}
     clash = [f"{flag} {given} (they imply {mine})" for flag, (given, mine) in implied.items()
              if given is not None and given != mine] + (["--sigmas (they imply their grid)"] if args.sigmas else [])
+    clash += ["--gaussian (they carry their own)"] if args.gaussian else []
     if clash:
-        raise ValueError(f"lambdas {art.short} were fitted for solver {lam.solver}, NFE {lam.nfe} on a {grid.family} "
+        raise ValueError(f"lambdas {art.short} were fitted for solver {lam.solver}, NFE {calls} on a {grid.family} "
                          f"grid; drop {', '.join(clash)}: --lambdas implies them")
     return lam.solver, grid.to_dict()
 

@@ -25,7 +25,8 @@ from ..types import Denoiser, Tensor
 from .problem import FitProblem, FitResult
 from .step import greedy_lambdas
 
-INITS = ("greedy", "zero")  # where lambda starts: greedy D-ODE's fit, or the base solver (lambda = 0)
+INITS = ("timesteps", "zero", "greedy")  # where lambda starts: after a timesteps-only fit, at 0, or at greedy D-ODE
+OPTIMIZERS = ("adam", "lbfgs")
 MIN_GAP = 1e-4  # smallest share of the log-sigma range a gap starts with (a grid touching sigma_lo)
 
 
@@ -95,34 +96,65 @@ def fit_final(
     patience: int = 5,
     activation_checkpointing: bool = False,
     optimizer: str = "adam",
-    init: str = "greedy",
+    init: str = "timesteps",
     max_fit: int | None = None,
 ) -> FitResult:
-    """Adam (or L-BFGS, for small problems solved to high precision) on lambda (init: greedy D-ODE, or zero)
-    and the grid logits (init: the given grid) through the unrolled sampler, on the first ``max_fit`` fit
-    samples (all by default). Every ``eval_every`` iterations the held-out final error is measured; the best
-    iterate is kept and fitting stops after ``patience`` measurements without improvement (without a
-    held-out split: the fit error). The guard then ranks this result, greedy D-ODE and the base solver by
-    distribution. ``micro_batch`` bounds memory (gradients are accumulated); ``activation_checkpointing``
-    recomputes each network call in the backward pass instead of storing its activations."""
+    """Adam (or L-BFGS, for small problems solved to high precision) on lambda and the grid logits through the
+    unrolled sampler, on the first ``max_fit`` fit samples (all by default). Every ``eval_every`` iterations the
+    held-out final error is measured; the best iterate is kept and fitting stops after ``patience``
+    measurements without improvement (without a held-out split: the fit error).
+
+    ``init`` says where lambda starts: ``timesteps`` (the default when both are learned) first fits the
+    timesteps alone from lambda = 0 for half the iterations, then both from there, so the joint result is
+    selected against its own timesteps-only start and both are candidates; ``zero`` starts the joint fit at
+    the base solver; ``greedy`` at greedy D-ODE's lambdas (which hurt multistep solvers). The guard ranks the
+    result, the timesteps-only sub-fit, greedy D-ODE and the base solver by distribution. ``micro_batch``
+    bounds memory (gradients are accumulated); ``activation_checkpointing`` recomputes each network call in
+    the backward pass instead of storing its activations."""
     _check(learn_lambdas, learn_sigmas, iterations, micro_batch, eval_every, patience, lr_lambdas, lr_sigmas)
     if max_fit is not None and (isinstance(max_fit, bool) or not isinstance(max_fit, int) or max_fit < 1):
         raise ValueError(f"objective 'final': max_fit must be a positive integer or None, got {max_fit!r}")
     if init not in INITS:
         raise ValueError(f"objective 'final': unknown init {init!r}; choose one of {list(INITS)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"objective 'final': unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
     start_time = time.perf_counter()
     sigmas = problem.sigmas
     greedy = tuple(greedy_lambdas(problem))
+    zeros = (0.0,) * len(greedy)
     if max_fit is not None:  # fit on the first max_fit samples of the fit split (cost is linear in them)
         problem = replace(problem, noise=problem.noise[:max_fit], targets=tuple(t[:max_fit] for t in problem.targets))
-    start = greedy if learn_lambdas and init == "greedy" else [0.0] * len(greedy)
-    lam = torch.tensor(start, dtype=sigmas.dtype, device=sigmas.device)
     sigma_lo = sigma_floor(problem.denoiser, sigmas)
-    theta = logits_from_grid(sigmas, sigma_lo)
+    settings = {"micro_batch": micro_batch, "eval_every": eval_every, "patience": patience, "optimizer": optimizer,
+                "lr_lambdas": lr_lambdas, "lr_sigmas": lr_sigmas, "sigma_lo": sigma_lo,
+                "activation_checkpointing": activation_checkpointing}
+    alternatives: list[tuple[str, tuple[float, ...], Tensor]] = [("greedy", greedy, sigmas)]
+    info: dict[str, Any] = {}
+    grid, remaining = sigmas, iterations
+    if learn_lambdas and learn_sigmas and init == "timesteps":
+        # Stage 1: the timesteps alone from lambda = 0; the joint fit starts from (and is selected against) it.
+        remaining = iterations - iterations // 2
+        stage, info["timesteps"] = run_fit(problem, zeros, sigmas, False, True, iterations // 2, **settings)
+        grid = stage["grid"]
+        alternatives.insert(0, ("timesteps", zeros, grid))
+    # The fit itself (stage 2 after timesteps-only).
+    start = greedy if learn_lambdas and init == "greedy" else zeros
+    best, fitted = run_fit(problem, start, grid, learn_lambdas, learn_sigmas, remaining, **settings)
+    info.update(fitted, seconds=round(time.perf_counter() - start_time, 3), sigma_lo=sigma_lo,
+                start_sigmas=sigmas.tolist())
+    return FitResult(tuple(best["lam"].tolist()), best["grid"], "final", info, tuple(alternatives), "fd")
+
+
+def run_fit(problem: FitProblem, start: tuple[float, ...], start_grid: Tensor, learn_lambdas: bool, learn_sigmas: bool,
+            iterations: int, *, micro_batch: int, eval_every: int, patience: int, optimizer: str, lr_lambdas: float,
+            lr_sigmas: float, sigma_lo: float, activation_checkpointing: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One optimisation from lambda = ``start`` on ``start_grid`` (sigma_0 fixed): the best iterate and its report."""
+    lam = torch.tensor(start, dtype=start_grid.dtype, device=start_grid.device)
+    theta = logits_from_grid(start_grid, sigma_lo)
     leaves = [t.requires_grad_() for t, on in ((lam, learn_lambdas), (theta, learn_sigmas)) if on]
 
     def grid() -> Tensor:
-        return grid_from_logits(theta, sigmas[0], sigma_lo) if learn_sigmas else sigmas
+        return grid_from_logits(theta, start_grid[0], sigma_lo) if learn_sigmas else start_grid
 
     denoiser = problem.denoiser
     if activation_checkpointing:
@@ -140,9 +172,7 @@ def fit_final(
 
     optimiser = make_optimiser(optimizer, lam if learn_lambdas else None, theta if learn_sigmas else None,
                                lr_lambdas, lr_sigmas)
-    best, info = optimise(problem, lam, grid, lambda losses: step(optimiser, losses), iterations, eval_every, patience)
-    info.update(seconds=round(time.perf_counter() - start_time, 3), sigma_lo=sigma_lo, start_sigmas=sigmas.tolist())
-    return FitResult(tuple(best["lam"].tolist()), best["grid"], "final", info, (("greedy", greedy, sigmas),), "fd")
+    return optimise(problem, lam, grid, lambda losses: step(optimiser, losses), iterations, eval_every, patience)
 
 
 def optimise(problem: FitProblem, lam: Tensor, grid: Any, step: Any, iterations: int, eval_every: int,
@@ -186,7 +216,7 @@ def make_optimiser(name: str, lam: Tensor | None, theta: Tensor | None, lr_lambd
         return torch.optim.LBFGS(leaves, lr=1.0, max_iter=1, max_eval=25, line_search_fn="strong_wolfe", tolerance_grad=0.0,
                                  tolerance_change=0.0)
     if name != "adam":
-        raise ValueError(f"objective 'final': unknown optimizer {name!r}; choose one of ['adam', 'lbfgs']")
+        raise ValueError(f"objective 'final': unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
     groups = [{"params": [t], "lr": lr} for t, lr in ((lam, lr_lambdas), (theta, lr_sigmas)) if t is not None]
     return torch.optim.Adam(groups)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import __version__
 
-KINDS = ("trajectory", "lambdas", "samples", "reference-stats", "score", "report", "model")
+KINDS = ("trajectory", "lambdas", "samples", "reference-stats", "score", "report", "model", "gaussian")
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -1,0 +1,43 @@
+"""Gaussians (the analytic first step's, ``dode.gaussian``) as registry artifacts: one ``gaussian.json``
+(``Gaussian.to_dict``) per artifact, fingerprinted to the model like lambdas (param ``model_fingerprint``);
+``load_gaussian(..., model=fingerprint)`` refuses a Gaussian of another model unless ``allow_other_model``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..gaussian import Gaussian
+from .registry import Artifact, Registry
+
+GAUSSIAN_FILE = "gaussian.json"
+
+
+def save_gaussian(reg: Registry, gaussian: Gaussian, key: str, parents: Sequence[str | Artifact] = (),
+                  params: Mapping[str, Any] | None = None, *, provenance: Mapping[str, Any] | None = None) -> Artifact:
+    """Publish ``gaussian`` as a 'gaussian' artifact; its dimension, rank, fingerprint and model join ``params``."""
+    info = {"dim": gaussian.dim, "rank": gaussian.rank, "gaussian_fingerprint": gaussian.fingerprint,
+            "model_fingerprint": gaussian.model, **(params or {})}
+    files = {GAUSSIAN_FILE: json.dumps(gaussian.to_dict(), sort_keys=True).encode()}
+    return reg.publish("gaussian", key, files, params=info, parents=parents, provenance=provenance)
+
+
+def load_gaussian(reg: Registry, ref: str | Artifact, *, model: str | None = None,
+                  allow_other_model: bool = False) -> Gaussian:
+    """The Gaussian stored in a 'gaussian' artifact (id, unique id prefix or Artifact), file verified. With
+    ``model`` (a fingerprint), a Gaussian of another model is refused unless ``allow_other_model``."""
+    art = reg.get(ref)
+    if art.kind != "gaussian":
+        raise ValueError(f"artifact {art.short} is a {art.kind!r} artifact ({art.key}), not 'gaussian'")
+    try:
+        data = json.loads(reg.read_bytes(art, GAUSSIAN_FILE).decode())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"gaussian {art.short} is not valid JSON ({err})") from None
+    gaussian = Gaussian.from_dict(data)
+    if model and not allow_other_model and gaussian.model and gaussian.model != model:
+        raise ValueError(f"gaussian {art.short} ({art.key}) approximates model {gaussian.model[:16]}, not the model "
+                         f"being sampled ({model[:16]}); build one for this model (`dode gaussian`), or pass "
+                         "--allow-other-model (allow_other_model=True) to use it anyway")
+    return gaussian

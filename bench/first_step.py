@@ -2,7 +2,7 @@
 Gaussian's flow map, at equal network calls, base solver and the ``final`` objective's fits.
 
 Per solver x network calls: FD-digits (2,000 samples quantised to uint8, against the 1,797 real digits) of
-  plain        the base solver on a Karras grid of CALLS steps (the network makes every evaluation)
+  plain        the base solver on the Karras grid (clipped to the model's sigmas) where it makes CALLS calls
   plain t      timesteps only (``final``, learn_lambdas=False) on that grid
   analytic     the base solver on CALLS + 1 steps, its first evaluation answered by the Gaussian
   analytic λ+t λ + timesteps (``final``, init ``timesteps``), guarded, with that first step
@@ -27,6 +27,7 @@ from quality import testbed
 import dode
 from dode.first_step import from_model
 from dode.gaussian import FirstStep
+from dode.grids import GridSpec
 from dode.images import to_model, to_uint8
 from dode.metrics.fid import frechet_distance
 
@@ -39,8 +40,8 @@ def fd(x, stats, data_stats) -> float:
 
 def run_cell(model, gauss, solver, calls, fit_noise, eval_noise, stats, data_stats, args):
     den = model.denoiser
-    plain = dode.karras_sigmas(calls, den.sigma_min, den.sigma_max)
-    longer = dode.karras_sigmas(calls + 1, den.sigma_min, den.sigma_max)
+    plain = GridSpec.for_calls("karras", solver, calls).sigmas(den)
+    grids = {kind: GridSpec.for_calls("karras", solver, calls, kind).sigmas(den) for kind in ("analytic", "flowmap")}
     options = {"objective": "final", "iterations": args.iterations, "max_fit": args.max_fit,
                "micro_batch": args.max_fit, "teacher_solver": "dpmpp_2m"}
     out, info = {}, {}
@@ -56,8 +57,8 @@ def run_cell(model, gauss, solver, calls, fit_noise, eval_noise, stats, data_sta
     fitted("plain t", plain, None, learn_lambdas=False)
     for kind in ("analytic", "flowmap"):
         first = FirstStep(kind, gauss)
-        out[kind] = dode.sample(den, eval_noise, longer, solver, first=first)
-        fitted(f"{kind} λ+t", longer, first)
+        out[kind] = dode.sample(den, eval_noise, grids[kind], solver, first=first)
+        fitted(f"{kind} λ+t", grids[kind], first)
     out["teacher"] = dode.sample(den, eval_noise, dode.refine(plain, 10), "dpmpp_2m")
     return {name: {"fd": round(fd(x, stats, data_stats), 2), **info.get(name, {})} for name, x in out.items()}
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from .correction import Lambdas
 from .distill import fit_guarded
+from .gaussian import FirstStep
 from .guard import Features
 from .sampling import prepare
 from .teacher import student_targets
@@ -34,17 +35,18 @@ def distill_from_states(
     objective: str = "step",
     objective_options: Mapping[str, Any] | None = None,
     features: Features | None = None,
+    first: FirstStep | None = None,
 ) -> Lambdas:
     """Fit lambdas for ``solver`` on the student grid ``sigmas`` from teacher ``states``.
 
     ``states[i]`` is the teacher's state (B, *shape) at student grid index i, from the same unit
     ``noise`` (B, *shape); every index the solver's evaluations land on and the final one must be there.
     ``teacher`` is recorded in the result (how the states were made). ``objective``, its options, the
-    guard and ``features`` as in ``dode.distill``; given the same states, the result equals
+    guard, ``features`` and ``first`` as in ``dode.distill``; given the same states, the result equals
     ``dode.distill(..., alignment="exact")``'s.
     """
-    noise, sigmas, _, _ = prepare(noise, sigmas, solver, correction)
-    wanted = student_targets(solver, len(sigmas) - 1)
+    noise, sigmas, _, _ = prepare(noise, sigmas, solver, correction, first)
+    wanted = student_targets(solver, len(sigmas) - 1, first)
     needed = sorted(set(wanted))
     missing = [i for i in needed if i not in states]
     if missing:
@@ -58,4 +60,5 @@ def distill_from_states(
     return fit_guarded(
         denoiser, noise, sigmas, solver, [states[i] for i in wanted], dict(teacher or {}), guard=guard,
         holdout=holdout, correction=correction, objective=objective, options=objective_options, features=features,
+        first=first,
     )

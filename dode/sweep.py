@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .gaussian import FIRST_STEPS
 from .generate import SamplingJob
 from .grids import FAMILIES, GridSpec
 from .objectives import check_options
 from .solvers import SOLVERS
 from .store.lambdas import load_lambdas
 
-VARIANT_KEYS = {"objective", "options", "solvers", "nfes"}
+VARIANT_KEYS = {"objective", "options", "solvers", "nfes", "first_step"}
 
 
 def check_choice(what: str, value: Any, choices: Any) -> None:
@@ -60,9 +61,10 @@ def teacher_job(model: str, family: str, steps: int, teacher: dict, n_samples: i
 
 
 def plan_variants(variants: dict[str, dict] | None) -> dict[str, dict]:
-    """Extra fits compared beside base and D-ODE, by name: {name: {"objective", "options", "solvers", "nfes"}}
-    (``solvers`` / ``nfes``: the cells they apply to, all when absent), e.g. the timesteps-only and
-    lambda + timesteps variants of the ``final`` objective. Validated here, before anything runs."""
+    """Extra fits compared beside base and D-ODE, by name: {name: {"objective", "options", "solvers", "nfes",
+    "first_step"}} (``solvers`` / ``nfes``: the cells they apply to, all when absent; ``first_step``: network
+    (default), analytic or flowmap, at the cell's network calls), e.g. the timesteps-only and lambda +
+    timesteps variants of the ``final`` objective. Validated here, before anything runs."""
     plan = {}
     for name, v in (variants or {}).items():
         if not isinstance(v, dict) or set(v) - VARIANT_KEYS or "objective" not in v:
@@ -73,15 +75,40 @@ def plan_variants(variants: dict[str, dict] | None) -> dict[str, dict]:
         check_options(v["objective"], v.get("options"))
         for s in v.get("solvers") or ():
             check_choice("solver", s, SOLVERS)
+        check_choice("first step", v.get("first_step", "network"), FIRST_STEPS)
+        if str(name).startswith("base+"):
+            raise ValueError(f"variant names starting 'base+' are taken (the base solver with a first step): {name!r}")
         plan[str(name)] = {"objective": v["objective"], "options": dict(v.get("options") or {}),
-                           "solvers": list(v.get("solvers") or []), "nfes": list(v.get("nfes") or [])}
+                           "solvers": list(v.get("solvers") or []), "nfes": list(v.get("nfes") or []),
+                           "first_step": v.get("first_step", "network")}
     return plan
 
 
+def variant_grid(variant: dict, cell: dict) -> dict:
+    """A variant's student grid in a cell: the cell's, or with an analytic first step the grid on which the
+    solver makes the cell's network calls (``GridSpec.for_calls``)."""
+    if variant["first_step"] == "network":
+        return cell["grid"]
+    return GridSpec.for_calls(cell["grid"]["family"], cell["solver"], cell["nfe"], variant["first_step"]).to_dict()
+
+
 def variant_applies(variant: dict, cell: dict) -> bool:
-    """Whether a variant (``plan_variants``) is fitted for a cell."""
-    return (not variant["solvers"] or cell["solver"] in variant["solvers"]) and (
-        not variant["nfes"] or cell["nfe"] in variant["nfes"])
+    """Whether a variant (``plan_variants``) is fitted for a cell (not where its first step makes the network
+    calls impossible, e.g. heun's evaluations are odd)."""
+    if variant["solvers"] and cell["solver"] not in variant["solvers"] or variant["nfes"] and cell["nfe"] not in variant["nfes"]:
+        return False
+    try:
+        variant_grid(variant, cell)
+    except ValueError:
+        return False
+    return True
+
+
+def first_bases(cell: dict, variants: dict[str, dict]) -> dict[str, dict]:
+    """The base solver with each first step a cell's variants use, by side name ("base+analytic"): its grid
+    and first step, so every first-step variant is compared with its own base."""
+    return {f"base+{v['first_step']}": {"grid": variant_grid(v, cell), "first_step": v["first_step"]}
+            for v in variants.values() if v["first_step"] != "network" and variant_applies(v, cell)}
 
 
 def cell_fits(cell: dict) -> dict[str, str]:
@@ -97,7 +124,11 @@ def sampling_jobs(model: str, cells: list[dict], teacher: dict, n_samples: int, 
                         n_samples, first_seed, batch_size) for f in families]
     for c in cells:
         base = SamplingJob(model, c["solver"], c["grid"], None, n_samples, first_seed, batch_size).to_dict()
-        jobs += [base, *({**base, "lambdas_id": lam} for lam in cell_fits(c).values())]
+        grids = c.get("grids", {})  # a first-step variant's grid differs from the cell's
+        jobs += [base, *({**base, "grid": grids.get(side, c["grid"]), "lambdas_id": lam}
+                         for side, lam in cell_fits(c).items())]
+        jobs += [SamplingJob(model, c["solver"], f["grid"], None, n_samples, first_seed, batch_size, f["first_step"],
+                             c["gaussian"]).to_dict() for f in c.get("first_bases", {}).values()]
     return families, jobs
 
 
@@ -106,7 +137,7 @@ def with_samples(cells: list[dict], families: list[str], ids: list[str]) -> tupl
     its variants, also as cell["base"] / cell["dode"]), and the teacher's samples per family."""
     rest, out = iter(ids[len(families):]), []
     for c in cells:
-        samples = {side: next(rest) for side in ("base", *cell_fits(c))}
+        samples = {side: next(rest) for side in ("base", *cell_fits(c), *c.get("first_bases", {}))}
         out.append({**c, "samples": samples, "base": samples["base"], "dode": samples["dode"]})
     return out, dict(zip(families, ids[: len(families)]))
 

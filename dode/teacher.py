@@ -32,11 +32,13 @@ DEFAULT_TEACHER = {"dpm_solver_3": "dpmpp_3m"}
 StateSink = Callable[[int, Tensor, "Tensor | None"], None]  # (teacher grid index, state, raw D at that state)
 
 
-def student_targets(solver: str, steps: int) -> tuple[int, ...]:
+def student_targets(solver: str, steps: int, first: FirstStep | None = None) -> tuple[int, ...]:
     """For each evaluation k of ``solver`` on a ``steps``-step grid, the student grid index of its target:
-    the state its update produces, ``out_index(k)``."""
+    the state its update produces, ``out_index(k)`` (under a ``flowmap`` first step the solver starts one
+    grid point later, and so do its targets)."""
     solver_ = get_solver(solver)
-    return tuple(solver_.out_index(k, steps) for k in range(solver_.nfe(steps)))
+    skip = int(first is not None and first.kind == "flowmap")
+    return tuple(skip + solver_.out_index(k, steps - skip) for k in range(solver_.nfe(steps - skip)))
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,7 @@ class TeacherSpec:
             raise ValueError("an analytic first step needs alignment='exact' (the reference code's indexing "
                              "has no first step to skip)")
         if self.alignment == "exact":
-            skip = int(first is not None and first.kind == "flowmap")
-            targets = tuple((i + skip) * self.factor for i in student_targets(solver, steps - skip))
+            targets = tuple(i * self.factor for i in student_targets(solver, steps, first))
             return TeacherPlan(self, refine(sigmas, self.factor), self.solver_for(solver), targets)
         return self._official_plan(sigmas, solver, denoiser)
 

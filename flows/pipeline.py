@@ -25,12 +25,14 @@ from dode.metrics.scores import FEATURES, resolve_metrics
 from dode.report import REPORT_FILE, downloads, ui_markdown
 from dode.sweep import (
     cell_fits,
+    first_bases,
     plan_cells,
     plan_variants,
     result_rows,
     sampling_jobs,
     score_items,
     variant_applies,
+    variant_grid,
     with_samples,
 )
 
@@ -91,8 +93,9 @@ def pipeline_flow(
         objective: distillation objective (dode.objectives), e.g. step
         objective_options: the objective's options, e.g. iterations=150 (objective final)
         alignment: teacher targets: exact (the refined student grid) or official (the reference code's)
-        variants: more fits to compare, by name: {objective, options, solvers, nfes}, e.g. {"λ+timesteps":
-            {"objective": "final", "solvers": ["euler"], "nfes": [4, 5]}}
+        variants: more fits to compare, by name: {objective, options, solvers, nfes, first_step}, e.g.
+            {"λ+timesteps": {"objective": "final", "solvers": ["euler"], "nfes": [4, 5]}}; first_step analytic or
+            flowmap answers the first evaluation with a Gaussian of the model (compared with base+analytic)
         metrics: fd-digits, fd-pixels, fid, rmse, or auto (the model's own)
         reference: reference-stats artifact id for the Fréchet distances
         registry: registry path or URL (default $DODE_REGISTRY or data/registry)
@@ -147,22 +150,34 @@ def fit_cells(run: Runner, uri: str, model_id: str, cells: list[dict], teacher: 
     """The teacher of every student grid size (``teacher``: the teacher task's settings), then the fits of every
     cell against its grid's stored teacher states: D-ODE (``fit``: the distill task's settings) and each
     variant that applies (``dode.sweep.plan_variants``). Returns the trajectory ids and the cells with their
-    lambdas ids ("lambdas", and "variants" by name)."""
+    lambdas ids ("lambdas", and "variants" by name). Variants with an analytic first step share one Gaussian of
+    the model (its ``teacher["n_samples"]`` own samples) and are compared with the base solver on their grid."""
     family = cells[0]["grid"]["family"]
-    steps = sorted({c["grid"]["steps"] for c in cells})
-    trajectories = dict(zip(steps, run([(tasks.teacher, {
-        "registry": uri, "model_id": model_id, "grid": GridSpec(family, s).to_dict(), **teacher}) for s in steps])))
-    update_progress_artifact(progress, 20.0)
     slots = [(i, None) for i in range(len(cells))]
     slots += [(i, name) for name, v in variants.items() for i, c in enumerate(cells) if variant_applies(v, c)]
-    options = {name: {"objective": v["objective"], "objective_options": v["options"]} for name, v in variants.items()}
-    fitted = run([(tasks.distill, {"registry": uri, "trajectory_id": trajectories[cells[i]["grid"]["steps"]],
-                                   "solver": cells[i]["solver"], **fit, **options.get(name, {})}) for i, name in slots])
+    grids = [cells[i]["grid"] if name is None else variant_grid(variants[name], cells[i]) for i, name in slots]
+    steps = sorted({g["steps"] for g in grids})
+    trajectories = dict(zip(steps, run([(tasks.teacher, {
+        "registry": uri, "model_id": model_id, "grid": GridSpec(family, s).to_dict(), **teacher}) for s in steps])))
+    gaussian = None
+    if any(v["first_step"] != "network" for v in variants.values()):
+        gaussian = tasks.gaussian(uri, model_id, teacher["n_samples"], teacher["first_seed"], teacher["batch_size"])
+    update_progress_artifact(progress, 20.0)
+    options = {name: {"objective": v["objective"], "objective_options": v["options"], "first_step": v["first_step"],
+                      "gaussian_id": gaussian if v["first_step"] != "network" else None}
+               for name, v in variants.items()}
+    fitted = run([(tasks.distill, {"registry": uri, "trajectory_id": trajectories[grid["steps"]],
+                                   "solver": cells[i]["solver"], **fit, **options.get(name, {})})
+                  for (i, name), grid in zip(slots, grids)])
     update_progress_artifact(progress, 35.0)
-    out = [{**c, "variants": {}} for c in cells]
-    for (i, name), lam in zip(slots, fitted):
-        out[i].update(lambdas=lam) if name is None else out[i]["variants"].update({name: lam})
-    return list(trajectories.values()), out
+    out = [{**c, "variants": {}, "grids": {}, "gaussian": gaussian, "first_bases": first_bases(c, variants)}
+           for c in cells]
+    for (i, name), lam, grid in zip(slots, fitted, grids):
+        if name is None:
+            out[i]["lambdas"] = lam
+        else:
+            out[i]["variants"][name], out[i]["grids"][name] = lam, grid
+    return [*trajectories.values(), *([gaussian] if gaussian else [])], out
 
 
 def evaluate_cells(

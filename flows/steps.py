@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import dode
-from dode import get_solver
 from dode.distill_stored import distill_from_states
+from dode.first_step import from_model
+from dode.gaussian import first_step as make_first_step
 from dode.generate import SamplingJob, run_sampling
 from dode.grids import GridSpec
 from dode.metrics.fid import stats_from_images, stats_to_bytes
@@ -29,6 +30,8 @@ from dode.metrics.scores import extractor, score_samples
 from dode.metrics.sources import STATS_FILE, implementation
 from dode.models import Model, load_model
 from dode.rng import seeded_noise
+from dode.sampling import network_calls
+from dode.store.gaussians import load_gaussian, save_gaussian
 from dode.store.lambdas import save_lambdas
 from dode.store.location import registry_location
 from dode.store.registry import Artifact, Registry
@@ -79,6 +82,23 @@ def register_model(registry: str, name: str, *, provenance: dict | None = None) 
     return art.id
 
 
+def gaussian(registry: str, model_id: str, n_samples: int, first_seed: int, batch_size: int, *,
+             provenance: dict | None = None) -> str:
+    """The analytic first step's Gaussian of the model, fitted to ``n_samples`` of its own many-step samples
+    (``dode.first_step.from_model``), as a "gaussian" artifact."""
+    reg = open_registry(registry)
+    m = model(reg.get(model_id).params["name"])
+    params = {"model": m.name, "model_fingerprint": m.fingerprint, "n": n_samples, "first_seed": first_seed}
+    key = f"{m.name}/gaussian/model-samples-n{n_samples}-seed{first_seed}"
+    found = reg.find("gaussian", key, **params)
+    if found:
+        return found[0].id
+    art = save_gaussian(reg, from_model(m, n_samples, first_seed=first_seed, batch_size=batch_size), key, [model_id],
+                        params, provenance=provenance)
+    log.info("gaussian of %s (%d model samples) -> %s", m.name, n_samples, art.short)
+    return art.id
+
+
 # Teacher and distillation: one stored teacher per student grid (``dode.teacher``), one fit per solver on it.
 def student_grid_teacher(m: Model, spec: GridSpec, teacher_factor: int, teacher_solver: str):
     """The exact-alignment teacher plan of a student grid, keeping its state at every student grid point."""
@@ -117,11 +137,12 @@ def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teach
 
 
 def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout: float, correction: str,
-            objective: str = "step", objective_options: dict | None = None, alignment: str = "exact", *,
-            provenance: dict | None = None) -> str:
+            objective: str = "step", objective_options: dict | None = None, alignment: str = "exact",
+            first_step: str = "network", gaussian_id: str | None = None, *, provenance: dict | None = None) -> str:
     """D-ODE lambdas for ``solver`` on the teacher's student grid, fitted to its stored states by ``objective``
     (a ``dode.objectives`` entry) with ``objective_options``; with ``official`` alignment, to the reference
-    code's Euler teacher, run here from the same seeds (its grid is the solver's own, so it is not stored)."""
+    code's Euler teacher, run here from the same seeds (its grid is the solver's own, so it is not stored).
+    ``first_step`` analytic or flowmap: the first evaluation by the Gaussian of artifact ``gaussian_id``."""
     reg = open_registry(registry)
     traj_art = reg.get(trajectory_id)
     p = traj_art.params
@@ -130,11 +151,14 @@ def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout
         raise ValueError(f"model {m.name!r} changed since teacher {traj_art.short} was computed; "
                          "rerun the teacher (the pipeline does so by itself)")
     spec, factor = GridSpec(**p["grid"]), p["teacher_factor"]
-    n_eval = get_solver(solver).nfe(spec.steps)
+    gauss = reg.get(gaussian_id) if gaussian_id else None
+    first = make_first_step(first_step, load_gaussian(reg, gauss, model=m.fingerprint) if gauss else None)
+    n_eval = network_calls(solver, spec.steps, first)
     params = {"model": m.name, "fingerprint": m.fingerprint, "solver": solver, "nfe": n_eval, "grid": spec.to_dict(),
               "teacher": traj_art.id, "guard": guard, "holdout": holdout, "correction": correction,
-              "objective": objective, "objective_options": dict(objective_options or {}), "alignment": alignment}
-    key = f"{m.name}/{solver}/nfe{n_eval}/{spec.family}-{spec.steps}"
+              "objective": objective, "objective_options": dict(objective_options or {}), "alignment": alignment,
+              **({"first_step": first_step, "gaussian": gauss.id} if first else {})}
+    key = f"{m.name}/{solver}/nfe{n_eval}/{spec.family}-{spec.steps}" + (f"/first-{first_step}" if first else "")
     found = reg.find("lambdas", key, **params)
     if found:
         log.info("lambdas %s found in the registry (%s)", key, found[0].short)
@@ -144,15 +168,16 @@ def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout
            "objective_options": objective_options}
     if alignment == "official":  # the trajectory's seeds only: its stored states are not the targets
         seeds = range(p["first_seed"], p["first_seed"] + p["n_samples"])
-        lam = dode.distill(m.denoiser, seeded_noise(list(seeds), m.shape), sigmas, solver, factor, alignment, **fit)
+        lam = dode.distill(m.denoiser, seeded_noise(list(seeds), m.shape), sigmas, solver, factor, alignment, **fit,
+                           first=first)
     else:
         traj = read_steps(reg.local_path(traj_art, TEACHER_FILE))
         noise = seeded_noise(traj.sample_ids.tolist(), m.shape)
         plan = student_grid_teacher(m, spec, factor, p["teacher_solver"])
         states = {plan.student_index(step): traj.at(step) for step in traj.steps}
         lam = distill_from_states(m.denoiser, noise, sigmas, states, solver,
-                                  teacher={**plan.record(), "trajectory": traj_art.id}, **fit)
-    art = save_lambdas(reg, lam, key, [traj_art.id], params, provenance=provenance)
+                                  teacher={**plan.record(), "trajectory": traj_art.id}, **fit, first=first)
+    art = save_lambdas(reg, lam, key, [traj_art.id, *([gauss.id] if gauss else [])], params, provenance=provenance)
     log.info("distilled %s (%s): lambdas %s (guard chose %s) -> %s", key, objective, [round(v, 4) for v in lam.values],
              lam.guard.get("chosen", "off"), art.short)
     return art.id

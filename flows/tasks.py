@@ -166,12 +166,19 @@ def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teach
                          provenance=provenance())
 
 
+@task(name="gaussian", **CACHED)
+def gaussian(registry: str, model_id: str, n_samples: int, first_seed: int, batch_size: int) -> str:
+    """The analytic first step's Gaussian of the model (from its own many-step samples)."""
+    return steps.gaussian(registry, model_id, n_samples, first_seed, batch_size, provenance=provenance())
+
+
 @task(name="distill", **CACHED)
 def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout: float, correction: str,
-            objective: str = "step", objective_options: dict | None = None, alignment: str = "exact") -> str:
+            objective: str = "step", objective_options: dict | None = None, alignment: str = "exact",
+            first_step: str = "network", gaussian_id: str | None = None) -> str:
     """D-ODE lambdas for ``solver``, fitted to a stored teacher trajectory."""
     return steps.distill(registry, trajectory_id, solver, guard, holdout, correction, objective, objective_options,
-                         alignment, provenance=provenance())
+                         alignment, first_step, gaussian_id, provenance=provenance())
 
 
 @task(name="sample", **CACHED, retries=1, retry_delay_seconds=1)

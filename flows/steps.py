@@ -68,7 +68,7 @@ def register_model(registry: str, name: str, *, provenance: dict | None = None) 
     """The model as a "model" artifact (its diffusers folder, or a JSON description of an in-memory model):
     the root of every lineage."""
     reg, m = open_registry(registry), model(name)
-    found = reg.find("model", fingerprint=m.fingerprint)
+    found = reg.find_intact("model", fingerprint=m.fingerprint)
     if found:
         return found[0].id
     info = {"name": m.name, "fingerprint": m.fingerprint, "shape": list(m.shape), "type": type(m.denoiser).__name__}
@@ -99,7 +99,7 @@ def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teach
     seeds = range(first_seed, first_seed + n_samples)
     key = (f"{m.name}/{spec.family}-{spec.steps}/teacher-{teacher_solver}-x{teacher_factor}/"
            f"seeds-{seeds.start}-{seeds.stop - 1}")
-    found = reg.find("trajectory", key, **params)
+    found = reg.find_intact("trajectory", key, **params)
     if found:
         log.info("teacher %s found in the registry (%s)", key, found[0].short)
         return found[0].id
@@ -135,7 +135,7 @@ def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout
               "teacher": traj_art.id, "guard": guard, "holdout": holdout, "correction": correction,
               "objective": objective, "objective_options": dict(objective_options or {}), "alignment": alignment}
     key = f"{m.name}/{solver}/nfe{n_eval}/{spec.family}-{spec.steps}"
-    found = reg.find("lambdas", key, **params)
+    found = reg.find_intact("lambdas", key, **params)
     if found:
         log.info("lambdas %s found in the registry (%s)", key, found[0].short)
         return found[0].id
@@ -197,7 +197,7 @@ def reference_stats(registry: str, model_id: str, metric: str, n_samples: int, f
     params = {"features": ext.name, "fingerprint": ext.fingerprint, "n": len(images), "source": source,
               "model_fingerprint": m.fingerprint, "implementation": implementation(ext.name)}
     key = f"{m.name}/{ext.name}/{source}"
-    found = reg.find("reference-stats", key, **params)
+    found = reg.find_intact("reference-stats", key, **params)
     if found:
         return found[0].id
     stats = stats_from_images(images, ext, batch_size=500)
@@ -214,7 +214,7 @@ def score(registry: str, samples_id: str, metric: str, reference_id: str, *, pro
     samples, ref = reg.get(samples_id), reg.get(reference_id)
     params = {"metric": metric, "samples": samples.id, "reference": ref.id}
     key = f"{samples.key}/{metric}"
-    found = reg.find("score", key, **params)
+    found = reg.find_intact("score", key, **params)
     if found:
         return found[0].id
     result: dict[str, Any] = {**score_samples(reg, samples, metric, ref), "samples": samples.id, "reference": ref.id}

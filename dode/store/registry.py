@@ -251,6 +251,11 @@ class Registry(VerifiedReads):
                 if (key is None or a.key == key) and all(a.params.get(k) == v for k, v in want.items())]
         return hits[::-1]
 
+    def find_intact(self, kind: str, key: str | None = None, **params: Any) -> list[Artifact]:
+        """``find``, keeping only artifacts whose every file verifies (``intact``): what a step reuses instead of
+        computing, so a damaged result is computed again and republishing it repairs the registry."""
+        return [a for a in self.find(kind, key, **params) if self.intact(a.id)]
+
     def refuse(self, id: str) -> ValueError:
         return ValueError(f"artifact {id[:12]} in {self.uri} is refused: {'; '.join(self.broken[id])}; "
                           "run `dode artifacts verify` (republishing the same content repairs it)")

@@ -109,7 +109,7 @@ def test_a_registry_reached_through_a_link_works(copy, capsys):
 @pytest.mark.parametrize("case", ["out is a link", "parts is a link", "out inside the registry", "png is a link",
                                   "other png without --force"])
 def test_output_folders_are_written_only_in_place(case, copy, capsys):
-    root, arts, tmp = copy
+    root, _, tmp = copy
     target = precious(tmp)
     before = snapshot(target)
     buf = io.BytesIO()
@@ -244,7 +244,7 @@ def test_a_forged_npy_header_is_refused_before_allocating(copy, capsys):
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (2 ** 40, 1, 8, 8)})
     chunk = forged(root, "samples", "c", {"images.npy": buf.getvalue() + b"\0" * 64}, {"seeds": [0, 1]})
-    rc, _, err = run_cli(capsys, "artifacts", "get", chunk, "--out", tmp / "out", "--registry", root)
+    rc, _, _ = run_cli(capsys, "artifacts", "get", chunk, "--out", tmp / "out", "--registry", root)
     assert rc == 0  # a chunk is a plain artifact: its files are delivered as they are
     from dode.generate import iter_samples
 
@@ -290,7 +290,7 @@ def test_an_interrupted_get_is_cleaned_by_the_next_get_and_by_gc(copy, capsys):
         if _ == 0:
             assert run_cli(capsys, *argv)[0] == 0
         else:
-            rc, outp, err = run_cli(capsys, "artifacts", "gc", "--registry", root, "--out", out)
+            rc, _, err = run_cli(capsys, "artifacts", "gc", "--registry", root, "--out", out)
             assert rc == 0 and "dead" in err
         assert sorted(p.name for p in out.iterdir()) == ["model.json"]
 

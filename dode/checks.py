@@ -3,7 +3,8 @@
 A stage's check takes its parameters by name, defaults filled in (a flow's bound arguments). The flows call
 theirs first, and ``dode run`` calls it before it starts a flow run (``flows.cli.STAGES``), so bad input
 gives one clear error, not a failed run. Types are Prefect's to check (from the flow signature); these are
-the choices, ranges and combinations the types cannot say.
+the choices, ranges and combinations the types cannot say, objective options' values included
+(``check_objective``: the objective's own checks, run on a probe before any teacher is computed).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .grids import FAMILIES
 from .metrics.scores import check_metrics
 from .models import check_model_name
 from .objectives import check_options
+from .rng import MAX_SEED
 from .solvers import SOLVERS
 from .sweep import check_choice, plan_cells, plan_variants
 
@@ -28,18 +30,49 @@ def check_positive(p: Params, *names: str) -> None:
         raise ValueError(f"{', '.join(bad)} must be >= 1")
 
 
+def check_seeds(p: Params) -> None:
+    """Seed ranges: first seed and count within the seeds noise can be drawn for (0 .. MAX_SEED)."""
+    for first, count in (("distill_seed", "n_distill"), ("first_seed", "n_samples")):
+        if p.get(first) is not None and not 0 <= p[first] <= MAX_SEED - (p.get(count) or 0):
+            raise ValueError(f"{first} must be in 0 .. {MAX_SEED} - {count}, got {p[first]}")
+
+
+class OptionsChecked(Exception):
+    """Raised by ``Probe`` when an objective first reads its problem: its own option checks have passed."""
+
+
+class Probe:
+    """A stand-in fit problem whose first use raises ``OptionsChecked`` (no model, no teacher needed)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise OptionsChecked(name)
+
+
+def check_objective(name: str, options: Mapping[str, Any] | None) -> None:
+    """The objective's option names (``check_options``) and values: the objective runs on a ``Probe`` until it
+    first reads the problem, so the checks it makes of its options before fitting run now, before any work."""
+    fit = check_options(name, options)
+    try:
+        fit(Probe(), **dict(options or {}))
+    except OptionsChecked:
+        return
+    except TypeError as err:
+        raise ValueError(f"objective {name!r}: {err}") from None
+
+
 def check_teacher(p: Params) -> None:
     """The teacher: its solver, its refinement factor, how many samples and how they are batched."""
     check_model_name(p["model"])
     check_choice("teacher solver", p["teacher_solver"], SOLVERS)
     check_positive(p, "teacher_factor", "n_distill", "batch_size")
+    check_seeds(p)
 
 
 def check_fit(p: Params) -> None:
     """The distillation: correction flavour, objective, held-out fraction for the guard."""
     check_teacher(p)
     check_choice("correction", p["correction"], CORRECTIONS)
-    check_options(p["objective"], p["objective_options"])
+    check_objective(p["objective"], p["objective_options"])
     check_alignment(p.get("alignment", "exact"), p.get("solvers") or [p.get("solver")], p["family"])
     if not 0 < p["holdout"] < 1:
         raise ValueError(f"holdout must be a fraction in (0, 1), got {p['holdout']}")
@@ -67,6 +100,7 @@ def check_distill(p: Params) -> None:
 def check_sample(p: Params) -> None:
     check_model_name(p["model"])
     check_positive(p, "n_samples", "batch_size", "num_shards")
+    check_seeds(p)
     if p["lambdas"] is None:
         if p["solver"] is None or p["nfe"] is None:
             raise ValueError("give solver and nfe (base sampling), or lambdas=<lambdas artifact id>")

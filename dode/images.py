@@ -14,6 +14,7 @@ what PIL's ``convert("RGB")`` does to an ``L`` image inside pytorch-fid.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -108,7 +109,8 @@ def iter_folder(folder: str | Path, batch_size: int) -> Iterator[np.ndarray]:
 
 
 def write_png(images: np.ndarray, folder: str | Path, names: Sequence[str]) -> list[Path]:
-    """Write uint8 (B, C, H, W) images as PNGs (``L`` for one channel, ``RGB`` for three) named ``names``."""
+    """Write uint8 (B, C, H, W) images as PNGs (``L`` for one channel, ``RGB`` for three) named ``names``; a
+    symbolic link in the way is refused (an OSError), never written through."""
     from PIL import Image
 
     images = check_uint8(images)
@@ -118,6 +120,8 @@ def write_png(images: np.ndarray, folder: str | Path, names: Sequence[str]) -> l
     for img, name in zip(images, names, strict=True):
         path = folder / name
         pixels = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-        Image.fromarray(np.ascontiguousarray(pixels)).save(path)  # 2-D uint8 -> L, (H, W, 3) -> RGB
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as f:  # 2-D uint8 -> L, (H, W, 3) -> RGB
+            Image.fromarray(np.ascontiguousarray(pixels)).save(f, format="PNG")
         paths.append(path)
     return paths

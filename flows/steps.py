@@ -71,7 +71,7 @@ def register_model(registry: str, name: str, *, provenance: dict | None = None) 
     """The model as a "model" artifact (its diffusers folder, or a JSON description of an in-memory model):
     the root of every lineage."""
     reg, m = open_registry(registry), model(name)
-    found = reg.find("model", fingerprint=m.fingerprint)
+    found = reg.find_intact("model", fingerprint=m.fingerprint)
     if found:
         return found[0].id
     info = {"name": m.name, "fingerprint": m.fingerprint, "shape": list(m.shape), "type": type(m.denoiser).__name__}
@@ -90,7 +90,7 @@ def gaussian(registry: str, model_id: str, n_samples: int, first_seed: int, batc
     m = model(reg.get(model_id).params["name"])
     params = {"model": m.name, "model_fingerprint": m.fingerprint, "n": n_samples, "first_seed": first_seed}
     key = f"{m.name}/gaussian/model-samples-n{n_samples}-seed{first_seed}"
-    found = reg.find("gaussian", key, **params)
+    found = reg.find_intact("gaussian", key, **params)
     if found:
         return found[0].id
     art = save_gaussian(reg, from_model(m, n_samples, first_seed=first_seed, batch_size=batch_size), key, [model_id],
@@ -119,7 +119,7 @@ def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teach
     seeds = range(first_seed, first_seed + n_samples)
     key = (f"{m.name}/{spec.family}-{spec.steps}/teacher-{teacher_solver}-x{teacher_factor}/"
            f"seeds-{seeds.start}-{seeds.stop - 1}")
-    found = reg.find("trajectory", key, **params)
+    found = reg.find_intact("trajectory", key, **params)
     if found:
         log.info("teacher %s found in the registry (%s)", key, found[0].short)
         return found[0].id
@@ -159,7 +159,7 @@ def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout
               "objective": objective, "objective_options": dict(objective_options or {}), "alignment": alignment,
               **({"first_step": first_step, "gaussian": gauss.id} if first else {})}
     key = f"{m.name}/{solver}/nfe{n_eval}/{spec.family}-{spec.steps}" + (f"/first-{first_step}" if first else "")
-    found = reg.find("lambdas", key, **params)
+    found = reg.find_intact("lambdas", key, **params)
     if found:
         log.info("lambdas %s found in the registry (%s)", key, found[0].short)
         return found[0].id
@@ -222,7 +222,7 @@ def reference_stats(registry: str, model_id: str, metric: str, n_samples: int, f
     params = {"features": ext.name, "fingerprint": ext.fingerprint, "n": len(images), "source": source,
               "model_fingerprint": m.fingerprint, "implementation": implementation(ext.name)}
     key = f"{m.name}/{ext.name}/{source}"
-    found = reg.find("reference-stats", key, **params)
+    found = reg.find_intact("reference-stats", key, **params)
     if found:
         return found[0].id
     stats = stats_from_images(images, ext, batch_size=500)
@@ -239,7 +239,7 @@ def score(registry: str, samples_id: str, metric: str, reference_id: str, *, pro
     samples, ref = reg.get(samples_id), reg.get(reference_id)
     params = {"metric": metric, "samples": samples.id, "reference": ref.id}
     key = f"{samples.key}/{metric}"
-    found = reg.find("score", key, **params)
+    found = reg.find_intact("score", key, **params)
     if found:
         return found[0].id
     result: dict[str, Any] = {**score_samples(reg, samples, metric, ref), "samples": samples.id, "reference": ref.id}

@@ -181,8 +181,8 @@ SAMPLE_CASES = [
     (("--device", "gpu"), "unknown device 'gpu'"),
     (("--lambdas", "deadbeef"), "no artifact 'deadbeef'"),
     (("--lambdas", "{lam}"), "lambdas"),
-    (("--png-dir", "{d}/afile"), "cannot create this folder"),
-    (("--png-dir", "{d}/afile/sub"), "cannot create this folder"),
+    (("--png-dir", "{d}/afile"), "is a file, not a folder"),
+    (("--png-dir", "{d}/afile/sub"), "cannot write to"),
 ]
 TRAIN_CASES = [
     (("--steps", "0"), "--steps must be >= 1"),

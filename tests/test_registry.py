@@ -172,7 +172,7 @@ def test_fetch_verifies_and_never_overwrites_other_content(reg, tmp_path):
     assert (out / "weights.bin").read_bytes() == b"w" * 100
     assert reg.fetch(model, out) == out  # identical content already there: nothing to do
     (out / "weights.bin").write_bytes(b"mine")
-    with pytest.raises(ValueError, match="exists with other content; remove it or choose another --out"):
+    with pytest.raises(ValueError, match="exists with other content; remove it or choose another output folder"):
         reg.fetch(model, out)
     assert (out / "weights.bin").read_bytes() == b"mine"
 

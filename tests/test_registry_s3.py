@@ -125,3 +125,29 @@ def test_s3_without_credentials_is_one_clear_error(s3, bucket, tmp_path):
         assert f"cannot read registry s3://{bucket}/dode" in done.stderr and "credentials" in done.stderr
         assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert not (tmp_path / "dl").exists()
+
+
+def test_a_file_and_a_folder_of_one_name_on_s3_are_refused_before_anything_is_written(s3, bucket, tmp_path):
+    """An object store holds ``files/a`` and ``files/a/b`` at once; no local folder can: refused up front."""
+    import hashlib
+    import json
+
+    from dode.store.manifest import MANIFEST_VERSION, artifact_id
+
+    url, client = s3
+    reg = registry(url, bucket, tmp_path)
+    with pytest.raises(ValueError, match="also a folder"):
+        reg.publish("report", "clash", {"a": b"1", "a/b": b"2"})
+    files = {"a": b"1", "a/b": b"2"}
+    hashes = {n: hashlib.sha256(c).hexdigest() for n, c in files.items()}
+    id = artifact_id("report", "clash", {}, [], hashes)
+    for name, content in files.items():
+        client.put_object(Bucket=bucket, Key=f"dode/artifacts/{id}/files/{name}", Body=content)
+    manifest = {"manifest_version": MANIFEST_VERSION, "id": id, "kind": "report", "key": "clash", "params": {},
+                "parents": [], "provenance": {}, "created": "2024-01-01T00:00:00+00:00",
+                "files": {n: {"sha256": hashes[n], "size": len(c)} for n, c in files.items()}}
+    client.put_object(Bucket=bucket, Key=f"dode/artifacts/{id}/manifest.json", Body=json.dumps(manifest).encode())
+    with pytest.raises(ValueError, match="also a folder of other files"):
+        reg.fetch(id, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert any("also a folder" in p for p in reg.verify())

@@ -9,6 +9,8 @@ import importlib
 import sys
 from importlib.metadata import EntryPoint, distributions
 
+from ..store.manifest import printable
+
 COMMANDS: dict[str, str] = {
     "artifacts": "dode.cli.artifacts",  # list / show / get / verify registry artifacts
     "sample": "dode.cli.scoring",  # large-batch sharded sampling
@@ -48,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as err:  # bad input and file-system trouble: one line, exit 2
-        print(f"dode {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, FloatingPointError) as err:  # bad input, file-system trouble, a model's NaN
+        print(f"dode {args.command}: error: {printable(str(err))}", file=sys.stderr)  # one escaped line, exit 2
         return 2
 
 

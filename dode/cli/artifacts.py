@@ -9,11 +9,12 @@ from pathlib import Path
 
 from .. import progress
 from ..store.export import fetch_parts, write_npz, write_pngs
-from ..store.fetch import has_parts
+from ..store.fetch import clean_downloads, has_parts
 from ..store.location import registry_location
-from ..store.manifest import KINDS
+from ..store.manifest import KINDS, printable
 from ..store.registry import Registry
 
+UNVERIFIED = ("created", "provenance")  # manifest fields the id does not hash (dode.store.manifest.artifact_id)
 FORMATS = {"png": write_pngs, "npz": write_npz, "files": fetch_parts}  # how `get` writes an artifact with parts
 
 
@@ -32,7 +33,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     ls.add_argument("--kind", choices=KINDS, default=None, help="only artifacts of this kind")
     ls.set_defaults(func=run_list)
 
-    show = actions.add_parser("show", parents=[registry], help="print the manifest and the lineage down to the model")
+    show = actions.add_parser("show", parents=[registry], help="print the manifest and the lineage down to the model",
+                              description="Prints the manifest's checked fields (the id is their sha256), then its "
+                              "provenance and creation time, which the id does not cover: marked unverified.")
     show.add_argument("id", help="artifact id or unique prefix")
     show.set_defaults(func=run_show)
 
@@ -56,6 +59,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     verify.set_defaults(func=run_verify)
 
     gc = actions.add_parser("gc", parents=[registry], help="remove partial files no live writer owns (staging/)")
+    gc.add_argument("--out", action="append", default=[], metavar="DIR",
+                    help="also remove what interrupted `get`s left in DIR (repeatable)")
     gc.set_defaults(func=run_gc)
 
 
@@ -82,7 +87,11 @@ def run_list(args: argparse.Namespace) -> int:
 def run_show(args: argparse.Namespace) -> int:
     reg = open_registry(args)
     art = reg.get(args.id)
-    print(json.dumps(art.to_dict(), indent=2, sort_keys=True))
+    manifest = art.to_dict()
+    unverified = {k: manifest.pop(k) for k in UNVERIFIED}
+    print(json.dumps(manifest, indent=2, sort_keys=True))
+    print(f"unverified (not covered by the id; anyone with write access can edit them): {', '.join(UNVERIFIED)}")
+    print(json.dumps(unverified, indent=2, sort_keys=True))
     print("lineage:")
     for item in reg.lineage(art):
         parents = " ".join(p[:12] for p in item.parents) or "-"
@@ -110,7 +119,7 @@ def run_verify(args: argparse.Namespace) -> int:
     reg = open_registry(args)
     problems = reg.verify(args.id)
     for problem in problems:
-        print(problem, file=sys.stderr)
+        print(printable(problem), file=sys.stderr)
     checked = 1 if args.id else len(reg.list()) + len(reg.broken)
     print(f"{checked} artifact(s) checked, {len(problems)} problem(s)")
     return 1 if problems else 0
@@ -118,8 +127,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_gc(args: argparse.Namespace) -> int:
     reg = open_registry(args)
-    removed = reg.gc()
+    removed = reg.gc() + [entry for out in args.out for entry in clean_downloads(Path(out))]
     for entry in removed:
-        print(f"removed {entry.path} ({entry.size} bytes)", file=sys.stderr)
+        print(printable(f"removed {entry.path} ({entry.size} bytes)"), file=sys.stderr)
     print(f"{len(removed)} stale partial file(s) removed, {sum(e.size for e in removed)} bytes")
     return 0

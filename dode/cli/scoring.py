@@ -60,7 +60,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch and per stored chunk")
     p.add_argument("--shard", type=int, default=0, help="which shard this worker computes (0-based)")
     p.add_argument("--num-shards", type=int, default=1, help="shards the job's chunks are split into (default 1)")
-    p.add_argument("--png-dir", default=None, help="also write the samples as <seed>.png here")
+    p.add_argument("--png-dir", default=None,
+                   help="also write the samples as <seed>.png here (a real folder outside the registry)")
+    p.add_argument("--force", action="store_true", help="overwrite PNGs in --png-dir that hold other content")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
     p.add_argument("--registry", default=None, metavar="URI", help="registry path or URL (default $DODE_REGISTRY)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -68,7 +70,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from ..generate import SamplingJob, export_png, run_sampling
+    from ..generate import SamplingJob, run_sampling
+    from ..store.export import write_pngs
+    from ..store.fetch import output_dir
 
     registry = _registry(args.registry) if args.lambdas else None
     solver, grid = implied_sampler(registry, args) if args.lambdas else base_sampler(args)
@@ -76,9 +80,9 @@ def run_sample(args: argparse.Namespace) -> int:
     job = SamplingJob(args.model, solver, grid, args.lambdas, args.n_samples, args.first_seed, args.batch_size, **first)
     if args.png_dir:  # before sampling, not after
         try:
-            Path(args.png_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ValueError(f"--png-dir {args.png_dir}: cannot create this folder ({err.strerror})") from None
+            output_dir(Path(args.png_dir))
+        except ValueError as err:
+            raise ValueError(f"--png-dir: {err}") from None
     registry = registry or _registry(args.registry)
     art = run_sampling(job, registry, shard=args.shard, num_shards=args.num_shards, device=args.device,
                        progress=not args.quiet,
@@ -86,7 +90,8 @@ def run_sample(args: argparse.Namespace) -> int:
     if "shard" in art.params:
         print(f"shard {args.shard} of {args.num_shards} done; the job's other shards are still missing", file=sys.stderr)
     if args.png_dir:
-        count = export_png(registry, art, args.png_dir)
+        with progress.bars(not args.quiet):
+            count, _ = write_pngs(registry, art, Path(args.png_dir), args.force)
         print(f"wrote {count} PNGs to {args.png_dir}", file=sys.stderr)
     print(art.id)
     return 0

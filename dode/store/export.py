@@ -14,17 +14,17 @@ from typing import Any
 import numpy as np
 
 from .. import progress
-from ..generate import iter_samples
+from ..generate import chunk_list, iter_samples
 from ..images import write_png
-from .fetch import hidden_dir, install_all, parts
+from .fetch import fetch_all, hidden_dir, install_all, parts
 from .manifest import Artifact
 
 
 def sample_chunks(reg: Any, art: Artifact) -> Iterator[tuple[range, np.ndarray]]:
     """(seeds, uint8 images) of a samples index, chunk by chunk, every chunk read verified and its size checked,
     with a progress bar over the samples."""
-    start, stop = art.params["seeds"]
-    with progress.bar(stop - start, f"get {art.short}", "sample") as bar:
+    total = sum(len(seeds) for _, seeds in chunk_list(reg, art))
+    with progress.bar(total, f"get {art.short}", "sample") as bar:
         for seeds, images in iter_samples(reg, art):
             if len(images) != len(seeds):
                 raise ValueError(f"samples {art.short}: a chunk holds {len(images)} images for {len(seeds)} seeds; "
@@ -47,12 +47,12 @@ def write_pngs(reg: Any, art: Artifact, out: Path, force: bool = False) -> tuple
 def write_npz(reg: Any, art: Artifact, out: Path, force: bool = False) -> tuple[int, str]:
     """A samples job or shard as ``out/samples.npz``: ``images`` uint8 (N, C, H, W) and ``seeds`` (N,), written
     chunk by chunk into the .npy inside (memory: one chunk)."""
-    start, stop = art.params["seeds"]
+    chunks = chunk_list(reg, art)
     with hidden_dir(out) as hidden:
-        npy, seeds, done = None, np.arange(start, stop, dtype=np.int64), 0
+        npy, seeds, done = None, None, 0
         for chunk_seeds, images in sample_chunks(reg, art):
             if npy is None:
-                npy = np.lib.format.open_memmap(hidden / "images.npy", "w+", np.uint8, (len(seeds), *images.shape[1:]))
+                npy, seeds = npz_arrays(reg, chunks, images[0].shape, hidden)
             npy[done : done + len(images)] = images
             seeds[done : done + len(images)] = np.asarray(chunk_seeds)
             done += len(images)
@@ -66,12 +66,21 @@ def write_npz(reg: Any, art: Artifact, out: Path, force: bool = False) -> tuple[
     return done, "sample(s) in samples.npz"
 
 
+def npz_arrays(reg: Any, chunks: list[tuple[str, range]], shape: tuple[int, ...], folder: Path
+               ) -> tuple[np.memmap, np.ndarray]:
+    """The images .npy (memory-mapped) and the seeds of a samples .npz, sized from the chunk list once its seeds
+    are checked against the bytes the chunks' files hold (a forged index cannot ask for a larger file)."""
+    n = sum(len(seeds) for _, seeds in chunks)
+    held = sum(reg.get(cid).files.get("images.npy", {}).get("size", 0) for cid, _ in chunks)
+    if n * int(np.prod(shape)) > held:
+        raise ValueError(f"samples index lists {n} seeds, more than its chunks' {held} bytes of images hold; the "
+                         "registry is inconsistent: run `dode artifacts verify`")
+    seeds = np.empty(n, dtype=np.int64)
+    return np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, (n, *shape)), seeds
+
+
 def fetch_parts(reg: Any, art: Artifact, out: Path, force: bool = False) -> tuple[int, str]:
     """The index's own files into ``out`` and each part's files into ``out/parts/<part id>/``, all verified."""
     pieces = parts(reg, art)
-    reg.fetch(art, out, force=force)
-    with progress.bar(len(pieces), f"get {art.short}", "part") as bar:
-        for part in pieces:
-            reg.fetch(part, out / "parts" / part.id, force=force)
-            bar.update(1)
+    fetch_all(reg, [(art, ""), *((p, f"parts/{p.id}/") for p in pieces)], out, force=force)
     return len(pieces), f"part(s) (and {', '.join(sorted(art.files))})"

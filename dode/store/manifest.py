@@ -4,6 +4,10 @@ An artifact's id is the sha256 of the canonical JSON of (kind, key, params, pare
 sha256), so a manifest whose content does not hash to its directory's id has been edited or corrupted.
 ``parse_manifest`` is the only way a manifest becomes an ``Artifact``: it reports every problem (bad
 JSON, missing or mistyped keys, unsafe file names, a wrong id) instead of raising on the first one.
+
+Registry JSON is hostile input: ``load_json`` bounds its size and nesting before parsing (a deeply nested
+document would exhaust the parser's recursion), and ``printable`` escapes what a manifest says before it
+reaches a terminal (a forged key cannot print a fake line or move the cursor).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ KINDS = ("trajectory", "lambdas", "samples", "reference-stats", "score", "report
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 HEX64 = re.compile(r"[0-9a-f]{64}")
+MAX_JSON_BYTES = 16 << 20  # a manifest or index larger than this is refused unread
+MAX_JSON_DEPTH = 64  # nesting of objects and arrays; dode's own documents use fewer than 10 levels
+JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped) and brackets
+UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 FIELDS = {"id": str, "kind": str, "key": str, "params": dict, "parents": list, "provenance": dict, "files": dict,
           "created": str}
 
@@ -45,11 +53,37 @@ class Artifact:
         return self.id[:12]
 
     def line(self) -> str:
-        """One line for listings: id first."""
-        return f"{self.id}  {self.kind:<15} {self.key}  {self.created}"
+        """One line for listings: id first (the key and date escaped, ``printable``)."""
+        return f"{self.id}  {self.kind:<15} {printable(self.key)}  {printable(self.created)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"manifest_version": MANIFEST_VERSION, **asdict(self), "parents": list(self.parents)}
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal: control characters, line separators and bidirectional overrides escaped
+    (``\\x1b``, ``\\u202e``), so what a manifest or file name says is printed, never executed."""
+    return UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def load_json(raw: bytes, what: str, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse registry JSON, bounded: a ValueError saying ``what`` is wrong when ``raw`` is longer than
+    ``max_bytes``, nests deeper than ``max_depth``, or is not JSON (UTF-8)."""
+    if len(raw) > max_bytes:
+        raise ValueError(f"{what} is larger than {max_bytes} bytes")
+    depth = 0
+    for token in JSON_TOKENS.finditer(raw):
+        bracket = token.group()
+        if bracket in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                raise ValueError(f"{what} nests deeper than {max_depth} levels")
+        elif bracket in (b"]", b"}"):
+            depth -= 1
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{what} is not valid JSON ({err})") from None
 
 
 def canonical_json(obj: Any) -> str:
@@ -74,6 +108,12 @@ def check_name(name: Any) -> str:
     if any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"artifact file name {name!r} must be a relative path like 'data.json' or 'unet/config.json'")
     return name
+
+
+def clash(names: Sequence[str]) -> str | None:
+    """A name that is also a folder of another name (``a`` and ``a/b``), which no file system holds; None if none."""
+    folders = {"/".join(n.split("/")[:i]) for n in names for i in range(1, n.count("/") + 1)}
+    return next((n for n in sorted(names) if n in folders), None)
 
 
 def expand_files(files: Mapping[str, Path | bytes]) -> dict[str, Path | bytes]:
@@ -102,6 +142,9 @@ def expand_files(files: Mapping[str, Path | bytes]) -> dict[str, Path | bytes]:
             out[name] = path
         else:
             raise ValueError(f"file {name!r}: {content!r} is neither bytes nor an existing file or directory")
+    both = clash(list(out))
+    if both is not None:
+        raise ValueError(f"file {both!r} is also a folder of other files; name them apart")
     return out
 
 
@@ -121,6 +164,9 @@ def file_problems(files: Any) -> list[str]:
             problems.append(f"file {name!r}: sha256 must be 64 lowercase hex digits")
         elif not (type(entry["size"]) is int and entry["size"] >= 0):
             problems.append(f"file {name!r}: size must be a non-negative integer")
+    both = clash([n for n in files if isinstance(n, str)])
+    if both is not None:
+        problems.append(f"file {both!r} is also a folder of other files (no file system holds both)")
     return problems
 
 
@@ -145,9 +191,9 @@ def field_problems(data: dict[str, Any]) -> list[str]:
 def parse_manifest(id: str, raw: bytes) -> tuple[Artifact | None, list[str]]:
     """(the artifact, []) for a sound manifest of artifact ``id``; (None, every problem found) otherwise."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        return None, [f"manifest is not valid JSON ({err})"]
+        data = load_json(raw, "manifest")
+    except ValueError as err:
+        return None, [str(err)]
     if not isinstance(data, dict):
         return None, [f"manifest must be a JSON object, got a {type(data).__name__}"]
     problems = field_problems(data) + file_problems(data.get("files"))

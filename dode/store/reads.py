@@ -10,14 +10,13 @@ link or a non-regular file inside the registry is refused (``dode.store.storage.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .manifest import Artifact
+from .manifest import Artifact, load_json
 from .storage import CHUNK, Refused, chunks, local_tree
 
 VERIFIED: set[tuple[tuple[int, ...], str]] = set()  # (file state token, sha256) checked in this process
@@ -91,7 +90,7 @@ class VerifiedReads:
         return data
 
     def read_json(self, ref: str | Artifact, name: str = "data.json") -> Any:
-        return json.loads(self.read_bytes(ref, name))
+        return load_json(self.read_bytes(ref, name), f"{name} of artifact {self.get(ref).short}")
 
     def blocks(self, key: str) -> Iterable[bytes]:
         with self.storage.open(key) as f:
@@ -115,6 +114,8 @@ class VerifiedReads:
             return "is missing"
         except Refused as err:
             return f"is refused ({err})"
+        except OSError as err:
+            return f"is unreadable ({err.strerror})"
         why = mismatch(art, name, digest, size)
         if why is None and token is not None:
             VERIFIED.add((token, sha))

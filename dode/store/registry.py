@@ -33,11 +33,13 @@ from .manifest import (
     HEX64,
     KINDS,
     MANIFEST,
+    MAX_JSON_BYTES,
     Artifact,
     artifact_id,
     canonical_json,
     expand_files,
     parse_manifest,
+    printable,
 )
 from .reads import VerifiedReads, file_sha256
 from .staging import StagingArea, Stale, collect, stale_entries
@@ -151,7 +153,7 @@ class Registry(VerifiedReads):
         """
         if kind not in KINDS:
             raise ValueError(f"unknown artifact kind {kind!r}; choose one of {list(KINDS)}")
-        if not isinstance(key, str) or not key.strip() or "\n" in key:
+        if not isinstance(key, str) or not key.strip() or printable(key) != key:
             raise ValueError(f"artifact key must be a non-empty one-line string like 'digits-ddpm/euler/nfe5', got {key!r}")
         params = json.loads(canonical_json(dict(params or {})))
         parent_arts = [self.get(p.id if isinstance(p, Artifact) else p) for p in parents]
@@ -206,7 +208,7 @@ class Registry(VerifiedReads):
         if id in self.manifests:
             return self.manifests[id]
         try:
-            raw = self.storage.read(self.manifest_key(id))
+            raw = self.storage.read(self.manifest_key(id), MAX_JSON_BYTES)
         except FileNotFoundError:
             return None
         except (OSError, Refused) as err:
@@ -231,7 +233,7 @@ class Registry(VerifiedReads):
         dirs = [d for d in self.storage.listdir("artifacts") if HEX64.fullmatch(d)]
         unknown = [d for d in dirs if d not in self.manifests]
         if unknown:
-            for key, raw in self.storage.read_many(self.manifest_key(d) for d in unknown).items():
+            for key, raw in self.storage.read_many((self.manifest_key(d) for d in unknown), MAX_JSON_BYTES).items():
                 self.parsed(key.split("/")[1], raw)
         return sorted(d for d in dirs if d in self.manifests)
 
@@ -248,6 +250,11 @@ class Registry(VerifiedReads):
         hits = [a for a in self.list(kind)
                 if (key is None or a.key == key) and all(a.params.get(k) == v for k, v in want.items())]
         return hits[::-1]
+
+    def find_intact(self, kind: str, key: str | None = None, **params: Any) -> list[Artifact]:
+        """``find``, keeping only artifacts whose every file verifies (``intact``): what a step reuses instead of
+        computing, so a damaged result is computed again and republishing it repairs the registry."""
+        return [a for a in self.find(kind, key, **params) if self.intact(a.id)]
 
     def refuse(self, id: str) -> ValueError:
         return ValueError(f"artifact {id[:12]} in {self.uri} is refused: {'; '.join(self.broken[id])}; "

@@ -11,6 +11,11 @@ Anything else in ``staging/`` (left by older versions) has no owner and is stale
 ``LOOSE_AGE_S``. Stale entries are removed by the next writer (``StagingArea.__enter__``) and by
 ``dode artifacts gc``, and reported by ``dode artifacts verify`` until then.
 
+Nothing is followed: the staging directory itself must be a real directory (a symbolic link there is
+refused, never written or cleaned through; ``staging_problem``), and only what a writer makes is ever
+removed: an area (a real directory, emptied without following links), a lock file or a loose file, each a
+regular file or directory of the staging directory itself.
+
 The same rule covers a ``TrajectoryWriter``'s ``.<name>.<pid>.partial``: the writer holds a lock on
 it, and the next writer of that file removes unlocked ones (``clean_partials``).
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -69,21 +75,55 @@ def hold_lock(path: Path) -> int:
         os.close(fd)
 
 
+def staging_problem(root: Path) -> str | None:
+    """Why ``root`` cannot serve as a staging directory (a symbolic link or not a directory); None when it can."""
+    try:
+        mode = root.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(mode):
+        return None
+    what = "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
+    return (f"staging: {root} is {what}; dode writes and cleans partial files only in a real staging directory "
+            "(nothing behind it is touched): remove it")
+
+
+def check_staging(root: Path) -> None:
+    """A ValueError when ``root`` is a symbolic link or not a directory (``staging_problem``)."""
+    problem = staging_problem(root)
+    if problem:
+        raise ValueError(problem)
+
+
+def owned(path: Path) -> bool:
+    """Whether a staging entry is something a writer makes: a regular file or a real directory (not a link)."""
+    mode = path.lstat().st_mode
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+
 def tree_size(path: Path) -> int:
-    if not path.is_dir() or path.is_symlink():
+    if not stat.S_ISDIR(path.lstat().st_mode):
         return path.lstat().st_size
     return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir() or p.is_symlink())
 
 
 def remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
+    """Remove a staging entry: a real directory with everything in it (links removed, never followed), or a file."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
 
 
 def stale_entries(root: Path, *, now: float | None = None) -> list[Stale]:
-    """Entries of the staging directory ``root`` that no live writer owns (see the module's stale rule)."""
+    """Entries of the staging directory ``root`` that no live writer owns (see the module's stale rule); none
+    when ``root`` is missing, a symbolic link or not a directory (``staging_problem`` reports that)."""
+    if staging_problem(root):
+        return []
     try:
         entries = sorted(root.iterdir())
     except (FileNotFoundError, NotADirectoryError):
@@ -97,6 +137,8 @@ def stale_entries(root: Path, *, now: float | None = None) -> list[Stale]:
             continue  # reported with its area
         lock = path if is_lock else path.with_name(path.name + LOCK_SUFFIX)
         try:
+            if not owned(path) or (lock.name in names and not owned(lock)):
+                continue  # a link or a special file: not a writer's, reported by `verify`, never removed
             if lock.name in names:
                 fd = try_lock(lock)
                 if fd is None:
@@ -111,12 +153,14 @@ def stale_entries(root: Path, *, now: float | None = None) -> list[Stale]:
 
 
 def collect(root: Path) -> list[Stale]:
-    """Remove the stale entries of ``root`` (an area before its lock, each under that lock); returns them."""
+    """Remove the stale entries of ``root`` (an area before its lock, each under that lock); returns them.
+    A ValueError when ``root`` is a symbolic link or not a directory: nothing is removed through it."""
+    check_staging(root)
     removed = []
     for entry in stale_entries(root):
         path = entry.path
         lock = path if path.name.endswith(LOCK_SUFFIX) else path.with_name(path.name + LOCK_SUFFIX)
-        if lock.exists():
+        if lock.exists() and owned(lock):
             fd = try_lock(lock)
             if fd is None:
                 continue  # a writer took it over meanwhile
@@ -145,6 +189,7 @@ class StagingArea:
         self.fd: int | None = None
 
     def __enter__(self) -> Self:
+        check_staging(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         collect(self.root)
         self.fd = hold_lock(self.lock)

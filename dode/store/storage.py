@@ -7,8 +7,10 @@ nothing of manifests or ids: it reads, lists and writes bytes, atomically, and t
 ``stage`` copies a file into a local staging area while hashing it, so the bytes later committed are
 exactly the bytes hashed; ``commit`` moves them into place (a rename on a local disk, one PUT on an
 object store). Local reads never follow a symbolic link inside the registry (each path component is
-opened with ``O_NOFOLLOW`` relative to its parent), so a link planted in an artifact cannot make the
-registry read outside itself.
+opened with ``O_NOFOLLOW`` relative to its parent), and local writes likewise (``commit`` creates and
+opens every folder below the root without following a link, then renames relative to that folder), so a
+link planted in the registry can make it neither read nor write outside itself. The root itself may be
+reached through a link (a registry on another disk).
 """
 
 from __future__ import annotations
@@ -90,16 +92,27 @@ class Storage(Protocol):
     def check_readable(self) -> None: ...
     def check_writable(self) -> None: ...
     def exists(self, key: str) -> bool: ...
+    def kind(self, key: str) -> str | None: ...
     def listdir(self, key: str) -> list[str]: ...
     def walk(self, key: str) -> dict[str, str]: ...
-    def read(self, key: str) -> bytes: ...
-    def read_many(self, keys: Iterable[str]) -> dict[str, bytes]: ...
+    def read(self, key: str, limit: int = -1) -> bytes: ...
+    def read_many(self, keys: Iterable[str], limit: int = -1) -> dict[str, bytes]: ...
     def open(self, key: str) -> BinaryIO: ...
     def local_file(self, key: str) -> Path | None: ...
     def token(self, key: str) -> tuple[int, ...] | None: ...
     def commit(self, staged: Path | bytes, key: str) -> None: ...
     def path(self, key: str) -> str: ...
     def url(self, key: str) -> str: ...
+
+
+def refusal(key: str, err: OSError) -> OSError:
+    """A ``Refused`` for a link, a file where a folder belongs or a name too long; other errors as they are."""
+    if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return Refused(f"{key}: a path component is a symbolic link or not a directory; the registry holds no "
+                       "links (run `dode artifacts verify`)")
+    if err.errno == errno.ENAMETOOLONG:
+        return Refused(f"{key[:80]}...: a name too long for this file system")
+    return err
 
 
 def not_writable(uri: str, err: BaseException) -> ValueError:
@@ -129,23 +142,45 @@ class LocalStorage:
         except OSError as err:
             raise not_writable(self.uri, err) from None
 
-    def fd(self, key: str, final: int = os.O_RDONLY) -> int:
-        """An fd of ``key`` opened component by component without following links."""
+    def folder_fd(self, parts: list[str], *, create: bool = False) -> int:
+        """An fd of the folder ``root/parts...``, each part opened (created first when ``create``) without
+        following a link."""
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        parts = key.split("/")
         try:
-            for part in parts[:-1]:
+            for part in parts:
+                if create:
+                    try:
+                        os.mkdir(part, dir_fd=fd)
+                    except FileExistsError:
+                        pass
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                 os.close(fd)
                 fd = nxt
-            return os.open(parts[-1], final | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
-        except OSError as err:
-            if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-                raise Refused(f"{key}: a path component is a symbolic link or not a directory; the registry "
-                                 "holds no links (run `dode artifacts verify`)") from None
-            raise
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
+
+    def fd(self, key: str, final: int = os.O_RDONLY) -> int:
+        """An fd of ``key`` opened component by component without following links."""
+        parts = key.split("/")
+        try:
+            fd = self.folder_fd(parts[:-1])
+            try:
+                return os.open(parts[-1], final | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise refusal(key, err) from None
+
+    def kind(self, key: str) -> str | None:
+        """What ``key`` is, its own entry (a link is not followed): 'dir', 'file', 'link', 'other' or None."""
+        try:
+            mode = os.lstat(self.root / key).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return ("link" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode)
+                else "other")
 
     def regular_fd(self, key: str) -> int:
         fd = self.fd(key)
@@ -174,15 +209,16 @@ class LocalStorage:
     def walk(self, key: str) -> dict[str, str]:
         return local_tree(self.root / key)
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, limit: int = -1) -> bytes:
+        """The file's bytes; with ``limit`` >= 0, at most ``limit + 1`` of them (enough to tell it is too long)."""
         with self.open(key) as f:
-            return f.read()
+            return f.read(limit + 1 if limit >= 0 else -1)
 
-    def read_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+    def read_many(self, keys: Iterable[str], limit: int = -1) -> dict[str, bytes]:
         out = {}
         for key in keys:
             try:
-                out[key] = self.read(key)
+                out[key] = self.read(key, limit)
             except (OSError, ValueError):
                 continue
         return out
@@ -208,12 +244,14 @@ class LocalStorage:
         if isinstance(staged, bytes):
             with StagingArea(self.staging) as area:
                 return self.commit(stage(staged, area.path).path, key)
-        dest = self.root / key
         os.chmod(staged, 0o444)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, dest)
-        fd = os.open(dest.parent, os.O_RDONLY)
+        parts = key.split("/")
         try:
+            fd = self.folder_fd(parts[:-1], create=True)
+        except OSError as err:
+            raise refusal(key, err) from None
+        try:
+            os.replace(staged, parts[-1], dst_dir_fd=fd)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -270,6 +308,14 @@ class FsspecStorage:
         return self.fs.exists(self.path(key))
 
     @backend
+    def kind(self, key: str) -> str | None:
+        try:
+            info = self.fs.info(self.path(key))
+        except FileNotFoundError:
+            return None
+        return {"directory": "dir", "file": "file"}.get(info.get("type"), "other")
+
+    @backend
     def listdir(self, key: str) -> list[str]:
         self.fs.invalidate_cache(self.path(key))
         try:
@@ -283,13 +329,13 @@ class FsspecStorage:
         return {p[len(base) + 1:]: "file" for p in self.fs.find(base)}
 
     @backend
-    def read(self, key: str) -> bytes:
-        return self.fs.cat_file(self.path(key))
+    def read(self, key: str, limit: int = -1) -> bytes:
+        return self.fs.cat_file(self.path(key), end=limit + 1 if limit >= 0 else None)
 
     @backend
-    def read_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+    def read_many(self, keys: Iterable[str], limit: int = -1) -> dict[str, bytes]:
         found = self.fs.cat([self.path(k) for k in keys], on_error="omit")
-        return {p[len(self.root) + 1:]: data for p, data in found.items()}
+        return {p[len(self.root) + 1:]: data[: limit + 1] if limit >= 0 else data for p, data in found.items()}
 
     @backend
     def open(self, key: str) -> BinaryIO:

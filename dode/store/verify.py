@@ -3,7 +3,9 @@
 Per artifact: a manifest that is not JSON, lacks or mistypes a key, holds an unsafe file name or does
 not hash to its id; each file missing, a symbolic link, or failing its size or sha256 check (always
 re-hashed); entries under ``files/`` the manifest does not list; missing parents. For the whole
-registry also entries of ``artifacts/`` that are not ids and stale partial files in ``staging/``.
+registry also entries of ``artifacts/`` that are not ids, symbolic links where a folder belongs
+(``artifacts/`` itself, an artifact folder, ``staging/``: nothing behind them is read or counted as the
+registry's), and stale partial files in ``staging/``.
 An artifact directory without a manifest is an unfinished publish: invisible, and not a problem.
 """
 
@@ -11,16 +13,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from .manifest import HEX64, Artifact
+from .manifest import HEX64, Artifact, printable
+from .staging import staging_problem
+
+WHAT = {"link": "a symbolic link", "file": "a file", "other": "a special file", None: "missing"}
 
 
 def complete(reg: Any) -> tuple[list[str], list[str]]:
-    """(ids of artifact directories holding a manifest, problems with other entries of ``artifacts/``)."""
+    """(ids of artifact directories holding a manifest, problems with ``artifacts/`` and its other entries)."""
+    top = reg.storage.kind("artifacts")
+    if top not in (None, "dir"):
+        why = f"artifacts: is {WHAT[top]}, not a folder; the registry reads nothing behind it: replace it with the folder"
+        return [], [why]
     ids, problems = [], []
     for name in reg.storage.listdir("artifacts"):
         if not HEX64.fullmatch(name):
-            problems.append(f"artifacts/{name}: not an artifact id (64 hex digits); remove it")
-        elif reg.storage.exists(reg.manifest_key(name)):
+            problems.append(f"artifacts/{printable(name)}: not an artifact id (64 hex digits); remove it")
+        elif reg.local and (kind := reg.storage.kind(f"artifacts/{name}")) != "dir":  # object stores hold no links
+            problems.append(f"artifact {name[:12]}: its folder is {WHAT[kind]}; the registry reads nothing behind "
+                            "it: replace it with the folder itself")
+        elif reg.storage.kind(reg.manifest_key(name)) is not None:  # a link there is reported by verify_one
             ids.append(name)
     return ids, problems
 
@@ -64,4 +76,5 @@ def verify(reg: Any, ref: str | Artifact | None = None) -> list[str]:
         return verify_one(reg, target(reg, ref, ids))
     for id in ids:
         problems += verify_one(reg, id)
-    return problems + [s.line() for s in reg.stale()]
+    staging = [staging_problem(reg.storage.staging)] if staging_problem(reg.storage.staging) else []
+    return problems + staging + [printable(s.line()) for s in reg.stale()]

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .correction import ALIGNMENTS, CORRECTIONS
-from .grids import FAMILIES
+from .gaussian import FIRST_STEPS
+from .grids import FAMILIES, GridSpec
 from .metrics.scores import check_metrics
 from .models import check_model_name
 from .objectives import check_options
@@ -92,9 +93,23 @@ def check_teacher_stage(p: Params) -> None:
     check_positive(p, "steps")
 
 
+def check_calls(p: Params) -> None:
+    """One solver at ``nfe`` network calls with ``first_step`` (an analytic first step needs exact alignment)."""
+    first = p.get("first_step") or "network"
+    check_choice("first step", first, FIRST_STEPS)
+    if first == "network":
+        plan_cells([p["solver"]], [], {p["solver"]: [p["nfe"]]}, p["family"])
+        return
+    check_choice("solver", p["solver"], SOLVERS)
+    check_choice("grid family", p["family"], FAMILIES)
+    GridSpec.for_calls(p["family"], p["solver"], p["nfe"], first)
+    if p.get("alignment", "exact") != "exact":
+        raise ValueError("an analytic first step needs alignment=exact")
+
+
 def check_distill(p: Params) -> None:
     check_fit(p)
-    plan_cells([p["solver"]], [], {p["solver"]: [p["nfe"]]}, p["family"])
+    check_calls(p)
 
 
 def check_sample(p: Params) -> None:
@@ -104,9 +119,13 @@ def check_sample(p: Params) -> None:
     if p["lambdas"] is None:
         if p["solver"] is None or p["nfe"] is None:
             raise ValueError("give solver and nfe (base sampling), or lambdas=<lambdas artifact id>")
-        plan_cells([p["solver"]], [], {p["solver"]: [p["nfe"]]}, p["family"])
-    elif p["solver"] is not None or p["nfe"] is not None:
-        raise ValueError("lambdas fix the solver and grid; drop solver/nfe when sampling with lambdas")
+        check_calls(p)
+        if (p.get("first_step") or "network") != "network" and not p.get("gaussian"):
+            raise ValueError("an analytic first step needs gaussian=<gaussian artifact id> (dode gaussian)")
+    elif p["solver"] is not None or p["nfe"] is not None or p.get("gaussian") or (p.get("first_step") or
+                                                                                   "network") != "network":
+        raise ValueError("lambdas fix the solver, grid and first step; drop solver/nfe/first_step/gaussian when "
+                         "sampling with lambdas")
 
 
 def check_score(p: Params) -> None:

@@ -114,13 +114,14 @@ def pipeline_flow(
     metric_list = resolve_metrics(metrics, steps.model(model))
     log.info("%d cells on %s (%s grids), metrics %s, registry %s", len(cells), model, family, metric_list, uri)
 
+    planned = plan_variants(variants)
     with shard_runner(dask, dask_address) as run:  # in this process, or on Dask
         # Teachers and lambdas: one teacher per student grid size, one fit per cell.
         teachers, cells = fit_cells(run, uri, model_id, cells, {
             "teacher_factor": teacher_factor, "teacher_solver": teacher_solver, "n_samples": n_distill,
             "first_seed": distill_seed, "batch_size": batch_size}, {
             "guard": guard, "holdout": holdout, "correction": correction, "objective": objective,
-            "objective_options": objective_options, "alignment": alignment}, plan_variants(variants), progress)
+            "objective_options": objective_options, "alignment": alignment}, planned, progress)
 
         # Base, D-ODE and teacher samples (in shards), scored.
         rows, cells, teacher_samples, used = evaluate_cells(
@@ -134,7 +135,8 @@ def pipeline_flow(
             if alignment == "exact" else f"Euler on a fresh {teacher_factor}x-NFE grid (official alignment)",
             "distillation samples": f"{n_distill} (seeds from {distill_seed}; guard {guard}, holdout {holdout})",
             "objective": f"{objective} {objective_options or ''}".strip(),
-            **{f"variant {k}": f"{v['objective']} {v['options'] or ''}".strip() for k, v in (variants or {}).items()},
+            **{f"variant {k}": f"{v['objective']} {v['options'] or ''}".strip()
+               + (f", first step {v['first_step']}" if v["first_step"] != "network" else "") for k, v in planned.items()},
             "evaluation samples": f"{n_samples} per cell (seeds from {first_seed})", "correction": correction,
             "registry": uri}
     path, report_id = publish_report(uri, f"{model}/sweep/{family}", meta, rows, cells, teacher_samples, used)

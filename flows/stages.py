@@ -15,7 +15,6 @@ from dode.generate import SamplingJob
 from dode.grids import GridSpec
 from dode.metrics.scores import FEATURES, resolve_metrics
 from dode.store.lambdas import load_lambdas
-from dode.sweep import plan_cells
 
 from . import steps, tasks
 from .pipeline import evaluate_cells
@@ -75,10 +74,11 @@ def distill_flow(
     objective: str = "step",
     objective_options: dict | None = None,
     alignment: str = "exact",
+    first_step: str = "network",
     registry: str | None = None,
 ) -> dict:
     """D-ODE lambdas for one solver and NFE: the teacher (found or computed), then the fit; returns
-    {"lambdas": id, "values", "trajectory"}.
+    {"lambdas": id, "values", "trajectory", "gaussian"}.
 
     Args:
         model: model name (e.g. digits-ddpm, mixture-smooth), a diffusers folder or a hub id
@@ -96,22 +96,25 @@ def distill_flow(
         objective: distillation objective (dode.objectives), e.g. step
         objective_options: the objective's options, e.g. iterations=150 (objective final)
         alignment: teacher targets: exact (the refined student grid) or official (the reference code's)
+        first_step: network, or analytic / flowmap: the first evaluation by a Gaussian of the model's own
+            samples (nfe stays the network calls; the grid gets one step more)
         registry: registry path or URL (default $DODE_REGISTRY or data/registry)
     """
     check_distill(locals())
-    (cell,) = plan_cells([solver], [], {solver: [nfe]}, family)
+    grid = GridSpec.for_calls(family, solver, nfe, first_step).to_dict()
     uri = registry_uri(registry)
     reg = open_registry(uri)
     model_id = tasks.register_model(uri, model)
-    traj = tasks.teacher(uri, model_id, cell["grid"], teacher_factor, teacher_solver, n_distill, distill_seed,
-                         batch_size)
-    lam_id = tasks.distill(uri, traj, solver, guard, holdout, correction, objective, objective_options, alignment)
+    traj = tasks.teacher(uri, model_id, grid, teacher_factor, teacher_solver, n_distill, distill_seed, batch_size)
+    gaussian = tasks.gaussian(uri, model_id, n_distill, distill_seed, batch_size) if first_step != "network" else None
+    lam_id = tasks.distill(uri, traj, solver, guard, holdout, correction, objective, objective_options, alignment,
+                           first_step, gaussian)
     lam = load_lambdas(reg, lam_id)
     create_table_artifact([{"k": k, "lambda": v} for k, v in enumerate(lam.values)], key="dode-lambdas",
                           description=f"{model} {solver} NFE {nfe}: lambda per evaluation (guard {lam.guard})")
-    tasks.link_artifacts(reg, [model_id, traj, lam_id])
+    tasks.link_artifacts(reg, [model_id, traj, *([gaussian] if gaussian else []), lam_id])
     get_run_logger().info("lambdas %s: %s", lam_id[:12], [round(v, 4) for v in lam.values])
-    return {"lambdas": lam_id, "values": list(lam.values), "trajectory": traj}
+    return {"lambdas": lam_id, "values": list(lam.values), "trajectory": traj, "gaussian": gaussian}
 
 
 @flow(name="dode-sample", version=dode.__version__)
@@ -121,6 +124,8 @@ def sample_flow(
     nfe: int | None = None,
     family: str = "karras",
     lambdas: str | None = None,
+    first_step: str = "network",
+    gaussian: str | None = None,
     n_samples: int = 1000,
     first_seed: int = 0,
     batch_size: int = 250,
@@ -137,7 +142,9 @@ def sample_flow(
         solver: base solver (not with lambdas)
         nfe: network evaluations per sample (not with lambdas)
         family: grid family: karras, time_uniform, time_quadratic, logsnr_uniform, ddim
-        lambdas: lambdas artifact id: sample its solver and grid with D-ODE
+        lambdas: lambdas artifact id: sample its solver, grid and first step with D-ODE
+        first_step: network, or analytic / flowmap with a gaussian (not with lambdas: they carry theirs)
+        gaussian: gaussian artifact id for an analytic first step (dode gaussian, or the distill stage's)
         n_samples: samples, from seed first_seed on
         first_seed: first seed of the samples
         batch_size: samples per batch and per stored chunk
@@ -155,9 +162,9 @@ def sample_flow(
             raise ValueError(f"artifact {lam.short} is a {lam.kind!r} artifact, not 'lambdas'")
         solver, grid, lambdas = lam.params["solver"], lam.params["grid"], lam.id
     else:
-        grid = GridSpec.for_nfe(family, solver, nfe).to_dict()
+        grid = GridSpec.for_calls(family, solver, nfe, first_step).to_dict()
     model_id = tasks.register_model(uri, model)
-    job = SamplingJob(model, solver, grid, lambdas, n_samples, first_seed, batch_size).to_dict()
+    job = SamplingJob(model, solver, grid, lambdas, n_samples, first_seed, batch_size, first_step, gaussian).to_dict()
     with shard_runner(dask, dask_address) as run:
         (samples,) = sample_jobs(run, uri, [job], num_shards)
     tasks.link_artifacts(reg, [model_id, *([lambdas] if lambdas else []), samples])
@@ -228,6 +235,14 @@ def score_given(run: Runner, uri: str, model_id: str, model: str, samples: list[
     return rows
 
 
+def first_step_base(params: dict) -> dict:
+    """For lambdas fitted with an analytic first step: the base solver with the same first step beside them."""
+    if params.get("first_step", "network") == "network":
+        return {}
+    return {"gaussian": params["gaussian"],
+            "first_bases": {f"base+{params['first_step']}": {"grid": params["grid"], "first_step": params["first_step"]}}}
+
+
 def reevaluate(run: Runner, uri: str, model_id: str, model: str, lambdas: list[str] | None, metrics: list[str],
                reference: str | None, n_samples: int, first_seed: int, batch_size: int, num_shards: int) -> list[dict]:
     """Registered lambdas (``lambdas``, else the newest of every key for ``model``) sampled with the model
@@ -240,8 +255,8 @@ def reevaluate(run: Runner, uri: str, model_id: str, model: str, lambdas: list[s
     for a in arts:
         if a.kind != "lambdas":
             raise ValueError(f"artifact {a.short} is a {a.kind!r} artifact, not 'lambdas'")
-    cells = [{"solver": a.params["solver"], "nfe": a.params["nfe"], "grid": a.params["grid"], "lambdas": a.id}
-             for a in arts]
+    cells = [{"solver": a.params["solver"], "nfe": a.params["nfe"], "grid": a.params["grid"], "lambdas": a.id,
+              **first_step_base(a.params)} for a in arts]
     record = load_lambdas(reg, arts[0]).teacher
     teacher = {"solver": record["solver"], "factor": record["factor"]}
     rows, _, _, used = evaluate_cells(run, uri, model_id, model, cells, teacher, metrics, reference, n_samples,

@@ -32,10 +32,12 @@ def network_calls(solver: str, steps: int, first: FirstStep | None = None) -> in
 
 
 def prepare(
-    noise: Tensor, sigmas: Tensor, solver: str, correction: str, first: FirstStep | None = None
+    noise: Tensor, sigmas: Tensor, solver: str, correction: str, first: FirstStep | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> tuple[Tensor, Tensor, Solver, int]:
-    """Validate the common arguments; return (noise, sigmas) in float64, the solver and its evaluations
-    (the analytic first evaluation included; under a ``flowmap`` first step, those after it)."""
+    """Validate the common arguments; return (noise, sigmas) in ``dtype`` (float64 unless a fit asks for the
+    model's), the solver and its evaluations (the analytic first evaluation included; under a ``flowmap``
+    first step, those after it)."""
     solver_ = get_solver(solver)
     if correction not in CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; choose one of {list(CORRECTIONS)}")
@@ -53,15 +55,15 @@ def prepare(
             f"solver {solver!r} on a {len(sigmas) - 1}-step grid makes {nfe} network evaluation(s); "
             "D-ODE needs at least 2: use a grid with more steps"
         )
-    return noise.to(torch.float64), sigmas.to(device=noise.device, dtype=torch.float64), solver_, nfe
+    return noise.to(dtype), sigmas.to(device=noise.device, dtype=dtype), solver_, nfe
 
 
 def evaluate(denoiser: Denoiser, x: Tensor, sigma: Tensor, k: int) -> Tensor:
-    """D(x; sigma) in float64, checked for shape and for NaN/inf (naming the evaluation index)."""
+    """D(x; sigma) in x's dtype, checked for shape and for NaN/inf (naming the evaluation index)."""
     out = denoiser(x, sigma.expand(len(x)))
     if out.shape != x.shape:
         raise ValueError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)} at evaluation {k}")
-    out = out.to(torch.float64)
+    out = out.to(x.dtype)
     if not torch.isfinite(out).all():
         raise FloatingPointError(
             f"the denoiser returned NaN or inf at network evaluation {k} (sigma={float(sigma):.6g}); "
@@ -91,6 +93,7 @@ def integrate(
     on_state: StateHook | None = None,
     grad: bool = False,
     first: FirstStep | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
     """Integrate the probability-flow ODE from sigmas[0] * noise to sigma = 0 with one base solver.
 
@@ -98,10 +101,11 @@ def integrate(
     the distilled trajectory and the sampled one cannot drift apart (Kim et al., 2024, Alg. 1 and 2).
     With ``grad`` the loop records gradients (lambda_k may then be tensors and ``sigmas`` may require
     grad, for objectives that differentiate through the sampler); by default it runs under no_grad.
-    ``first`` (``dode.gaussian.FirstStep``) makes the evaluation at sigmas[0] without the network.
+    ``first`` (``dode.gaussian.FirstStep``) makes the evaluation at sigmas[0] without the network. The state
+    is float64 unless ``dtype`` says otherwise (the ``final`` objective may fit in the model's float32).
     """
     with torch.set_grad_enabled(grad):
-        noise, sigmas, solver_, nfe = prepare(noise, sigmas, solver, correction, first)
+        noise, sigmas, solver_, nfe = prepare(noise, sigmas, solver, correction, first, dtype)
         x = noise * sigmas[0]
         offset = 0
         if first is not None and first.kind == "flowmap":  # the Gaussian's exact flow to sigmas[1]

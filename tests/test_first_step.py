@@ -56,7 +56,7 @@ def test_flow_map_solves_the_probability_flow_ode():
     for steps in (100, 200, 400):
         sigmas = torch.cat([dode.karras_sigmas(steps, 0.01, 80.0)[:-1], torch.zeros(1, dtype=torch.float64)])
         states = {}
-        dode.sample(gauss, noise, sigmas, "heun", on_state=lambda i, x, ev: states.__setitem__(i, x))
+        dode.sample(gauss, noise, sigmas, "heun", on_state=lambda i, x, ev, s=states: s.__setitem__(i, x))
         errors.append(float((states[steps - 1] - exact).abs().max()))
     assert errors[2] < 2e-4
     assert 3.5 < errors[0] / errors[1] < 4.5 and 3.5 < errors[1] / errors[2] < 4.5

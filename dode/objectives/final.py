@@ -27,6 +27,7 @@ from .step import greedy_lambdas
 
 INITS = ("timesteps", "zero", "greedy")  # where lambda starts: after a timesteps-only fit, at 0, or at greedy D-ODE
 OPTIMIZERS = ("adam", "lbfgs")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}  # the fit's sampler state
 MIN_GAP = 1e-4  # smallest share of the log-sigma range a gap starts with (a grid touching sigma_lo)
 
 
@@ -55,10 +56,11 @@ def logits_from_grid(sigmas: Tensor, sigma_lo: float) -> Tensor:
 
 
 def final_sample(problem: FitProblem, denoiser: Denoiser, lam: Tensor, sigmas: Tensor, rows: slice, grad: bool) -> Tensor:
-    """The student's final sample for the fit noise ``rows`` with lambdas ``lam`` on grid ``sigmas``."""
+    """The student's final sample for the fit noise ``rows`` with lambdas ``lam`` on grid ``sigmas``, in the
+    fit's dtype (the fit noise's)."""
     noise = problem.noise[rows]
     return integrate(denoiser, noise, sigmas, problem.solver, lambda k, update: lam[k],
-                     correction=problem.correction, grad=grad, first=problem.first)
+                     correction=problem.correction, grad=grad, first=problem.first, dtype=noise.dtype)
 
 
 def accumulate(problem: FitProblem, denoiser: Denoiser, lam: Tensor, grid: Any, micro_batch: int, leaves: list) -> float:
@@ -98,6 +100,7 @@ def fit_final(
     optimizer: str = "adam",
     init: str = "timesteps",
     max_fit: int | None = None,
+    dtype: str = "float64",
 ) -> FitResult:
     """Adam (or L-BFGS, for small problems solved to high precision) on lambda and the grid logits through the
     unrolled sampler, on the first ``max_fit`` fit samples (all by default). Every ``eval_every`` iterations the
@@ -110,12 +113,15 @@ def fit_final(
     the base solver; ``greedy`` at greedy D-ODE's lambdas (which hurt multistep solvers). The guard ranks the
     result, the timesteps-only sub-fit, greedy D-ODE and the base solver by distribution. ``micro_batch``
     bounds memory (gradients are accumulated); ``activation_checkpointing`` recomputes each network call in
-    the backward pass instead of storing its activations."""
+    the backward pass instead of storing its activations. ``dtype`` float32 runs the fit's sampler in float32
+    (selection and the guard stay float64; bench/fit_cost.py measures what each costs)."""
     _check(learn_lambdas, learn_sigmas, iterations, micro_batch, eval_every, patience, lr_lambdas, lr_sigmas)
     if max_fit is not None and (isinstance(max_fit, bool) or not isinstance(max_fit, int) or max_fit < 1):
         raise ValueError(f"objective 'final': max_fit must be a positive integer or None, got {max_fit!r}")
     if init not in INITS:
         raise ValueError(f"objective 'final': unknown init {init!r}; choose one of {list(INITS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"objective 'final': unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"objective 'final': unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
     start_time = time.perf_counter()
@@ -124,6 +130,8 @@ def fit_final(
     zeros = (0.0,) * len(greedy)
     if max_fit is not None:  # fit on the first max_fit samples of the fit split (cost is linear in them)
         problem = replace(problem, noise=problem.noise[:max_fit], targets=tuple(t[:max_fit] for t in problem.targets))
+    problem = replace(problem, noise=problem.noise.to(DTYPES[dtype]),
+                      targets=tuple(t.to(DTYPES[dtype]) for t in problem.targets))
     sigma_lo = sigma_floor(problem.denoiser, sigmas)
     settings = {"micro_batch": micro_batch, "eval_every": eval_every, "patience": patience, "optimizer": optimizer,
                 "lr_lambdas": lr_lambdas, "lr_sigmas": lr_sigmas, "sigma_lo": sigma_lo,
@@ -149,7 +157,7 @@ def run_fit(problem: FitProblem, start: tuple[float, ...], start_grid: Tensor, l
             iterations: int, *, micro_batch: int, eval_every: int, patience: int, optimizer: str, lr_lambdas: float,
             lr_sigmas: float, sigma_lo: float, activation_checkpointing: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """One optimisation from lambda = ``start`` on ``start_grid`` (sigma_0 fixed): the best iterate and its report."""
-    lam = torch.tensor(start, dtype=start_grid.dtype, device=start_grid.device)
+    lam = torch.tensor(start, dtype=problem.noise.dtype, device=start_grid.device)
     theta = logits_from_grid(start_grid, sigma_lo)
     leaves = [t.requires_grad_() for t, on in ((lam, learn_lambdas), (theta, learn_sigmas)) if on]
 

@@ -1,13 +1,14 @@
 """``make demo``: the end-to-end D-ODE sweep on the embedded 8x8 digits model, base vs D-ODE vs teacher.
 
-Solvers euler, heun, ipndm, dpmpp_2m, deis, unipc at NFE 3, 4, 5, 6, 8, 10 (heun at its own NFEs 3, 5, 7, 9),
-2,000 samples per cell, scored by FD-digits and the RMSE to the teacher's samples: the parameters of the
-digits-sweep deployment in prefect.yaml. The pipeline flow runs on Prefect's ephemeral server, its
+Solvers euler, heun, ipndm, dpmpp_2m, deis, unipc at 2-10 network calls (the few-step cells per solver in
+prefect.yaml), base vs greedy D-ODE vs the final objective's variants -- the analytic first step among them
+at 2-5 calls -- vs teacher, 2,000 samples per cell, scored by FD-digits and the RMSE to the teacher's
+samples: the parameters of the digits-sweep deployment in prefect.yaml. The pipeline flow runs on Prefect's ephemeral server, its
 teachers, fits, sampling and scoring shards on a local Dask cluster (one single-threaded worker per
 core). Prints the results table and the path of the report.
 
     python -m flows.demo                 # the full sweep (about 10 minutes on 2 cores)
-    python -m flows.demo --quick         # 2 solvers x 2 NFEs, 256 samples (tests)
+    python -m flows.demo --quick         # 2 solvers x 2 NFEs, one analytic first-step fit, 256 samples (tests)
     python -m flows.demo --no-dask       # everything in this process
 """
 
@@ -26,7 +27,9 @@ PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 DEPLOYMENT = "digits-sweep"  # the demo's parameters are this deployment's: one source for both
 QUICK = {"solvers": ["euler", "dpmpp_2m"], "nfes": [3, 5], "nfes_by_solver": None, "n_distill": 64,
          "n_samples": 256, "batch_size": 128,
-         "variants": {"lam+timesteps": {"objective": "final", "options": {"iterations": 5}, "nfes": [5]}}}
+         "variants": {"lam+timesteps": {"objective": "final", "options": {"iterations": 5}, "nfes": [5]},
+                      "analytic λ+t": {"objective": "final", "first_step": "analytic", "options": {"iterations": 4},
+                                       "solvers": ["dpmpp_2m"], "nfes": [3]}}}
 
 
 def sweep_parameters() -> dict:

@@ -17,3 +17,6 @@ def test_quick_demo_on_the_embedded_model(prefect_harness, tmp_path, capsys):
     rmse = [r for r in rows if r["metric"] == "rmse"]
     assert sum(r["dode"] for r in rmse) < sum(r["base"] for r in rmse)  # closer to the teacher: what D-ODE fits
     assert all(r["teacher"] > 0 for r in rows if r["metric"] == "fd-digits")
+    analytic = next(r for r in rows if (r["solver"], r["nfe"], r["metric"]) == ("dpmpp_2m", 3, "fd-digits"))
+    assert set(analytic["variants"]) == {"analytic λ+t", "base+analytic"}
+    assert analytic["variants"]["base+analytic"] < analytic["base"] / 5  # 3 calls: the Gaussian's first step

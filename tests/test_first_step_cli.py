@@ -1,0 +1,83 @@
+"""`dode gaussian` and `dode sample --first-step`: network calls counted by --nfe, lambdas imply the first step."""
+
+import numpy as np
+import pytest
+import torch
+
+import dode
+from dode.cli import main
+from dode.gaussian import FirstStep
+from dode.generate import load_samples
+from dode.grids import GridSpec
+from dode.images import to_uint8
+from dode.models import load_model
+from dode.rng import seeded_noise
+from dode.store.gaussians import load_gaussian
+from dode.store.lambdas import save_lambdas
+from dode.store.registry import Registry
+
+
+def run(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out.strip(), err.strip()
+
+
+@pytest.fixture
+def gaussian(tmp_path, capsys):
+    reg = tmp_path / "reg"
+    code, out, err = run(capsys, "gaussian", "--model", "mixture-smooth", "--n", "300", "--steps", "8",
+                         "--registry", str(reg))
+    assert code == 0, err
+    return Registry(reg), out
+
+
+def test_gaussian_artifact_is_the_models_own_and_samples_with_three_calls(gaussian, capsys):
+    reg, gid = gaussian
+    model = load_model("mixture-smooth")
+    gauss = load_gaussian(reg, gid, model=model.fingerprint)
+    assert gauss.model == model.fingerprint and gauss.source["n"] == 300 and gauss.rank == 64
+    assert reg.get(gid).params["model_fingerprint"] == model.fingerprint
+    code, out, err = run(capsys, "sample", "--model", "mixture-smooth", "--solver", "dpmpp_2m", "--nfe", "3",
+                         "--first-step", "analytic", "--gaussian", gid[:10], "--n-samples", "16", "--batch-size", "16",
+                         "--registry", reg.uri, "--quiet")
+    assert code == 0, err
+    art = reg.get(out)
+    assert art.params["job"]["grid"]["steps"] == 4 and art.params["job"]["gaussian_id"] == gid
+    sigmas = GridSpec.for_calls("karras", "dpmpp_2m", 3, "analytic").sigmas(model.denoiser)
+    x = dode.sample(model.denoiser, seeded_noise(range(16), model.shape), sigmas, "dpmpp_2m",
+                    first=FirstStep("analytic", gauss))
+    assert np.abs(load_samples(reg, art).astype(int) - to_uint8(x).astype(int)).max() <= 1
+
+
+def test_lambdas_imply_their_first_step(gaussian, capsys):
+    reg, gid = gaussian
+    model = load_model("mixture-smooth")
+    first = FirstStep("analytic", load_gaussian(reg, gid))
+    sigmas = GridSpec.for_calls("karras", "euler", 2, "analytic").sigmas(model.denoiser)
+    noise = torch.randn(16, *model.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lam = dode.distill(model.denoiser, noise, sigmas, "euler", guard=False, first=first)
+    art = save_lambdas(reg, lam, "cli/first", params={"grid": GridSpec.explicit(lam.sigmas).to_dict()})
+    code, out, err = run(capsys, "sample", "--model", "mixture-smooth", "--lambdas", art.id, "--nfe", "2",
+                         "--n-samples", "8", "--batch-size", "8", "--registry", reg.uri, "--quiet")
+    assert code == 0, err
+    code, _, err = run(capsys, "sample", "--model", "mixture-smooth", "--lambdas", art.id, "--nfe", "3",
+                       "--registry", reg.uri)
+    assert code == 2 and "--nfe 3 (they imply 2)" in err
+    code, _, err = run(capsys, "sample", "--model", "mixture-smooth", "--lambdas", art.id, "--gaussian", gid,
+                       "--registry", reg.uri)
+    assert code == 2 and "--gaussian" in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--first-step", "analytic"], "needs --gaussian"),
+    (["--gaussian", "abc"], "needs --first-step"),
+    (["--first-step", "teleport", "--gaussian", "abc"], "invalid choice"),
+])
+def test_first_step_options_are_checked(tmp_path, capsys, argv, message):
+    code, _, err = run(capsys, "sample", "--model", "mixture-smooth", "--solver", "euler", "--nfe", "3", *argv,
+                       "--registry", str(tmp_path))
+    assert code == 2 and message in err

@@ -1,13 +1,15 @@
 """D-ODE distillation: fit the parameters of a base solver against a finer teacher (Kim et al., 2024, Sec. 4).
 
 The teacher (``dode.teacher``) makes the targets from the same noise; an objective (``dode.objectives``)
-fits the lambdas -- and, for objectives that learn them, the timesteps -- on a fit split; the held-out
-guard (``dode.guard``) keeps whichever candidate does best on the rest.
+fits the lambdas -- and, for objectives that learn them, the timesteps -- on a fit split, selecting its
+iterations on a selection split where it selects; the held-out guard (``dode.guard``) judges the
+candidates on a third split neither saw.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -15,10 +17,13 @@ import torch
 from .correction import Lambdas
 from .gaussian import FirstStep
 from .guard import Features, candidates, select
-from .objectives import FitProblem, check_options
+from .objectives import SELECTING, FitProblem, check_options
 from .sampling import prepare
 from .teacher import TeacherSpec, teacher_states
 from .types import Denoiser, Tensor
+
+HOLDOUT = 0.5  # the guard's share of the distillation noise
+SELECTION = 0.125  # the selection split's share, for objectives that select iterations
 
 
 def distill(
@@ -32,7 +37,8 @@ def distill(
     correction: str = "data",
     *,
     teacher_solver: str | None = None,
-    holdout: float = 0.25,
+    holdout: float = HOLDOUT,
+    selection: float = SELECTION,
     objective: str = "step",
     objective_options: Mapping[str, Any] | None = None,
     features: Features | None = None,
@@ -43,12 +49,14 @@ def distill(
 
     ``objective`` picks how (``dode.objectives.OBJECTIVES``; default ``step``, the paper's greedy fit);
     its options come as ``objective_options`` and/or keyword arguments (e.g. ``objective="final",
-    learn_sigmas=True``). With ``guard`` a ``holdout`` fraction of the noise is not fitted on and the
-    guard picks among the fitted parameters, its alternatives and the base solver there (``features``:
-    the feature map of the guard's Frechet distance, for objectives ranked by distribution); what it
-    measured is in ``.guard``. Sample on ``lam.sigmas`` (the learned grid, or the given one). ``first``: an
-    analytic first step (``dode.gaussian.FirstStep``): the student's evaluation at sigmas[0] costs no network
-    call; the teacher still runs the network from sigmas[0]; the lambdas carry the first step.
+    learn_sigmas=True``). With ``guard`` the noise is cut in three disjoint splits (``split``): the guard
+    judges the last ``holdout`` fraction, objectives that select iterations select on the ``selection``
+    fraction before it, and the rest is fitted on; the guard keeps the base solver unless the fitted
+    parameters or an alternative clearly beat it there (``dode.guard``; ``features``: the feature map of
+    its Frechet distance, for objectives ranked by distribution); what it measured is in ``.guard``.
+    Sample on ``lam.sigmas`` (the learned grid, or the given one). ``first``: an analytic first step
+    (``dode.gaussian.FirstStep``): the student's evaluation at sigmas[0] costs no network call; the teacher
+    still runs the network from sigmas[0]; the lambdas carry the first step.
     """
     noise, sigmas, _, _ = prepare(noise, sigmas, solver, correction, first)
     plan = TeacherSpec(teacher_solver, teacher_factor, alignment).plan(sigmas.cpu(), solver, denoiser, first)
@@ -56,19 +64,32 @@ def distill(
     states = teacher_states(denoiser, noise, plan)
     targets = [states[i] for i in plan.targets]
     return fit_guarded(denoiser, noise, sigmas, solver, targets, plan.record(), guard=guard, holdout=holdout,
-                       correction=correction, objective=objective, options={**(objective_options or {}), **options},
-                       features=features, first=first)
+                       selection=selection, correction=correction, objective=objective,
+                       options={**(objective_options or {}), **options}, features=features, first=first)
 
 
-def split(n: int, guard: bool, holdout: float) -> int:
-    """How many of n noise samples the guard holds out (the last ones)."""
+def split(n: int, guard: bool, holdout: float = HOLDOUT, selection: float = SELECTION,
+          selects: bool = False) -> tuple[int, int, int]:
+    """How n noise samples divide into (fit, selection, guard), in that order: the guard judges the last
+    round(holdout n), the selection split (only for an objective that ``selects``) is the round(selection n)
+    before them, each at least one, and at least one sample is fitted on. Without the guard every sample is
+    fitted on (and an objective selects on its fit split).
+
+    The default gives the demo's 256 noises a 96 / 32 / 128 split: 128 guard samples measure the Frechet
+    distance in 32 dimensions (``dode.guard.projection``: at least 4 samples per dimension).
+    """
     if not guard:
-        return 0
-    if n < 2:
-        raise ValueError("the guard needs at least 2 noise samples (one held out); pass more noise or guard=False")
-    if not 0 < holdout < 1:
-        raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout!r}")
-    return min(n - 1, max(1, round(holdout * n)))
+        return n, 0, 0
+    for name, value in (("holdout", holdout), ("selection", selection)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be a fraction in (0, 1), got {value!r}")
+    needed = 3 if selects else 2
+    if n < needed:
+        raise ValueError(f"the guard needs at least {needed} noise samples (one fitted on, "
+                         f"{'one for selection, ' if selects else ''}one held out); pass more noise or guard=False")
+    n_guard = min(n - needed + 1, max(1, round(holdout * n)))
+    n_selection = min(n - n_guard - 1, max(1, round(selection * n))) if selects else 0
+    return n - n_selection - n_guard, n_selection, n_guard
 
 
 def fit_guarded(
@@ -80,7 +101,8 @@ def fit_guarded(
     teacher: dict,
     *,
     guard: bool = True,
-    holdout: float = 0.25,
+    holdout: float = HOLDOUT,
+    selection: float = SELECTION,
     correction: str = "data",
     objective: str = "step",
     options: Mapping[str, Any] | None = None,
@@ -93,20 +115,23 @@ def fit_guarded(
     if len(targets) != nfe or any(t.shape != noise.shape for t in targets):
         raise ValueError(f"need {nfe} teacher targets of shape {tuple(noise.shape)}, one per network evaluation")
     options = dict(options or {})
-    n_fit = len(noise) - split(len(noise), guard, holdout)
+    fit = check_options(objective, options)
+    n_fit, n_selection, _ = split(len(noise), guard, holdout, selection, objective in SELECTING)
+    guarded = n_fit + n_selection
     targets = [t.to(noise.device, torch.float64) for t in targets]
+    final = targets[-1]
 
-    # Fit on the first n_fit samples; the rest is held out.
+    # Fit on the first n_fit samples, select on the next n_selection; the guard judges the rest, which the
+    # objective never receives.
     problem = FitProblem(denoiser, noise[:n_fit], sigmas, solver, correction, tuple(t[:n_fit] for t in targets),
-                         noise[n_fit:], targets[-1][n_fit:], first)
-    result = check_options(objective, options)(problem, **options)
+                         noise[guarded:], final[guarded:], noise[n_fit:guarded], final[n_fit:guarded], first)
+    result = fit(replace(problem, heldout_noise=noise[:0], heldout_final=final[:0]), **options)
     record = {"teacher": teacher, "n_fit": n_fit, "objective": objective, "options": options, "fit": result.info,
               "first_step": first.to_dict() if first is not None else {}}
     if not guard:
         return Lambdas(result.values, solver, result.sigmas.tolist(), correction, guard={}, **record)
 
-    # Guard: the result, its alternatives or the base solver, by their held-out error to the teacher.
+    # Guard: the base solver unless the result or an alternative clearly beats it on the guard's split.
     chosen, report = select(problem, result, features)
     values, grid = next((v, s) for name, v, s in candidates(problem, result) if name == chosen)
     return Lambdas(values, solver, grid.tolist(), correction, guard=report, **record)
-

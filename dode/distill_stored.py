@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .correction import Lambdas
-from .distill import fit_guarded
+from .distill import HOLDOUT, fit_guarded
 from .gaussian import FirstStep
 from .guard import Features
 from .sampling import prepare
@@ -30,7 +30,7 @@ def distill_from_states(
     *,
     teacher: Mapping[str, Any] | None = None,
     guard: bool = True,
-    holdout: float = 0.25,
+    holdout: float = HOLDOUT,
     correction: str = "data",
     objective: str = "step",
     objective_options: Mapping[str, Any] | None = None,

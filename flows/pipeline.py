@@ -57,7 +57,7 @@ def pipeline_flow(
     batch_size: int = 250,
     num_shards: int = 1,
     guard: bool = True,
-    holdout: float = 0.25,
+    holdout: float = 0.5,
     correction: str = "data",
     objective: str = "step",
     objective_options: dict | None = None,
@@ -88,7 +88,7 @@ def pipeline_flow(
         batch_size: samples per batch and per stored chunk
         num_shards: sampling shards per job
         guard: held-out guard on the fitted lambdas
-        holdout: held-out fraction for the guard
+        holdout: the guard's fraction of the distillation noise (dode.distill.split)
         correction: D-ODE correction flavour: data or noise
         objective: distillation objective (dode.objectives), e.g. step
         objective_options: the objective's options, e.g. iterations=150 (objective final)

@@ -69,7 +69,7 @@ def distill_flow(
     distill_seed: int = 1_000_000,
     batch_size: int = 250,
     guard: bool = True,
-    holdout: float = 0.25,
+    holdout: float = 0.5,
     correction: str = "data",
     objective: str = "step",
     objective_options: dict | None = None,
@@ -91,7 +91,7 @@ def distill_flow(
         distill_seed: first seed of the distillation samples
         batch_size: samples per batch and per stored chunk
         guard: held-out guard on the fitted lambdas
-        holdout: held-out fraction for the guard
+        holdout: the guard's fraction of the distillation noise (dode.distill.split)
         correction: D-ODE correction flavour: data or noise
         objective: distillation objective (dode.objectives), e.g. step
         objective_options: the objective's options, e.g. iterations=150 (objective final)

@@ -12,7 +12,7 @@ def greedy_fit(denoiser, noise, sigmas, solver, targets, *, correction="data"):
     noise, sigmas = noise.to(torch.float64), sigmas.to(torch.float64)
     empty = noise[:0]
     problem = FitProblem(denoiser, noise, sigmas, solver, correction, tuple(t.to(torch.float64) for t in targets),
-                         empty, empty)
+                         empty, empty, empty, empty)
     values = greedy_lambdas(problem)
     lam = dode.Lambdas(values, solver, sigmas.tolist(), correction)
     return values, dode.sample(denoiser, noise, sigmas, solver, lam, correction=correction)

@@ -369,7 +369,7 @@ def test_cli_distill_pipeline(sd_folder, tmp_path, capsys, monkeypatch):
     (art,) = reg.find("lambdas")
     assert art.params["n_prompts"] == 2 and art.params["guidance_scale"] == 2.0
     lam = dode.Lambdas.from_json(reg.read_bytes(art, "lambdas.json").decode())
-    assert lam.nfe == 3 and lam.n_fit == 2 and lam.guard["holdout"] == 2
+    assert lam.nfe == 3 and lam.n_fit == 2 and lam.guard["split"]["guard"] == 2
     sched = DODEScheduler.from_pretrained(out)
     assert list(sched.config.lambdas) == list(lam.values) and sched.config.artifact_id == art.id
     pipe = StableDiffusionPipeline.from_pretrained(sd_folder)

@@ -1,8 +1,9 @@
 """Distillation objectives: how D-ODE's parameters are fitted to the teacher, by name (like ``dode.SOLVERS``).
 
 An objective receives a ``FitProblem`` (denoiser, fit noise, student grid, solver, the teacher's targets
-and the held-out split) and its own options, and returns a ``FitResult``: the weights, the grid to sample
-on, what it reported, and the alternatives the held-out guard (``dode.guard``) may choose instead.
+and, for objectives in ``SELECTING``, a selection split) and its own options, and returns a ``FitResult``:
+the weights, the grid to sample on, what it reported, and the alternatives the held-out guard
+(``dode.guard``) may choose instead.
 Adding an objective is one module here and one entry in ``OBJECTIVES``.
 """
 
@@ -22,6 +23,7 @@ OBJECTIVES: dict[str, Objective] = {
     "step": fit_step,  # greedy closed-form least squares per evaluation (Kim et al., 2024)
     "final": fit_final,  # lambda and timesteps jointly on the final sample, through the unrolled sampler
 }
+SELECTING: frozenset[str] = frozenset({"final"})  # objectives that select iterations on a selection split
 
 
 def get_objective(name: str) -> Objective:
@@ -45,4 +47,4 @@ def check_options(name: str, options: Mapping[str, Any] | None) -> Objective:
     return fit
 
 
-__all__ = ["OBJECTIVES", "FitProblem", "FitResult", "Objective", "check_options", "get_objective"]
+__all__ = ["OBJECTIVES", "SELECTING", "FitProblem", "FitResult", "Objective", "check_options", "get_objective"]

@@ -186,23 +186,23 @@ def run_fit(problem: FitProblem, start: tuple[float, ...], start_grid: Tensor, l
 def optimise(problem: FitProblem, lam: Tensor, grid: Any, step: Any, iterations: int, eval_every: int,
              patience: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run ``step(losses)`` up to ``iterations`` times; every ``eval_every`` iterations measure the final error
-    on the held-out split (else the fit split), keep the best iterate, and stop after ``patience``
+    on the selection split (else the fit split), keep the best iterate, and stop after ``patience``
     measurements without improvement. Returns the best iterate and what the fit reports."""
-    heldout = len(problem.heldout_noise) > 0
-    split = (problem.heldout_noise, problem.heldout_final) if heldout else (problem.noise, problem.final)
+    selecting = len(problem.selection_noise) > 0
+    split = (problem.selection_noise, problem.selection_final) if selecting else (problem.noise, problem.final)
     best: dict[str, Any] = {"score": math.inf, "iteration": 0, "lam": lam.detach().clone(), "grid": grid().detach()}
     curve: list[list[float]] = []
     losses: list[float] = []
     stale = 0
     bar = progress.bar(iterations, "distill (final sample)", "iteration")
     for it in range(iterations + 1):
-        # Held-out selection: measure, keep the best iterate, stop when it has not improved for a while.
+        # Selection: measure, keep the best iterate, stop when it has not improved for a while.
         if it % eval_every == 0 or it == iterations:
             with torch.no_grad():
                 current = grid().detach()
             score = final_error(problem, lam, current, *split)
             curve.append([it, score])
-            bar.set_postfix(heldout_mse=f"{score:.3g}", refresh=False)
+            bar.set_postfix(selection_mse=f"{score:.3g}", refresh=False)
             if score < best["score"]:
                 best, stale = {"score": score, "iteration": it, "lam": lam.detach().clone(), "grid": current}, 0
             else:
@@ -213,7 +213,7 @@ def optimise(problem: FitProblem, lam: Tensor, grid: Any, step: Any, iterations:
         bar.update(1)
     bar.close()
     return best, {"iterations": len(losses), "best_iteration": best["iteration"],
-                  "selected_on": "heldout" if heldout else "fit", "heldout_mse": curve,
+                  "selected_on": "selection" if selecting else "fit", "selection_mse": curve,
                   "fit_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None}}
 
 

@@ -11,11 +11,14 @@ from ..types import Denoiser, Tensor
 
 @dataclass(frozen=True)
 class FitProblem:
-    """One distillation problem, all tensors float64 on the noise's device.
+    """One distillation problem, all tensors float64 on the noise's device, on three disjoint splits of the noise.
 
     ``targets[k]`` is the teacher state that student evaluation k's update should reach, on the fit split
-    (the last one is the teacher's final sample). ``heldout_noise`` / ``heldout_final`` are the held-out
-    split (empty when the guard is off): objectives may select iterations on them, never fit on them.
+    (the last one is the teacher's final sample). ``selection_noise`` / ``selection_final``: the selection
+    split, on which objectives may select iterations (never fit); empty when the guard is off or the
+    objective does not select. ``heldout_noise`` / ``heldout_final``: the guard's split, empty in the
+    problem an objective receives (``dode.distill.fit_guarded``), so no objective sees the noise it is
+    judged on.
     ``first``: the analytic first step every sampler of this problem uses (None: the network's).
     """
 
@@ -27,6 +30,8 @@ class FitProblem:
     targets: tuple[Tensor, ...]
     heldout_noise: Tensor
     heldout_final: Tensor
+    selection_noise: Tensor
+    selection_final: Tensor
     first: FirstStep | None = None
 
     @property

@@ -1,0 +1,170 @@
+"""The held-out guard: disjoint fit / selection / guard splits, and a choice that holds against the guard's noise."""
+
+import pytest
+import torch
+
+import dode
+from dode import guard
+from dode.distill import fit_guarded, split
+from dode.guard import frechet, frechet_weighted, resample_weights, select
+from dode.models import digits_mixture
+from dode.objectives import FitProblem, FitResult, final
+
+SOLVER = "dpmpp_2m"
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return digits_mixture(0.3)
+
+
+def noise(n, seed=0):
+    return torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def flat(x):
+    return x.reshape(len(x), -1)
+
+
+class RowRecorder:
+    """A denoiser that records which noise rows reach its first evaluation (x = sigma_max n), by phase."""
+
+    def __init__(self, den, noise, sigma_max):
+        self.den, self.start, self.sigma_max = den, sigma_max * flat(noise), sigma_max
+        self.phase, self.rows = "fit", {"fit": set(), "selection": set(), "guard": set()}
+
+    def __call__(self, x, sigma):
+        if float(sigma.detach().reshape(-1)[0]) == self.sigma_max:
+            dist, rows = torch.cdist(flat(x.detach()), self.start).min(1)
+            assert float(dist.max()) < 1e-3  # distinct rows lie hundreds apart
+            self.rows[self.phase].update(rows.tolist())
+        return self.den(x, sigma)
+
+    def during(self, phase, fn):
+        def wrapped(*args, **kwargs):
+            before, self.phase = self.phase, phase
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.phase = before
+
+        return wrapped
+
+
+def test_split_sizes_follow_the_stated_rule():
+    assert split(256, True, selects=True) == (96, 32, 128)  # the demo's noises
+    assert split(256, True) == (128, 0, 128)  # no selection split for an objective that does not select
+    assert split(256, False, selects=True) == (256, 0, 0)
+    assert split(3, True, selects=True) == (1, 1, 1) and split(2, True) == (1, 0, 1)
+    with pytest.raises(ValueError, match="at least 3 noise samples"):
+        split(2, True, selects=True)
+    with pytest.raises(ValueError, match="selection must be a fraction"):
+        split(64, True, 0.5, 1.5, True)
+
+
+def test_fit_selection_and_guard_see_disjoint_noise(mixture, monkeypatch):
+    # Every row that reaches the network is recorded with the phase that sent it: fitting, selecting
+    # iterations (final_error) or guarding (held_out_samples). Overlapping splits fail here.
+    sigmas, x = dode.karras_sigmas(4, 0.002, 80.0), noise(32)
+    teacher = dode.sample(mixture, x, dode.refine(sigmas, 5), SOLVER)
+    recorder = RowRecorder(mixture, x, float(sigmas[0]))
+    monkeypatch.setattr(final, "final_error", recorder.during("selection", final.final_error))
+    monkeypatch.setattr(guard, "held_out_samples", recorder.during("guard", guard.held_out_samples))
+    lam = fit_guarded(recorder, x, sigmas, SOLVER, [teacher] * 4, {}, objective="final",
+                      options={"iterations": 3, "eval_every": 1})
+    n_fit, n_selection, n_guard = split(32, True, selects=True)
+    assert lam.guard["split"] == {"fit": n_fit, "selection": n_selection, "guard": n_guard} and lam.n_fit == n_fit
+    assert recorder.rows == {"fit": set(range(n_fit)), "selection": set(range(n_fit, n_fit + n_selection)),
+                             "guard": set(range(n_fit + n_selection, 32))}
+    assert lam.fit["selected_on"] == "selection"
+
+
+def test_bootstrap_frechet_equals_the_distance_on_resampled_rows():
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(40, 5, generator=gen, dtype=torch.float64)
+    b = torch.randn(40, 5, generator=gen, dtype=torch.float64) @ torch.randn(5, 5, generator=gen, dtype=torch.float64)
+    weights = resample_weights(40, 7)
+    assert weights.sum(1).tolist() == [40.0] * 7
+    for w, fd in zip(weights, frechet_weighted(a, b, weights)):
+        rows = torch.arange(40).repeat_interleave(w.long())
+        assert float(fd) == pytest.approx(frechet(a[rows], b[rows]), rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def guard_set(mixture):
+    """64 guard noises, 3000 fresh ones, and the teacher's finals for both (dpmpp_2m on the 5x refined grid)."""
+    sigmas = dode.karras_sigmas(4, 0.002, 80.0)
+    held, fresh = noise(64, seed=1), noise(3000, seed=2)
+    teacher = [dode.sample(mixture, x, dode.refine(sigmas, 5), SOLVER) for x in (held, fresh)]
+    return held, fresh, *teacher
+
+
+def guard_problem(mixture, guard_set, sigmas):
+    held, _, teacher, _ = guard_set
+    empty = held[:0]
+    return FitProblem(mixture, empty, sigmas, SOLVER, "data", (empty,) * 4, held, teacher, empty, empty)
+
+
+def fresh_fd(mixture, guard_set, values, sigmas):
+    """A candidate's Frechet distance to the teacher on the 3000 fresh noises (its true quality)."""
+    _, fresh, _, teacher = guard_set
+    lam = dode.Lambdas(values, SOLVER, sigmas.tolist()) if any(values) else None
+    return frechet(flat(dode.sample(mixture, fresh, sigmas, SOLVER, lam)), flat(teacher))
+
+
+def test_a_planted_candidate_better_only_by_the_guards_noise_is_refused(mixture, guard_set):
+    # Lambdas that look better than the base on the 64 guard samples but are worse on 3000 fresh ones:
+    # the old rule (first candidate no further than the base) took them; the bootstrap must not.
+    sigmas = dode.karras_sigmas(4, 0.002, 80.0)
+    planted = (0.0, 0.237, 0.448, -0.471)
+    assert fresh_fd(mixture, guard_set, planted, sigmas) > 1.02 * fresh_fd(mixture, guard_set, (0.0,) * 4, sigmas)
+    problem = guard_problem(mixture, guard_set, sigmas)
+    torch.manual_seed(1)
+    chosen, report = select(problem, FitResult(planted, sigmas, "planted", {}, (), "fd"))
+    assert report["fd"]["planted"] < report["fd"]["base"]  # the noise the guard must see through
+    low, high = report["minus_base"]["planted"]
+    assert chosen == "base" and report["changed"] and low < 0 < high
+    assert report["features"] == 16  # 64 guard samples: at most 64 / 4 dimensions
+    torch.manual_seed(2)  # the bootstrap does not draw from torch's global generator
+    assert select(problem, FitResult(planted, sigmas, "planted", {}, (), "fd")) == (chosen, report)
+
+
+def test_the_lowest_of_the_clearly_better_candidates_is_taken(mixture, guard_set):
+    # Base: a uniform grid (rho = 1); the result: rho = 2, clearly better; its alternative rho = 7 better still.
+    grids = {rho: dode.karras_sigmas(4, 0.002, 80.0, rho) for rho in (1.0, 2.0, 7.0)}
+    zero = (0.0,) * 4
+    result = FitResult(zero, grids[2.0], "rho2", {}, (("rho7", zero, grids[7.0]),), "fd")
+    chosen, report = select(guard_problem(mixture, guard_set, grids[1.0]), result)
+    assert chosen == "rho7" and report["changed"]
+    assert all(report["minus_base"][k][1] < 0 for k in ("rho2", "rho7"))
+    fresh = {rho: fresh_fd(mixture, guard_set, zero, grid) for rho, grid in grids.items()}
+    assert fresh[7.0] < fresh[2.0] < fresh[1.0]
+
+
+def test_mse_guard_takes_a_consistent_gain_and_refuses_a_single_sample_one():
+    # The step objective's criterion, the paired bootstrap of per-sample squared errors. "one": the base's
+    # errors with one sample's error removed (lower mean, supported by one sample); "all": 10 % lower on
+    # every sample. Only the consistent gain is clear of the bootstrap's noise.
+    errors = torch.rand(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.5
+    planted = {"base": errors, "one": torch.where(torch.arange(64) == 7, 0.0, errors), "all": 0.9 * errors}
+    weights = resample_weights(64)
+    measure = {k: float(e.mean()) for k, e in planted.items()}
+    resampled = {k: weights @ e / 64 for k, e in planted.items()}
+    assert measure["all"] < measure["one"] < measure["base"]
+    chosen, interval = guard.decide({k: measure[k] for k in ("one", "base")}, {k: resampled[k] for k in ("one", "base")})
+    assert chosen == "base" and interval["one"][0] < 0 <= interval["one"][1]
+    chosen, interval = guard.decide(measure, resampled)
+    assert chosen == "all" and interval["all"][1] < 0
+
+
+def test_rounding_level_differences_do_not_decide():
+    # "same": the base up to rounding; "a" / "b": clearly better and equal up to rounding ("b" a hair lower).
+    errors = torch.rand(64, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+    weights = resample_weights(64)
+    planted = {"a": 0.5 * errors, "same": errors * (1 - 1e-14), "b": 0.5 * errors * (1 - 1e-14), "base": errors}
+    measure = {k: float(e.mean()) for k, e in planted.items()}
+    assert measure["b"] < measure["a"] and measure["same"] < measure["base"]
+    chosen, interval = guard.decide(measure, {k: weights @ e / 64 for k, e in planted.items()})
+    assert chosen == "a" and interval["same"][1] < 0
+    without = {k: v for k, v in planted.items() if k in ("same", "base")}
+    assert guard.decide({k: measure[k] for k in without}, {k: weights @ e / 64 for k, e in without.items()})[0] == "base"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin  # the name pip
 from diffusers.utils import BaseOutput
 
 from .correction import CORRECTIONS, Lambdas
+from .diffusers_loading import write_loader
 from .grids import GridSpec
 from .models.vp import PREDICTION_TYPES, VPDenoiser
 from .sampling import dode_step
@@ -213,6 +215,14 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         art = registry.get(id_or_prefix)
         lam = load_lambdas(registry, art)
         return cls.from_scheduler(base_scheduler_config, lambdas=lam, artifact_id=art.id)
+
+    def save_pretrained(self, save_directory: str | Path, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """The config, plus the loader module diffusers needs to load this component in a fresh process
+        (``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``; see dode.diffusers_loading)."""
+        if push_to_hub:
+            raise ValueError("push_to_hub is not supported: save_pretrained to a folder, then upload it")
+        super().save_pretrained(save_directory, **kwargs)
+        write_loader(save_directory, self.__module__, type(self))
 
     # ---- the diffusers scheduler protocol -------------------------------------------------------
 

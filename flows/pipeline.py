@@ -95,7 +95,7 @@ def pipeline_flow(
             {"objective": "final", "solvers": ["euler"], "nfes": [4, 5]}}
         metrics: fd-digits, fd-pixels, fid, rmse, or auto (the model's own)
         reference: reference-stats artifact id for the Fréchet distances
-        registry: registry path or URL (default $DODE_REGISTRY or data/registry)
+        registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
         dask: run shards on a temporary local Dask cluster
         dask_address: run shards on an existing Dask cluster (scheduler address)
     """

@@ -47,7 +47,7 @@ def teacher_flow(
         n_distill: teacher samples
         distill_seed: first seed of the teacher samples
         batch_size: samples per batch and per stored chunk
-        registry: registry path or URL (default $DODE_REGISTRY or data/registry)
+        registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
     """
     check_teacher_stage(locals())
     uri = registry_uri(registry)
@@ -96,7 +96,7 @@ def distill_flow(
         objective: distillation objective (dode.objectives), e.g. step
         objective_options: the objective's options, e.g. iterations=150 (objective final)
         alignment: teacher targets: exact (the refined student grid) or official (the reference code's)
-        registry: registry path or URL (default $DODE_REGISTRY or data/registry)
+        registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
     """
     check_distill(locals())
     (cell,) = plan_cells([solver], [], {solver: [nfe]}, family)
@@ -142,7 +142,7 @@ def sample_flow(
         first_seed: first seed of the samples
         batch_size: samples per batch and per stored chunk
         num_shards: sampling shards
-        registry: registry path or URL (default $DODE_REGISTRY or data/registry)
+        registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
         dask: run shards on a temporary local Dask cluster
         dask_address: run shards on an existing Dask cluster (scheduler address)
     """
@@ -194,7 +194,7 @@ def score_flow(
         first_seed: first seed of the evaluation samples
         batch_size: samples per batch and per stored chunk
         num_shards: sampling shards per job
-        registry: registry path or URL (default $DODE_REGISTRY or data/registry)
+        registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
         dask: run shards on a temporary local Dask cluster
         dask_address: run shards on an existing Dask cluster (scheduler address)
     """

@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
                    help="D-ODE correction flavour (default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument(
-        "--registry", default=None, metavar="URI", help="registry (default: $DODE_REGISTRY or data/registry)"
+        "--registry", default=None, metavar="URI", help="registry (default: $DODE_REGISTRY or ./dode-registry)"
     )
     p.add_argument("--no-register", action="store_true", help="do not register the lambdas (needs --out)")
     p.add_argument(

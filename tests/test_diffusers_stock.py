@@ -92,3 +92,17 @@ def stock_timesteps(stock, steps):
 def test_what_cannot_be_reproduced_is_refused_with_the_setting_to_change(scheduler, message):
     with pytest.raises(ValueError, match=message):
         DODEScheduler.from_scheduler(scheduler).set_timesteps(10)
+
+
+def test_initial_noise_is_the_one_switch_for_a_scheduler_built_by_name(unet):
+    """On DPM-Solver++'s own (integer-timestep) grid, a dpmpp_2m DODEScheduler named explicitly is the stock
+    scheduler once it starts from unit noise in VP space, and differs by its sigma_0 n start otherwise."""
+    stock = DPMSolverMultistepScheduler()
+    stock.set_timesteps(6)
+    grid = {"solver": "dpmpp_2m", "sigmas": stock.sigmas.double().tolist()}
+    ref = latents(unet, stock, 6)
+    vp = latents(unet, DODEScheduler.from_config(stock.config, **grid, initial_noise="vp"), 6)
+    sigma = latents(unet, DODEScheduler.from_config(stock.config, **grid), 6)
+    assert (vp - ref).abs().max() <= 1e-5 * ref.abs().max() < (sigma - ref).abs().max()
+    with pytest.raises(ValueError, match="unknown initial_noise 've'; choose one of"):
+        DODEScheduler.from_config(stock.config, **grid, initial_noise="ve")

@@ -12,23 +12,8 @@ from .solvers import SOLVERS, get_solver
 
 __version__ = "0.1.0"
 
-# The diffusers classes, imported on first use: diffusers loads a saved component named ["dode", "DODEScheduler"]
-# in model_index.json as getattr(import_module("dode"), "DODEScheduler"), in a process that never imported them.
-DIFFUSERS_CLASSES = {"DODEScheduler": "diffusers_scheduler", "DODEPipeline": "diffusers_pipeline"}
-
-
-def __getattr__(name: str):
-    if name in DIFFUSERS_CLASSES:
-        from importlib import import_module
-
-        return getattr(import_module(f".{DIFFUSERS_CLASSES[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "SOLVERS",
-    "DODEPipeline",
-    "DODEScheduler",
     "Lambdas",
     "__version__",
     "distill",

@@ -11,15 +11,20 @@ correctly, and it recovers a DODEScheduler from such a rebuilt scheduler
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from .diffusers_loading import is_dode_loader, point_model_index_at_loader, write_loader
 from .diffusers_scheduler import DODEScheduler
 from .models.vp import ClassConditionalUNet, is_class_conditional
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DODE_CONFIG_KEYS = frozenset({"solver", "correction", "lambdas"})  # what marks a DODEScheduler's config
+LOADER = "dode_pipeline"  # the saved folder's loader module (dode.diffusers_loading)
 
 
 def recovered_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
@@ -45,6 +50,23 @@ class DODEPipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=recovered_scheduler(scheduler))
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """The diffusers folder, plus ``dode_pipeline.py`` named in model_index.json, so that
+        ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it in a fresh process."""
+        if push_to_hub:
+            raise ValueError("push_to_hub is not supported: save_pretrained to a folder, then upload it")
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_loader(save_directory, LOADER, type(self))
+        point_model_index_at_loader(save_directory, LOADER, type(self))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> DODEPipeline:
+        """diffusers' loader; a local folder whose ``dode_pipeline.py`` is exactly the loader dode writes needs
+        no ``trust_remote_code`` (it only imports this class); anything else is diffusers' decision."""
+        if is_dode_loader(pretrained_model_name_or_path, LOADER, cls):
+            kwargs.setdefault("trust_remote_code", True)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @torch.no_grad()
     def __call__(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +33,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin  # the name pip
 from diffusers.utils import BaseOutput
 
 from .correction import CORRECTIONS, Lambdas
+from .diffusers_loading import write_loader
+from .diffusers_stock import StockGrid, is_stock, stock_grid, stock_solver
 from .grids import GridSpec
 from .models.vp import PREDICTION_TYPES, VPDenoiser
 from .sampling import dode_step
@@ -48,6 +51,7 @@ TRAINING_KEYS = (
     "trained_betas",
     "prediction_type",
 )
+INITIAL_NOISE = ("sigma", "vp")  # x_T = sigma_0 n (dode.sample's), or sqrt(sigma_0^2 + 1) n (unit noise in VP space)
 
 WRONG_PIPELINE = (
     "DODEScheduler.step was called without scale_model_input for this evaluation: the pipeline (e.g. "
@@ -118,8 +122,14 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         correction: str = "data",
         lambdas: Sequence[float] | None = None,
         artifact_id: str | None = None,
+        base_scheduler: dict[str, Any] | None = None,
+        initial_noise: str = "sigma",
     ) -> None:
         self.ode_solver = get_solver(solver)
+        if initial_noise not in INITIAL_NOISE:
+            raise ValueError(f"unknown initial_noise {initial_noise!r}; choose one of {list(INITIAL_NOISE)}")
+        if base_scheduler is not None and (grid is not None or sigmas is not None):
+            raise ValueError("pass base_scheduler (sample on its grid) or a grid / sigmas, not both")
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}"
@@ -128,7 +138,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"unknown correction {correction!r}; choose one of {list(CORRECTIONS)}")
         if grid is not None and sigmas is not None:
             raise ValueError("pass either grid (a GridSpec dict) or explicit sigmas, not both")
-        if lambdas is not None and grid is None and sigmas is None:
+        if lambdas is not None and grid is None and sigmas is None and base_scheduler is None:
             raise ValueError("lambdas need the grid they were fitted on: pass sigmas=lambdas.sigmas or grid=")
         self.grid_spec = GridSpec(**grid) if grid is not None else None
         ddpm = DDPMScheduler(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
@@ -138,7 +148,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps: Tensor | None = None
         self.sigmas: Tensor | None = None
         self.num_inference_steps: int | None = None
-        if grid is not None or sigmas is not None:
+        self._stock: StockGrid | None = None
+        if grid is not None or sigmas is not None or (base_scheduler is not None and lambdas is not None):
             self.set_timesteps()
 
     # ---- construction from pipelines, weights and the registry ------------------------------------
@@ -150,7 +161,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         *,
         solver: str | None = None,
         nfe: int | None = None,
-        grid: str | GridSpec | dict[str, Any] = "karras",
+        grid: str | GridSpec | dict[str, Any] | None = None,
         lambdas: Lambdas | Sequence[float] | None = None,
         correction: str | None = None,
         artifact_id: str | None = None,
@@ -158,11 +169,16 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         """A DODEScheduler on the training schedule of a DDPM-style scheduler (or its config).
 
         With ``lambdas`` a ``dode.Lambdas``, solver, grid and correction come from it (the grid is
-        ``lambdas.sigmas`` exactly, learned or not). Otherwise name the ``solver`` and ``nfe`` (and
-        ``grid``: a family name, a ``GridSpec`` or its dict; ``GridSpec.explicit(sigmas)`` for given
-        sigmas); plain lambda values then apply on that grid.
+        ``lambdas.sigmas`` exactly, learned or not). Without ``solver`` and ``grid``, a stock diffusers scheduler
+        (Euler, Heun, DPM-Solver++, UniPC, DDIM: ``dode.diffusers_stock``) is reproduced: its solver, its grid
+        at the pipeline's ``num_inference_steps``, its network timesteps and initial noise, so lambda = 0 gives
+        what it gives. Otherwise name the ``solver`` and ``nfe`` (and ``grid``: a family name, default
+        "karras", a ``GridSpec`` or its dict; ``GridSpec.explicit(sigmas)`` for given sigmas); plain lambda
+        values then apply on that grid.
         """
         base = dict(getattr(scheduler, "config", scheduler))
+        if hasattr(scheduler, "config"):  # a scheduler's config names its class only once saved
+            base.setdefault("_class_name", type(scheduler).__name__)
         if "beta_schedule" not in base:
             raise ValueError(
                 f"{base.get('_class_name', 'this scheduler')} has no DDPM training schedule (beta_schedule); "
@@ -191,11 +207,18 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 lambdas=list(lambdas.values),
                 artifact_id=artifact_id,
             )
-        if solver is None:
-            raise ValueError("name solver= and nfe= (or pass lambdas=dode.Lambdas, which carries both)")
-        spec = _grid_for(grid, solver, nfe)
-        placed = {"sigmas": list(spec.values)} if spec.family == "explicit" else {"grid": spec.to_dict()}
         values = None if lambdas is None else [float(v) for v in lambdas]
+        if solver is None and grid is None and is_stock(base):
+            stock = cls(**training, solver=stock_solver(base), correction=correction or "data", lambdas=values,
+                        artifact_id=artifact_id, base_scheduler=base)
+            if nfe is not None and values is None:
+                stock.set_timesteps(GridSpec.for_nfe("karras", stock.config.solver, nfe).steps)
+            return stock
+        if solver is None:
+            raise ValueError("name solver= and nfe= (or pass lambdas=dode.Lambdas, which carries both, or a stock "
+                             "Euler / Heun / DPM-Solver++ / UniPC / DDIM scheduler to reproduce)")
+        spec = _grid_for("karras" if grid is None else grid, solver, nfe)
+        placed = {"sigmas": list(spec.values)} if spec.family == "explicit" else {"grid": spec.to_dict()}
         return cls(
             **training,
             solver=solver,
@@ -214,6 +237,14 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         lam = load_lambdas(registry, art)
         return cls.from_scheduler(base_scheduler_config, lambdas=lam, artifact_id=art.id)
 
+    def save_pretrained(self, save_directory: str | Path, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """The config, plus the loader module diffusers needs to load this component in a fresh process
+        (``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``; see dode.diffusers_loading)."""
+        if push_to_hub:
+            raise ValueError("push_to_hub is not supported: save_pretrained to a folder, then upload it")
+        super().save_pretrained(save_directory, **kwargs)
+        write_loader(save_directory, self.__module__, type(self))
+
     # ---- the diffusers scheduler protocol -------------------------------------------------------
 
     @property
@@ -229,10 +260,14 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def init_noise_sigma(self) -> float:
-        """sigma_0: the pipeline's unit noise times this is the starting state x_T = sigma_0 n."""
+        """The pipeline's unit noise times this is the starting state: sigma_0 (``initial_noise`` "sigma",
+        dode.sample's x_T = sigma_0 n), or sqrt(sigma_0^2 + 1) ("vp": unit noise in VP space, the start of
+        diffusers' DPM-Solver, UniPC and DDIM; a stock scheduler's own when built from one)."""
         if self.sigmas is None:
             raise ValueError("call set_timesteps first")
-        return float(self.sigmas[0])
+        initial = self._stock.initial_noise if self._stock is not None else self.config.initial_noise
+        sigma = float(self.sigmas[0])
+        return sigma if initial == "sigma" else (sigma**2 + 1) ** 0.5
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -248,14 +283,16 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         ``sigmas`` (what pipelines pass on from ``pipe(..., sigmas=...)``) samples on exactly these noise
         levels (a trailing 0 is appended if missing); with lambdas they must be the fitted grid.
         """
-        sigmas = self._grid(num_inference_steps, sigmas)
+        self._stock = self._stock_grid(num_inference_steps) if sigmas is None else None
+        sigmas = self._stock.sigmas if self._stock is not None else self._grid(num_inference_steps, sigmas)
         self._check_grid(sigmas)
         steps = len(sigmas) - 1
         eval_sigmas = torch.stack(
             [sigmas[self.ode_solver.eval_index(k, steps)] for k in range(self.ode_solver.nfe(steps))]
         )
         self.sigmas, self.num_inference_steps, self._eval_sigmas = sigmas, steps, eval_sigmas
-        self.timesteps = self.schedule.sigma_to_t(eval_sigmas).to(device=device, dtype=torch.float32)
+        timesteps = self._stock.timesteps if self._stock is not None else self.schedule.sigma_to_t(eval_sigmas)
+        self.timesteps = timesteps.to(device=device, dtype=torch.float32)
         self._state: SolverState | None = None
         self._basis_prev: Tensor | None = None
         self._begin = self._k = 0
@@ -350,12 +387,32 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         )
         self._k, self._scaled = k + 1, False
 
-        prev = self._state.x.to(sample.dtype)
+        prev = self._state.x
+        final_sigma = self._stock.final_sigma if self._stock is not None else 0.0
+        if k == len(self.timesteps) - 1 and final_sigma > 0:  # DDIM's last step to final_alpha_cumprod, in x_VP
+            prev = (denoised + final_sigma * (x - denoised) / sigma) / (1 + final_sigma**2) ** 0.5
+        prev = prev.to(sample.dtype)
         if not return_dict:
             return (prev,)
         return DODESchedulerOutput(prev_sample=prev, pred_original_sample=denoised.to(sample.dtype))
 
     # ---- checks -------------------------------------------------------------------------------
+
+    def _stock_grid(self, num_inference_steps: int | None) -> StockGrid | None:
+        """The base scheduler's run (``dode.diffusers_stock``) when built from a stock scheduler, else None; its
+        steps are ``num_inference_steps`` or, with lambdas, the steps that make one evaluation per lambda."""
+        cfg = self.config
+        if cfg.base_scheduler is None:
+            return None
+        if cfg.lambdas is None:
+            if num_inference_steps is None:
+                raise ValueError("pass num_inference_steps: this scheduler samples on its base scheduler's grid")
+            return stock_grid(cfg.base_scheduler, num_inference_steps)
+        steps = GridSpec.for_nfe("karras", cfg.solver, len(cfg.lambdas)).steps
+        if num_inference_steps not in (None, steps):
+            raise ValueError(f"this scheduler's grid is fixed at {steps} steps ({len(cfg.lambdas)} lambdas, one per "
+                             f"network evaluation of {cfg.solver!r}); call the pipeline with num_inference_steps={steps}")
+        return stock_grid(cfg.base_scheduler, steps)
 
     def _grid(self, num_inference_steps: int | None, given: Sequence[float] | Tensor | None) -> Tensor:
         """The grid to sample on: ``given`` sigmas, else the configured explicit grid or grid family

@@ -152,12 +152,14 @@ def render_report(registry: Any, title: str, meta: dict, rows: list[dict], cells
 
 def downloads(registry: Any, ids: list[str]) -> str:
     """A markdown section: how to get each artifact from any machine, the ``dode artifacts get`` command line and
-    (for a remote registry) its fsspec URL; never a file:// URL, which points nowhere on another machine."""
-    lines = ["## Downloads", "", "| artifact | get it (verified) |", "|---|---|"]
+    (for a remote registry) its fsspec URL; never a file:// URL, which points nowhere on another machine. One code
+    block, a command per line: a table cell would cut the long command lines off in the Prefect UI."""
+    lines = ["## Downloads", "", "Each command downloads one artifact, every file checked against its sha256:", "",
+             "```bash"]
     for art in (registry.get(i) for i in dict.fromkeys(ids)):
-        url = "" if registry.local else f" · {registry.url(art)}"
-        lines.append(f"| {art.kind}: {art.key} | `{registry.get_command(art)}`{url} |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"# {art.kind}: {art.key}" + ("" if registry.local else f" ({registry.url(art)})"))
+        lines.append(registry.get_command(art))
+    return "\n".join([*lines, "```"]) + "\n"
 
 
 def ui_markdown(markdown: str, images: dict[str, bytes], budget: int = UI_BUDGET) -> str:

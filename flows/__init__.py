@@ -9,6 +9,9 @@ reported as a missing run, and the local (ephemeral) server sends no analytics a
 
 import logging
 import os
+from pathlib import Path
+
+PREFECT_YAML = Path(__file__).with_name("prefect.yaml")  # the deployments (in a checkout: a link to ../prefect.yaml)
 
 for _name, _value in {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "dode",

@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import yaml
 
+from . import PREFECT_YAML
 from .cli import run_stage, show
 
-PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 DEPLOYMENT = "digits-sweep"  # the demo's parameters are this deployment's: one source for both
 QUICK = {"solvers": ["euler", "dpmpp_2m"], "nfes": [3, 5], "nfes_by_solver": None, "n_distill": 64,
          "n_samples": 256, "batch_size": 128,
@@ -41,7 +40,7 @@ def sweep_parameters() -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small sweep (2 solvers x 2 NFEs, 256 samples)")
-    parser.add_argument("--registry", default=None, help="registry path or URL (default $DODE_REGISTRY or data/registry)")
+    parser.add_argument("--registry", default=None, help="registry path or URL (default $DODE_REGISTRY or ./dode-registry)")
     parser.add_argument("--dask", action=argparse.BooleanOptionalAction, default=None,
                         help="shards on a local Dask cluster (default: as the deployment, on)")
     args = parser.parse_args(argv)

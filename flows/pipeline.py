@@ -98,7 +98,7 @@ def pipeline_flow(
             flowmap answers the first evaluation with a Gaussian of the model (compared with base+analytic)
         metrics: fd-digits, fd-pixels, fid, rmse, or auto (the model's own)
         reference: reference-stats artifact id for the Fréchet distances
-        registry: registry path or URL (default $DODE_REGISTRY or data/registry)
+        registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
         dask: run shards on a temporary local Dask cluster
         dask_address: run shards on an existing Dask cluster (scheduler address)
     """
@@ -139,9 +139,13 @@ def pipeline_flow(
                + (f", first step {v['first_step']}" if v["first_step"] != "network" else "") for k, v in planned.items()},
             "evaluation samples": f"{n_samples} per cell (seeds from {first_seed})", "correction": correction,
             "registry": uri}
-    path, report_id = publish_report(uri, f"{model}/sweep/{family}", meta, rows, cells, teacher_samples, used)
+    path, report_id, ui_report = publish_report(uri, f"{model}/sweep/{family}", meta, rows, cells, teacher_samples,
+                                                used)
     tasks.link_artifacts(reg, [model_id, *teachers, *(lam for c in cells for lam in cell_fits(c).values()), *used,
                                report_id])
+    # Last, so that the UI (a run's artifacts newest first) shows the report and the table above the links.
+    create_table_artifact(rows, key="dode-results", description=f"{meta['model']}: base vs D-ODE vs teacher")
+    create_markdown_artifact(ui_report, key="dode-report", description=f"report {report_id} at {path}")
     update_progress_artifact(progress, 100.0)
     log.info("%d results in the table artifact 'dode-results'; report: %s", len(rows), path)
     return {"report": path, "report_id": report_id, "registry": uri, "rows": rows}
@@ -204,10 +208,9 @@ def evaluate_cells(
 
 
 def publish_report(uri: str, title: str, meta: dict, rows: list[dict], cells: list[dict], teacher_samples: str,
-                   used: list[str]) -> tuple[str, str]:
-    """The results table and report in the Prefect UI, the report in the registry: (its path, its id)."""
+                   used: list[str]) -> tuple[str, str, str]:
+    """The report in the registry, and its copy for the Prefect UI: (its path, its id, the UI markdown)."""
     reg = open_registry(uri)
-    create_table_artifact(rows, key="dode-results", description=f"{meta['model']}: base vs D-ODE vs teacher")
     parents = [*{lam for c in cells for lam in cell_fits(c).values()}, *(i for i in used if reg.get(i).kind == "score")]
     report_id = tasks.report(uri, title, meta, rows, cells, teacher_samples, sorted(parents))
     report = reg.get(report_id)
@@ -216,5 +219,4 @@ def publish_report(uri: str, title: str, meta: dict, rows: list[dict], cells: li
     images = {name: reg.read_bytes(report, name) for name in report.files if name.endswith(".png")}
     shared = [report_id, *sorted(parents), *(i for i in used if reg.get(i).kind == "samples")]
     text = reg.read_bytes(report, REPORT_FILE).decode() + "\n" + downloads(reg, shared)
-    create_markdown_artifact(ui_markdown(text, images), key="dode-report", description=f"report {report.id} at {path}")
-    return path, report_id
+    return path, report_id, ui_markdown(text, images)

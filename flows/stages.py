@@ -46,7 +46,7 @@ def teacher_flow(
         n_distill: teacher samples
         distill_seed: first seed of the teacher samples
         batch_size: samples per batch and per stored chunk
-        registry: registry path or URL (default $DODE_REGISTRY or data/registry)
+        registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
     """
     check_teacher_stage(locals())
     uri = registry_uri(registry)
@@ -98,7 +98,7 @@ def distill_flow(
         alignment: teacher targets: exact (the refined student grid) or official (the reference code's)
         first_step: network, or analytic / flowmap: the first evaluation by a Gaussian of the model's own
             samples (nfe stays the network calls; the grid gets one step more)
-        registry: registry path or URL (default $DODE_REGISTRY or data/registry)
+        registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
     """
     check_distill(locals())
     grid = GridSpec.for_calls(family, solver, nfe, first_step).to_dict()
@@ -149,7 +149,7 @@ def sample_flow(
         first_seed: first seed of the samples
         batch_size: samples per batch and per stored chunk
         num_shards: sampling shards
-        registry: registry path or URL (default $DODE_REGISTRY or data/registry)
+        registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
         dask: run shards on a temporary local Dask cluster
         dask_address: run shards on an existing Dask cluster (scheduler address)
     """
@@ -201,7 +201,7 @@ def score_flow(
         first_seed: first seed of the evaluation samples
         batch_size: samples per batch and per stored chunk
         num_shards: sampling shards per job
-        registry: registry path or URL (default $DODE_REGISTRY or data/registry)
+        registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
         dask: run shards on a temporary local Dask cluster
         dask_address: run shards on an existing Dask cluster (scheduler address)
     """

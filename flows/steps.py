@@ -43,7 +43,7 @@ TEACHER_FILE = "teacher.parquet"
 
 
 def registry_uri(uri: str | None) -> str:
-    """The registry URI every step of a run uses: ``uri``, else $DODE_REGISTRY, else <repo>/data/registry;
+    """The registry URI every step of a run uses: ``uri``, else $DODE_REGISTRY, else ./dode-registry;
     local paths made absolute (steps may run in other processes or directories)."""
     reg = Registry(registry_location(uri))
     return str(Path(reg.uri).resolve()) if reg.local and "://" not in reg.uri else reg.uri

@@ -244,13 +244,16 @@ def test_config_round_trip_keeps_lambdas(sd64, tmp_path):
 
 
 def test_pipeline_folder_round_trip(sd_folder, tmp_path):
-    """A whole pipeline saved with a DODEScheduler loads it back (SchedulerMixin lookup) with its lambdas."""
+    """A whole pipeline saved with a DODEScheduler loads it back with its lambdas: the scheduler folder ships its
+    loader module, which diffusers runs only with trust_remote_code=True (and then in any process)."""
     pipe = StableDiffusionPipeline.from_pretrained(sd_folder)
     pipe.scheduler = DODEScheduler.from_scheduler(
         pipe.scheduler, solver="dpmpp_2m", nfe=3, lambdas=[0.0, 0.5, -0.2]
     )
     pipe.save_pretrained(tmp_path / "with-dode")
-    back = StableDiffusionPipeline.from_pretrained(tmp_path / "with-dode")
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        StableDiffusionPipeline.from_pretrained(tmp_path / "with-dode")
+    back = StableDiffusionPipeline.from_pretrained(tmp_path / "with-dode", trust_remote_code=True)
     assert isinstance(back.scheduler, DODEScheduler)
     assert list(back.scheduler.config.lambdas) == [0.0, 0.5, -0.2]
     assert torch.equal(back.scheduler.sigmas, pipe.scheduler.sigmas)
@@ -364,12 +367,14 @@ def test_cli_distill_pipeline(sd_folder, tmp_path, capsys, monkeypatch):
             str(out),
         ]
     )
-    assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
     reg = Registry(str(registry))
     (art,) = reg.find("lambdas")
     assert art.params["n_prompts"] == 2 and art.params["guidance_scale"] == 2.0
     lam = dode.Lambdas.from_json(reg.read_bytes(art, "lambdas.json").decode())
     assert lam.nfe == 3 and lam.n_fit == 2 and lam.guard["split"]["guard"] == 2
+    assert f"guard: kept {lam.guard['chosen']}" in printed.out and "guard: off" not in printed.out
     sched = DODEScheduler.from_pretrained(out)
     assert list(sched.config.lambdas) == list(lam.values) and sched.config.artifact_id == art.id
     pipe = StableDiffusionPipeline.from_pretrained(sd_folder)

@@ -14,7 +14,7 @@ import pytest
 
 import dode
 from dode.store import load_lambdas, save_lambdas
-from dode.store.location import DEFAULT_REGISTRY, registry_location
+from dode.store.location import registry_location
 from dode.store.registry import KINDS, Registry
 
 
@@ -179,7 +179,9 @@ def test_fetch_verifies_and_never_overwrites_other_content(reg, tmp_path):
 
 def test_default_location_is_the_entry_points_concern_with_environment_override(tmp_path, monkeypatch):
     monkeypatch.delenv("DODE_REGISTRY", raising=False)
-    assert Path(registry_location()) == DEFAULT_REGISTRY == Path(dode.__file__).parents[1] / "data" / "registry"
+    monkeypatch.chdir(tmp_path)
+    assert Path(registry_location()) == tmp_path / "dode-registry"  # the working directory, as MLflow's ./mlruns
+    assert Path(dode.__file__).parents[1] not in Path(registry_location()).parents
     monkeypatch.setenv("DODE_REGISTRY", str(tmp_path / "env-registry"))
     assert registry_location() == str(tmp_path / "env-registry")
     assert registry_location(tmp_path / "given") == str(tmp_path / "given")

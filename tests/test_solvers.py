@@ -44,7 +44,7 @@ def plain_loop(denoiser, noise, sigmas, name):
 
 def test_the_registry_holds_exactly_the_issue_solvers():
     assert set(dode.SOLVERS) == {"euler", "heun", "ipndm", "deis", "dpm_solver_2", "dpm_solver_3", "dpmpp_2m",
-                                 "dpmpp_3m", "unipc"}
+                                 "dpmpp_3m", "unipc", "unipc_2"}
     assert all(solver.name == name for name, solver in dode.SOLVERS.items())
 
 
@@ -85,13 +85,13 @@ def test_states_are_reported_at_increasing_grid_indices_ending_at_sigma_zero(nam
 # orders except: dpmpp_3m is second order, exactly as diffusers' and the reference code's DPM-Solver++(3M)
 # (their D2 = (D1_0 - D1_1)/(r0 + r1) is half the second divided difference its phi_3 weight needs, so a
 # D quadratic in log sigma is not integrated exactly; see the test below); UniPC-3's corrector UniC-3 lifts
-# the predictor's order 3 to about 4 here (UniC-p raises the order by one, Zhao et al., 2023); iPNDM's
+# the predictor's order 3 to about 4 here, UniPC-2's 2 to 3 (UniC-p raises the order by one, Zhao et al., 2023); iPNDM's
 # fixed Adams-Bashforth weights assume equal steps, so it runs on a uniform sigma grid (on Karras grids
 # it is second order).
 ORDERS = {
     "euler": (0.85, 1.15), "heun": (1.85, 2.15), "dpm_solver_2": (1.85, 2.15), "dpmpp_2m": (1.85, 2.15),
     "dpmpp_3m": (1.8, 2.15), "dpm_solver_3": (2.85, 3.15), "deis": (2.85, 3.15), "unipc": (2.85, 4.3),
-    "ipndm": (3.0, 4.3),
+    "unipc_2": (2.85, 3.15), "ipndm": (3.0, 4.3),
 }
 
 

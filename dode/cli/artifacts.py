@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import progress
+from ..export_diffusers import export_lambdas
 from ..store.export import fetch_parts, write_npz, write_pngs
 from ..store.fetch import clean_downloads, has_parts
 from ..store.location import registry_location
@@ -22,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
         name, help="list, show, download (get), verify and clean (gc) registry artifacts",
         description="Artifacts are immutable and addressed by the sha256 of their content; any unique id "
-        "prefix works. The registry is --registry URI, else $DODE_REGISTRY, else <repo>/data/registry "
+        "prefix works. The registry is --registry URI, else $DODE_REGISTRY, else ./dode-registry "
         "(S3: s3://bucket/prefix, with AWS_ENDPOINT_URL or FSSPEC_S3_ENDPOINT_URL for other servers).",
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -48,8 +49,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     get.add_argument("id", help="artifact id or unique prefix")
     get.add_argument("--out", required=True, metavar="DIR", help="directory to write the files into (only inside it)")
     get.add_argument("--force", action="store_true", help="overwrite files in DIR that hold other content")
-    get.add_argument("--format", choices=FORMATS, default=None,
-                     help="how to write an artifact with parts (default png); other artifacts: files only")
+    get.add_argument("--format", choices=[*FORMATS, "diffusers"], default=None,
+                     help="how to write an artifact with parts (default png); other artifacts: files only; "
+                     "diffusers: a lambdas artifact's schedule as stock diffusers schedulers take it (sigmas=/timesteps=)")
     get.add_argument("--quiet", action="store_true", help="no progress bar")
     get.set_defaults(func=run_get)
 
@@ -102,6 +104,10 @@ def run_show(args: argparse.Namespace) -> int:
 def run_get(args: argparse.Namespace) -> int:
     reg = open_registry(args)
     art = reg.get(args.id)
+    if args.format == "diffusers":
+        count, what = export_lambdas(reg, art, Path(args.out), args.force)
+        print(f"{art.id}: {count} {what} written into {args.out}")
+        return 0
     if not has_parts(art):
         if args.format not in (None, "files"):
             raise ValueError(f"--format {args.format} applies to artifacts with parts (samples jobs and shards); "

@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
                    help="D-ODE correction flavour (default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument(
-        "--registry", default=None, metavar="URI", help="registry (default: $DODE_REGISTRY or data/registry)"
+        "--registry", default=None, metavar="URI", help="registry (default: $DODE_REGISTRY or ./dode-registry)"
     )
     p.add_argument("--no-register", action="store_true", help="do not register the lambdas (needs --out)")
     p.add_argument(
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     with progress.bars(not args.quiet):
         lam = distill_lambdas(pipe, prompts, args)
     print(f"lambdas ({lam.solver}, {lam.nfe} evaluations): {', '.join(f'{v:+.4f}' for v in lam.values)}")
-    print(f"guard: {lam.guard.get('scale', 'off')} x fitted, held-out mse {lam.guard.get('mse', {})}")
+    print(guard_line(lam.guard))
 
     # Ship: registry artifact and/or scheduler folder.
     artifact_id = None
@@ -124,6 +124,18 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"scheduler written to {args.out} (load with DODEScheduler.from_pretrained)")
     return 0
+
+
+def guard_line(guard: dict | None) -> str:
+    """What the held-out guard did (``Lambdas.guard``, dode.guard): the candidate kept and every candidate's
+    held-out error to the teacher (and Frechet distance with the fd criterion); "guard: off" when it did not run."""
+    if not guard:
+        return "guard: off"
+    scores = ", ".join(f"{name} {value:.4g}" for name, value in guard["mse"].items())
+    fd = ", ".join(f"{name} {value:.4g}" for name, value in guard.get("fd", {}).items())
+    kept = f"kept {guard['chosen']}" + (" (not the fit: it was worse)" if guard.get("changed") else "")
+    return (f"guard: {kept}; held-out mse on {guard['holdout']} samples: {scores}"
+            + (f"; Frechet distance: {fd}" if fd else ""))
 
 
 def distill_lambdas(pipe, prompts: list[str], args: argparse.Namespace):

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..packaged import MODELS_DIR
 from ..types import Tensor
 from .fid import StreamingMoments, frechet_distance
 
-CLASSIFIER_DIR = Path(__file__).resolve().parents[2] / "data" / "models" / "digits-classifier"
+CLASSIFIER_DIR = MODELS_DIR / "digits-classifier"
 SCHEMA_VERSION = 1
 IMAGE_SHAPE = (1, 8, 8)
 

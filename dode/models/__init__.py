@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
+from ..packaged import DATA_DIR, MODELS_DIR
 from ..types import Denoiser
 from .analytic import GaussianDenoiser, MixtureDenoiser, digits_mixture
 from .vp import EDMDenoiser, VPDenoiser
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-EMBEDDED_MODEL_DIR = DATA_DIR / "models" / "digits-ddpm"
+EMBEDDED_MODEL_DIR = MODELS_DIR / "digits-ddpm"
 ANALYTIC_METRICS = ("fd-pixels",)  # analytic models: Fréchet distance on raw pixels, to exact draws
 
 

@@ -19,6 +19,7 @@ SOLVERS: dict[str, Solver] = {
     "dpmpp_2m": DPMSolverPP("dpmpp_2m", 2),
     "dpmpp_3m": DPMSolverPP("dpmpp_3m", 3),
     "unipc": UniPC(),
+    "unipc_2": UniPC("unipc_2", 2),  # diffusers' UniPCMultistepScheduler default (solver_order=2)
 }
 
 

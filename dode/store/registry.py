@@ -86,7 +86,7 @@ class Registry(VerifiedReads):
         if uri is None or not str(uri).strip():
             raise ValueError("a Registry needs a location (a directory or an fsspec URL); entry points take the "
                              "default from dode.store.location.registry_location() ($DODE_REGISTRY, else "
-                             "<checkout>/data/registry)")
+                             "./dode-registry in the working directory)")
         self.uri = str(uri)
         self.cache_dir = Path(cache_dir or os.environ.get("DODE_CACHE") or DEFAULT_CACHE)
         self.storage = storage or open_storage(self.uri, dict(storage_options or {}), self.cache_dir)

@@ -2,6 +2,7 @@
 schedules parse; every flow parameter is a `dode run` option, read from the flow (declared once)."""
 
 import inspect
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -108,3 +109,18 @@ def _bound(flow, params):
     bound = inspect.signature(flow.fn).bind(**params)
     bound.apply_defaults()
     return bound.arguments
+
+
+def test_the_deploy_commands_in_the_header_name_real_deployments():
+    header = [line for line in (Path(__file__).resolve().parents[2] / "prefect.yaml").read_text().splitlines()
+              if line.startswith("#")]
+    named = [word for line in header for word in re.findall(r"--name (\S+)", line)]
+    assert named and set(named) <= {d["name"] for d in DEPLOYMENTS}  # `prefect deploy --name` takes these
+    pull = SPEC["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
+    assert any(f"{pull.strip('{} $')}=$PWD prefect --no-prompt deploy" in line for line in header)
+
+
+def test_the_flows_package_carries_the_deployments():
+    from flows import PREFECT_YAML
+
+    assert yaml.safe_load(PREFECT_YAML.read_text()) == SPEC

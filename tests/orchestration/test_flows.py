@@ -87,6 +87,8 @@ def test_results_table_report_and_ui_artifacts(swept):
     mine = {a.key for a in artifacts}
     assert named <= mine
     ui_report = next(a.data for a in artifacts if a.key == "dode-report")  # what the Prefect UI renders
+    newest_first = [a.key for a in sorted(artifacts, key=lambda a: a.created, reverse=True)]
+    assert newest_first[:2] == ["dode-report", "dode-results"]  # the UI lists a run's artifacts newest first
     assert "data:image/png;base64," in ui_report and "file://" not in ui_report and "dode artifacts get" in ui_report
     links = mine - named
     assert {f"dode-{a.kind}-{a.id[:12]}" for a in reg.list() if "shard" not in a.params

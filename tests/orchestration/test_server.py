@@ -73,7 +73,7 @@ def prefect(env, *args, timeout=180, cwd=None):
 
 
 def test_deployed_pipeline_runs_on_a_process_worker(server, tmp_path, root):
-    env = {**server, "DODE_ROOT": str(root)}
+    env = {**server, "DODE_WORKDIR": str(root)}
     registry = tmp_path / "registry"
     prefect(env, "work-pool", "create", "dode-process", "--type", "process")
     out = prefect(env, "--no-prompt", "deploy", "--all", cwd=root)

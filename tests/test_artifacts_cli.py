@@ -47,11 +47,13 @@ def test_show_prints_the_manifest_and_the_lineage_down_to_the_model(published):
     root, reg, model, traj, lam = published
     rc, out, err = dode_cli("show", lam.id[:8], "--registry", root)
     assert rc == 0, err
-    manifest, lineage = out.split("lineage:\n")
-    assert json.loads(manifest) == json.loads(Path(reg.manifest_path(lam.id)).read_text())
+    checked, rest = out.split("\nunverified (not covered by the id", 1)
+    unverified, lineage = rest.split("\n", 1)[1].split("lineage:\n")
+    assert {**json.loads(checked), **json.loads(unverified)} == json.loads(Path(reg.manifest_path(lam.id)).read_text())
+    assert set(json.loads(unverified)) == {"created", "provenance"}
     assert [line.split()[0] for line in lineage.splitlines()] == [lam.id, traj.id, model.id]
     rc, _, err = dode_cli("show", lam.id[:8] + "x", "--registry", root)
-    assert rc == 2 and f"no artifact '{lam.id[:8]}x'" in err and f"close matches:\n  {lam.id}" in err
+    assert rc == 2 and f"no artifact '{lam.id[:8]}x'" in err and f"close matches:\\n  {lam.id}" in err
 
 
 def test_get_downloads_verified_files_and_names_a_tampered_one(published, tmp_path):

@@ -133,8 +133,8 @@ def guard_line(guard: dict | None) -> str:
         return "guard: off"
     scores = ", ".join(f"{name} {value:.4g}" for name, value in guard["mse"].items())
     fd = ", ".join(f"{name} {value:.4g}" for name, value in guard.get("fd", {}).items())
-    kept = f"kept {guard['chosen']}" + (" (not the fit: it was worse)" if guard.get("changed") else "")
-    return (f"guard: {kept}; held-out mse on {guard['holdout']} samples: {scores}"
+    kept = f"kept {guard['chosen']}" + (" (not the fit: not clearly better)" if guard.get("changed") else "")
+    return (f"guard: {kept}; held-out mse on {guard['split']['guard']} samples: {scores}"
             + (f"; Frechet distance: {fd}" if fd else ""))
 
 

@@ -35,9 +35,10 @@ from diffusers.utils import BaseOutput
 from .correction import CORRECTIONS, Lambdas
 from .diffusers_loading import write_loader
 from .diffusers_stock import StockGrid, is_stock, stock_grid, stock_solver
+from .gaussian import FirstStep
 from .grids import GridSpec
 from .models.vp import PREDICTION_TYPES, VPDenoiser
-from .sampling import dode_step
+from .sampling import dode_step, network_calls
 from .schedules import check_sigmas, sigma_at
 from .solvers import get_solver
 from .store.lambdas import load_lambdas
@@ -105,6 +106,12 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
     network evaluation (Heun: 2N - 1), and ``order`` is evaluations per step, as pipelines expect.
     An explicit grid (``sigmas``, a learned ``Lambdas.sigmas``, or ``grid`` of family "explicit") is
     sampled on exactly as given and round-trips through ``save_pretrained``/``from_pretrained``.
+
+    ``first_step`` (``dode.gaussian.FirstStep.to_dict()``, set from lambdas fitted with one) makes the first
+    evaluation at sigma_0 without the network: ``timesteps`` then lists the network calls only and the
+    pipeline's first UNet call is at the first evaluated sigma. The pipeline's latents are still at sigma_0
+    then: the first ``scale_model_input`` takes the Gaussian's step on its input (row by row, so a CFG-doubled
+    batch works), and the first ``step`` takes it on the latents and continues from there.
     """
 
     @register_to_config
@@ -124,8 +131,13 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         artifact_id: str | None = None,
         base_scheduler: dict[str, Any] | None = None,
         initial_noise: str = "sigma",
+        first_step: dict[str, Any] | None = None,
     ) -> None:
         self.ode_solver = get_solver(solver)
+        self.first = FirstStep.from_dict(first_step)
+        if self.first is not None and (base_scheduler is not None or initial_noise != "sigma"):
+            raise ValueError("an analytic first step starts at sigma_0 * n on a dode grid: drop base_scheduler and "
+                             "initial_noise")
         if initial_noise not in INITIAL_NOISE:
             raise ValueError(f"unknown initial_noise {initial_noise!r}; choose one of {list(INITIAL_NOISE)}")
         if base_scheduler is not None and (grid is not None or sigmas is not None):
@@ -190,9 +202,10 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             )
         training = {key: base[key] for key in TRAINING_KEYS if key in base}
         if isinstance(lambdas, Lambdas):
+            calls = network_calls(lambdas.solver, len(lambdas.sigmas) - 1, lambdas.first)
             for name, given, fitted in (
                 ("solver", solver, lambdas.solver),
-                ("nfe", nfe, lambdas.nfe),
+                ("nfe", nfe, calls),
                 ("correction", correction, lambdas.correction),
             ):
                 if given is not None and given != fitted:
@@ -206,6 +219,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 correction=lambdas.correction,
                 lambdas=list(lambdas.values),
                 artifact_id=artifact_id,
+                first_step=dict(lambdas.first_step) or None,
             )
         values = None if lambdas is None else [float(v) for v in lambdas]
         if solver is None and grid is None and is_stock(base):
@@ -254,9 +268,10 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def nfe(self) -> int:
+        """Network calls per sample (an analytic first evaluation is not one)."""
         if self.sigmas is None:
             raise ValueError("call set_timesteps first")
-        return self.ode_solver.nfe(len(self.sigmas) - 1)
+        return network_calls(self.config.solver, len(self.sigmas) - 1, self.first)
 
     @property
     def init_noise_sigma(self) -> float:
@@ -286,12 +301,19 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         self._stock = self._stock_grid(num_inference_steps) if sigmas is None else None
         sigmas = self._stock.sigmas if self._stock is not None else self._grid(num_inference_steps, sigmas)
         self._check_grid(sigmas)
-        steps = len(sigmas) - 1
+        # The solver's grid (under a flowmap first step it starts at sigmas[1]) and its evaluations; the pipeline
+        # sees those the network makes (all but an analytic first one).
+        flowmap = self.first is not None and self.first.kind == "flowmap"
+        solver_grid = sigmas[1:] if flowmap else sigmas
+        steps = len(solver_grid) - 1
         eval_sigmas = torch.stack(
-            [sigmas[self.ode_solver.eval_index(k, steps)] for k in range(self.ode_solver.nfe(steps))]
+            [solver_grid[self.ode_solver.eval_index(k, steps)] for k in range(self.ode_solver.nfe(steps))]
         )
-        self.sigmas, self.num_inference_steps, self._eval_sigmas = sigmas, steps, eval_sigmas
-        timesteps = self._stock.timesteps if self._stock is not None else self.schedule.sigma_to_t(eval_sigmas)
+        self._skip = int(self.first is not None and self.first.kind == "analytic")
+        self.sigmas, self.num_inference_steps, self._eval_sigmas = sigmas, len(sigmas) - 1, eval_sigmas
+        self._solver_grid = solver_grid
+        timesteps = (self._stock.timesteps if self._stock is not None
+                     else self.schedule.sigma_to_t(eval_sigmas[self._skip:]))
         self.timesteps = timesteps.to(device=device, dtype=torch.float32)
         self._state: SolverState | None = None
         self._basis_prev: Tensor | None = None
@@ -302,6 +324,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         """Start at evaluation ``begin_index`` (img2img / inpainting: ``t_start * order``), which must
         begin a solver step; the solver then integrates the remaining grid from the pipeline's state."""
         nfe = len(self._timesteps_checked())
+        if self.first is not None and begin_index:
+            raise ValueError("an analytic first step starts at sigma_0: img2img / inpainting with strength < 1 need "
+                             "lambdas fitted without one")
         if self._state is not None or self._k != self._begin:
             raise ValueError(
                 "set_begin_index must come before the first step; call set_timesteps to start over"
@@ -339,11 +364,32 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         return noisy.to(original_samples.dtype)
 
     def scale_model_input(self, sample: Tensor, timestep: float | Tensor | None = None) -> Tensor:
-        """The network input x / sqrt(sigma^2 + 1) of the coming evaluation (VP scaling)."""
-        sigma = self._eval_sigmas[self._k_checked(timestep)]
+        """The network input x / sqrt(sigma^2 + 1) of the coming evaluation (VP scaling); before the first
+        network call of a run with an analytic first step, that step is taken here from the pipeline's
+        sigma_0 latents."""
+        k = self._k_checked(timestep)
+        x = sample.to(torch.float64)
+        if self.first is not None and self._state is None:
+            x = self._first_state(sample)[0].x
+        sigma = self._eval_sigmas[k + self._skip]
         self._scaled = True
         c_in = 1 / (sigma**2 + 1).sqrt()
-        return (sample.to(torch.float64) * c_in.to(sample.device)).to(sample.dtype)
+        return (x * c_in.to(sample.device)).to(sample.dtype)
+
+    def _first_state(self, sample: Tensor) -> tuple[SolverState, Tensor | None]:
+        """The solver state and correction basis after the Gaussian's step from x = sigma_0 n (as
+        ``dode.sampling.integrate`` takes it): ``analytic``, the closed-form evaluation at sigma_0, corrected
+        and advanced by the solver; ``flowmap``, the exact flow to sigmas[1]."""
+        x = sample.to(torch.float64)
+        sigma0 = self.sigmas[0].to(sample.device)
+        basis = x / sigma0 if self.config.correction == "noise" else None  # eps_{-1} := x_T
+        if self.first.kind == "flowmap":
+            return SolverState(x=self.first.gaussian.flow(x, sigma0, self._solver_grid[0].to(sample.device))), basis
+        ev = Evaluation(x, sigma0, self.first.gaussian.denoise(x, sigma0))
+        lam = self.config.lambdas[0] if self.config.lambdas is not None else 0.0
+        state, basis, _ = dode_step(self.ode_solver, self._solver_grid.to(sample.device), SolverState(x=x), ev,
+                                    basis, lam, self.config.correction)
+        return state, basis
 
     def step(
         self,
@@ -362,10 +408,14 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if not self._scaled:
             raise ValueError(WRONG_PIPELINE)
         # The run's grid: sigmas[s:] from the evaluation it began at (s = 0 unless set_begin_index moved it).
-        grid = self.sigmas[self.ode_solver.eval_index(self._begin, self.num_inference_steps) :].to(
+        e = k + self._skip  # the solver's evaluation index (an analytic first evaluation came before)
+        grid = self._solver_grid[self.ode_solver.eval_index(self._begin, len(self._solver_grid) - 1) :].to(
             sample.device
         )
-        sigma, x = self._eval_sigmas[k].to(sample.device), sample.to(torch.float64)
+        if self.first is not None and self._state is None:  # the latents are at sigma_0: take the first step
+            self._state, self._basis_prev = self._first_state(sample)
+        x = self._state.x if self.first is not None and k == 0 else sample.to(torch.float64)
+        sigma = self._eval_sigmas[e].to(sample.device)
 
         # The network output as D, through the one VP adapter (VPDenoiser), so the conversions cannot drift.
         replay = VPDenoiser(lambda x_vp, t: model_output, self.alphas_cumprod, self.config.prediction_type)
@@ -375,7 +425,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if self._state is None:
             self._state = SolverState(x=x)
             self._basis_prev = x / sigma if self.config.correction == "noise" else None  # eps_{-1} := x_T
-        lam = self.config.lambdas[k] if self.config.lambdas is not None else 0.0
+        lam = self.config.lambdas[e] if self.config.lambdas is not None else 0.0
         self._state, self._basis_prev, denoised = dode_step(
             self.ode_solver,
             grid,
@@ -465,7 +515,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if self.timesteps is not None:
             gap = (t[:, None] - self.timesteps.detach().to("cpu", torch.float64)[None, :]).abs()
             near, index = gap.min(dim=1)
-            sigma = torch.where(near < 1e-3, self._eval_sigmas[index], sigma)
+            sigma = torch.where(near < 1e-3, self._eval_sigmas[self._skip:][index], sigma)
         return sigma
 
     def _k_checked(self, timestep: float | Tensor | None) -> int:
@@ -493,7 +543,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 f"training schedule's {lo:.4g}..{hi:.4g}; lambdas fitted for another model's schedule"
             )
         lambdas = self.config.lambdas
-        nfe = self.ode_solver.nfe(len(sigmas) - 1)
+        flowmap = self.first is not None and self.first.kind == "flowmap"
+        nfe = self.ode_solver.nfe(len(sigmas) - 1 - flowmap)
         if lambdas is not None and len(lambdas) != nfe:
             raise ValueError(
                 f"{len(lambdas)} lambdas, but {self.config.solver!r} makes {nfe} evaluations on a "

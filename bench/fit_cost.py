@@ -53,11 +53,11 @@ def main() -> None:
             seconds: dict[str, list[float]] = {"float64": [], "float32": []}
             fits = {}
             for _ in range(args.repeats):
-                for dtype in seconds:
+                for dtype, runs in seconds.items():
                     t0 = time.perf_counter()
                     fits[dtype] = dode.distill(den, fit_noise, sigmas, solver, teacher_solver="dpmpp_2m", first=first,
                                                objective="final", dtype=dtype, **BUDGETS[budget])
-                    seconds[dtype].append(time.perf_counter() - t0)
+                    runs.append(time.perf_counter() - t0)
             for dtype, lam in fits.items():
                 x = dode.sample(den, eval_noise, torch.tensor(lam.sigmas, dtype=torch.float64), solver, lam)
                 fd = frechet_distance(stats(to_model(to_uint8(x))), data_stats)

@@ -64,6 +64,7 @@ def test_lambdas_imply_their_first_step(gaussian, capsys):
     code, out, err = run(capsys, "sample", "--model", "mixture-smooth", "--lambdas", art.id, "--nfe", "2",
                          "--n-samples", "8", "--batch-size", "8", "--registry", reg.uri, "--quiet")
     assert code == 0, err
+    assert reg.get(out).params["job"]["lambdas_id"] == art.id
     code, _, err = run(capsys, "sample", "--model", "mixture-smooth", "--lambdas", art.id, "--nfe", "3",
                        "--registry", reg.uri)
     assert code == 2 and "--nfe 3 (they imply 2)" in err

@@ -171,3 +171,56 @@ def result_rows(registry: Any, cells: list[dict], teachers: dict[str, str], item
                          "change_pct": None if base == 0 else 100.0 * (dode_ - base) / base,
                          "guard": chosen, "lambdas": registry.get(c["lambdas"]).id})
     return rows
+
+
+def own_base(variant: dict) -> str:
+    """The side a variant is judged against: the base solver with the same first step."""
+    return "base" if variant["first_step"] == "network" else f"base+{variant['first_step']}"
+
+
+def sibling(name: str, variants: dict[str, dict]) -> str | None:
+    """A lambda + timesteps variant's timesteps-only sibling: the variant of the same objective and first step
+    that does not learn lambda (None when there is none, or this one is it)."""
+    v = variants[name]
+    if v["options"].get("learn_lambdas", True) is False:
+        return None
+    return next((other for other, w in variants.items() if other != name and w["objective"] == v["objective"]
+                 and w["first_step"] == v["first_step"] and w["options"].get("learn_lambdas", True) is False), None)
+
+
+def few_step_summary(rows: list[dict], variants: dict[str, dict], metric: str, tolerance: float = 1.05) -> list[str]:
+    """What a sweep says about few network calls, in ``metric`` (lower is better), as printable lines: per
+    network-call count the best stock solver, the best of everything (with its side) and the teacher; then
+    how many variant cells are within ``tolerance`` of their own base and of their timesteps-only sibling,
+    or were given back the base by the guard (the failures listed); then how often a guard that changed the
+    base agreed with ``metric`` (its variant no worse than its own base)."""
+    rows = [r for r in rows if r["metric"] == metric]
+    lines = [f"few-step summary ({metric}): network calls, best stock solver, best overall, teacher"]
+    for nfe in sorted({r["nfe"] for r in rows}):
+        cells = [r for r in rows if r["nfe"] == nfe]
+        stock = min(cells, key=lambda r: r["base"])
+        sides = [(value, f"{r['solver']} {side}") for r in cells
+                 for side, value in (("base", r["base"]), ("dode", r["dode"]), *r["variants"].items())]
+        best = min(sides)
+        lines.append(f"  {nfe}: {stock['base']:.4g} ({stock['solver']}), {best[0]:.4g} ({best[1]}), "
+                     f"teacher {cells[0]['teacher']:.4g}")
+    held, failures, changed, agreed = 0, [], 0, 0
+    for r in rows:
+        for name in (n for n in variants if n in r["variants"]):
+            value, base = r["variants"][name], r["variants"].get(own_base(variants[name]), r["base"])
+            twin = sibling(name, variants)
+            kept_base = r["guard"].get(name) == "base"
+            ok = kept_base or (value <= tolerance * base and (twin not in r["variants"]
+                                                               or value <= tolerance * r["variants"][twin]))
+            held += ok
+            if not ok:
+                failures.append(f"{r['solver']} {r['nfe']} {name}: {value:.4g} (own base {base:.4g}"
+                                + (f", {twin} {r['variants'][twin]:.4g})" if twin in r["variants"] else ")"))
+            if not kept_base:
+                changed, agreed = changed + 1, agreed + (value <= base)
+    total = sum(n in r["variants"] for r in rows for n in variants)
+    lines.append(f"variant cells within {tolerance}x of their own base and timesteps-only sibling, or given the "
+                 f"base by the guard: {held} of {total}" + "".join(f"\n  not: {f}" for f in failures))
+    lines.append(f"guard changed the base in {changed} variant cells; {metric} agreed (no worse than the own base) "
+                 f"in {agreed} of them")
+    return lines

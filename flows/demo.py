@@ -20,6 +20,8 @@ import time
 
 import yaml
 
+from dode.sweep import few_step_summary, plan_variants
+
 from . import PREFECT_YAML
 from .cli import run_stage, show
 
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     result = run_stage("pipeline", params)
     print(show(result))
+    print("\n".join(few_step_summary(result["rows"], plan_variants(params["variants"]), params["metrics"][0])))
     print(f"demo: {len(result['rows']) // len(params['metrics'])} cells in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -132,3 +132,25 @@ def test_tables_show_every_row_and_dashes_for_missing_values():
     assert text[3].split()[-3:] == ["—", "1", "—"]
     md = markdown_tables(rows)
     assert "### RMSE to teacher" in md and "| euler | 3 | 0.5 | 0.25 | 0.125 | — | -50.0 % | dode: fitted |" in md
+
+
+def test_few_step_summary_judges_each_variant_against_its_own_base_and_sibling():
+    from dode.sweep import few_step_summary, plan_variants
+
+    variants = plan_variants({"t": {"objective": "final", "options": {"learn_lambdas": False}},
+                              "jt": {"objective": "final"},
+                              "a t": {"objective": "final", "first_step": "analytic", "options": {"learn_lambdas": False}},
+                              "a jt": {"objective": "final", "first_step": "analytic"}})
+    rows = [{"solver": "dpmpp_2m", "nfe": 3, "metric": "fd", "base": 900.0, "dode": 950.0, "teacher": 10.0,
+             "variants": {"t": 800.0, "jt": 850.0, "base+analytic": 40.0, "a t": 39.0, "a jt": 30.0},
+             "guard": {"dode": "fitted", "t": "final", "jt": "final", "a t": "final", "a jt": "final"}},
+            {"solver": "unipc", "nfe": 3, "metric": "fd", "base": 700.0, "dode": 720.0, "teacher": 10.0,
+             "variants": {"t": 700.0, "jt": 700.0, "base+analytic": 35.0, "a t": 50.0, "a jt": 35.0},
+             "guard": {"dode": "base", "t": "base", "jt": "base", "a t": "final", "a jt": "base"}}]
+    lines = few_step_summary(rows, variants, "fd")
+    assert lines[1] == "  3: 700 (unipc), 30 (dpmpp_2m a jt), teacher 10"
+    # dpmpp_2m jt 850 > 1.05 x its sibling t 800; unipc "a t" 50 > 1.05 x its own base 35; the rest hold
+    assert lines[2].startswith("variant cells within 1.05x of their own base and timesteps-only sibling, or given "
+                               "the base by the guard: 6 of 8")
+    assert "dpmpp_2m 3 jt: 850 (own base 900, t 800)" in lines[2] and "unipc 3 a t: 50 (own base 35)" in lines[2]
+    assert lines[3].endswith("changed the base in 5 variant cells; fd agreed (no worse than the own base) in 4 of them")

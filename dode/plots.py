@@ -46,7 +46,7 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         values = [v for r in sel for v in (r["base"], r["dode"], *r.get("variants", {}).values()) if v is not None]
         if values and min(values) > 0:
             ax.set_yscale("log")
-        ax.set_xlabel("NFE")
+        ax.set_xlabel("network calls (NFE; an analytic first step is not one)")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(sel[0]["label"])
         ax.set_title(f"{sel[0]['label']}: base (dashed), D-ODE (solid), variants (dash-dot)", fontsize=9)

@@ -33,6 +33,7 @@ from diffusers.utils import BaseOutput
 
 from .correction import CORRECTIONS, Lambdas
 from .grids import GridSpec
+from .models.flow import is_flow_config
 from .models.vp import PREDICTION_TYPES, VPDenoiser
 from .sampling import dode_step
 from .schedules import check_sigmas, sigma_at
@@ -119,11 +120,21 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         lambdas: Sequence[float] | None = None,
         artifact_id: str | None = None,
     ) -> None:
-        self.ode_solver = get_solver(solver)
+        self._init_dode(solver, correction, grid, sigmas, lambdas)
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}"
             )
+        ddpm = DDPMScheduler(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        self.alphas_cumprod = ddpm.alphas_cumprod
+        # The schedule half of the VP adapter: sigma table, sigma -> fractional timestep.
+        self.schedule = VPDenoiser(None, self.alphas_cumprod, prediction_type)
+        if grid is not None or sigmas is not None:
+            self.set_timesteps()
+
+    def _init_dode(self, solver: str, correction: str, grid: Any, sigmas: Any, lambdas: Any) -> None:
+        """The solver, checked D-ODE options and grid spec, and no grid yet (any flavour of schedule)."""
+        self.ode_solver = get_solver(solver)
         if correction not in CORRECTIONS:
             raise ValueError(f"unknown correction {correction!r}; choose one of {list(CORRECTIONS)}")
         if grid is not None and sigmas is not None:
@@ -131,15 +142,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if lambdas is not None and grid is None and sigmas is None:
             raise ValueError("lambdas need the grid they were fitted on: pass sigmas=lambdas.sigmas or grid=")
         self.grid_spec = GridSpec(**grid) if grid is not None else None
-        ddpm = DDPMScheduler(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        self.alphas_cumprod = ddpm.alphas_cumprod
-        # The schedule half of the VP adapter: sigma table, sigma -> fractional timestep.
-        self.schedule = VPDenoiser(None, self.alphas_cumprod, prediction_type)
         self.timesteps: Tensor | None = None
         self.sigmas: Tensor | None = None
         self.num_inference_steps: int | None = None
-        if grid is not None or sigmas is not None:
-            self.set_timesteps()
 
     # ---- construction from pipelines, weights and the registry ------------------------------------
 
@@ -150,7 +155,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         *,
         solver: str | None = None,
         nfe: int | None = None,
-        grid: str | GridSpec | dict[str, Any] = "karras",
+        grid: str | GridSpec | dict[str, Any] | None = None,
         lambdas: Lambdas | Sequence[float] | None = None,
         correction: str | None = None,
         artifact_id: str | None = None,
@@ -162,17 +167,22 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         ``grid``: a family name, a ``GridSpec`` or its dict; ``GridSpec.explicit(sigmas)`` for given
         sigmas); plain lambda values then apply on that grid.
         """
-        base = dict(getattr(scheduler, "config", scheduler))
-        if "beta_schedule" not in base:
+        base, kind = dict(getattr(scheduler, "config", scheduler)), cls
+        if is_flow_config(base):  # FlowMatchEulerDiscreteScheduler: SD3, FLUX and other flow-matching models
+            from .diffusers_flow import DODEFlowScheduler
+
+            kind, training, grid = DODEFlowScheduler, DODEFlowScheduler.training_config(base), grid or "flow"
+        elif "beta_schedule" not in base:
             raise ValueError(
                 f"{base.get('_class_name', 'this scheduler')} has no DDPM training schedule (beta_schedule); "
                 "pass the scheduler of a pipeline trained on discrete DDPM timesteps"
             )
-        if base.get("rescale_betas_zero_snr"):
+        elif base.get("rescale_betas_zero_snr"):
             raise ValueError(
                 "zero-terminal-SNR schedules have sigma_max = inf; DODEScheduler needs a finite sigma_max"
             )
-        training = {key: base[key] for key in TRAINING_KEYS if key in base}
+        else:
+            training, grid = {key: base[key] for key in TRAINING_KEYS if key in base}, grid or "karras"
         if isinstance(lambdas, Lambdas):
             for name, given, fitted in (
                 ("solver", solver, lambdas.solver),
@@ -183,7 +193,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                     raise ValueError(
                         f"{name}={given!r} but the lambdas were fitted with {name}={fitted!r}; drop {name}="
                     )
-            return cls(
+            return kind(
                 **training,
                 solver=lambdas.solver,
                 sigmas=list(lambdas.sigmas),
@@ -196,7 +206,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         spec = _grid_for(grid, solver, nfe)
         placed = {"sigmas": list(spec.values)} if spec.family == "explicit" else {"grid": spec.to_dict()}
         values = None if lambdas is None else [float(v) for v in lambdas]
-        return cls(
+        return kind(
             **training,
             solver=solver,
             **placed,
@@ -330,9 +340,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         )
         sigma, x = self._eval_sigmas[k].to(sample.device), sample.to(torch.float64)
 
-        # The network output as D, through the one VP adapter (VPDenoiser), so the conversions cannot drift.
-        replay = VPDenoiser(lambda x_vp, t: model_output, self.alphas_cumprod, self.config.prediction_type)
-        ev = Evaluation(x, sigma, replay(x, sigma.expand(len(x))))
+        ev = Evaluation(x, sigma, self._denoised(model_output, x, sigma))
 
         # D-ODE correction and the pure solver update; the state is the pipeline's sample.
         if self._state is None:
@@ -354,6 +362,11 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return (prev,)
         return DODESchedulerOutput(prev_sample=prev, pred_original_sample=denoised.to(sample.dtype))
+
+    def _denoised(self, model_output: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        """The network output as D, through the one VP adapter (VPDenoiser), so the conversions cannot drift."""
+        replay = VPDenoiser(lambda x_vp, t: model_output, self.alphas_cumprod, self.config.prediction_type)
+        return replay(x, sigma.expand(len(x)))
 
     # ---- checks -------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ scheduler.
 
 ``set_timesteps`` takes what the pipelines pass: ``num_inference_steps``, ``mu`` (dynamic shifting: SD3 with
 ``use_dynamic_shifting``, FLUX always) and ``sigmas`` as flow times t, shifted as the stock scheduler shifts
-them (FLUX passes linspace(1, 1/N, N)).
+them (FLUX passes linspace(1, 1/N, N)). img2img (SD3): ``set_begin_index`` and ``scale_noise``, the flow
+forward process, then the remaining grid from the pipeline's x_t.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ class DODEFlowScheduler(DODEScheduler):
     def scale_model_input(self, sample: Tensor, timestep: float | Tensor | None = None) -> Tensor:
         """The network input is the pipeline's sample x_t itself."""
         return sample
+
+    def scale_noise(self, sample: Tensor, timestep: float | Tensor, noise: Tensor) -> Tensor:
+        """Flow matching's forward process x_t = (1 - t) x0 + t eps at a timestep T t of this grid (the start
+        of SD3's img2img, after ``set_begin_index``); ``timestep``: one, or one per sample."""
+        t = torch.as_tensor(timestep, dtype=torch.float64).reshape(-1) / self.config.num_train_timesteps
+        t = t.to(sample.device).reshape(-1, *([1] * (sample.ndim - 1)))
+        return ((1 - t) * sample.to(torch.float64) + t * noise.to(sample.device, torch.float64)).to(sample.dtype)
 
     def set_timesteps(
         self,

@@ -8,16 +8,19 @@ import json
 import pytest
 import torch
 from diffusers import (
+    AutoencoderKL,
     DDPMPipeline,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
     SD3Transformer2DModel,
+    StableDiffusion3Img2ImgPipeline,
     StableDiffusion3Pipeline,
 )
 from helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 import dode
+from dode.cli import main
 from dode.diffusers_flow import DODEFlowScheduler
 from dode.diffusers_scheduler import DODEScheduler
 from dode.grids import GridSpec
@@ -122,7 +125,7 @@ def counted_run(pipe, scheduler, **kwargs):
     pipe.scheduler = scheduler
     try:
         with torch.no_grad():
-            out = pipe(output_type="latent", height=64, width=64, **kwargs).images
+            out = pipe(output_type="latent", **({"height": 64, "width": 64} | kwargs)).images
     finally:
         hook.remove()
     return out, len(calls)
@@ -157,14 +160,14 @@ def test_sd3_pipeline_equals_dode_sample_on_the_adapter(solver, nfe, lambdas):
     unit noise, with exactly NFE transformer calls."""
     pipe, emb = sd3_pipeline(), sd3_embeddings()
     noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
-    scheduler = DODEScheduler.from_scheduler(pipe.scheduler, solver=solver, nfe=nfe, lambdas=lambdas)
-    steps = scheduler.num_inference_steps
-    out, calls = counted_run(pipe, scheduler, latents=noise, guidance_scale=1.0, num_inference_steps=steps, **emb)
     den = FlowDenoiser(sd3_call(pipe.transformer), FlowSchedule(shift=3.0),
                        model_kwargs={"encoder_hidden_states": emb["prompt_embeds"],
                                      "pooled_projections": emb["pooled_prompt_embeds"]})
+    steps = GridSpec.for_nfe("flow", solver, nfe).steps
     grid = GridSpec("flow", steps).sigmas(den)
     lam = None if lambdas is None else dode.Lambdas(tuple(lambdas), solver, tuple(grid.tolist()))
+    scheduler = DODEScheduler.from_scheduler(pipe.scheduler, solver=solver, nfe=nfe, lambdas=lam)
+    out, calls = counted_run(pipe, scheduler, latents=noise, guidance_scale=1.0, num_inference_steps=steps, **emb)
     with torch.no_grad():
         ref = dode.sample(den, noise.double(), grid, solver, lam)
     assert calls == nfe
@@ -173,6 +176,23 @@ def test_sd3_pipeline_equals_dode_sample_on_the_adapter(solver, nfe, lambdas):
         base, _ = counted_run(pipe, DODEScheduler.from_scheduler(pipe.scheduler, solver=solver, nfe=nfe),
                               latents=noise, guidance_scale=1.0, num_inference_steps=steps, **emb)
         assert relative(out, base) > 1e-3  # the lambdas act
+
+
+def test_sd3_img2img_zero_lambda_euler_is_the_stock_scheduler():
+    """strength < 1: set_begin_index and scale_noise (x_t = (1 - t) x0 + t eps), then the rest of the grid."""
+    base = sd3_pipeline()
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(32, 64), latent_channels=4, norm_num_groups=32, sample_size=16, shift_factor=0.1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    pipe = StableDiffusion3Img2ImgPipeline(**{**base.components, "vae": vae.eval()})
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    kwargs = dict(**sd3_embeddings(), image=image, strength=0.6, guidance_scale=1.0, num_inference_steps=5)
+    runs = [counted_run(pipe, s, generator=torch.Generator().manual_seed(3), **kwargs)
+            for s in (pipe.scheduler, DODEScheduler.from_scheduler(pipe.scheduler, solver="euler", nfe=5))]
+    (stock, stock_calls), (ours, calls) = runs
+    assert calls == stock_calls == 3
+    assert relative(ours, stock) < 1e-5
 
 
 def flux_embeddings():
@@ -191,19 +211,20 @@ def test_flux_pipeline_zero_lambda_euler_is_the_stock_scheduler():
 
 
 def test_flux_pipeline_equals_dode_sample_on_the_adapter():
-    """FLUX's own grid (linspace(1, 1/N, N), dynamically shifted at its sequence length) and packing."""
+    """FLUX's own grid (linspace(1, 1/N, N), dynamically shifted at its sequence length), packing, and
+    lambdas fitted on that grid shipped into the pipeline."""
     pipe, emb = flux_pipeline(), flux_embeddings()
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
-    scheduler = DODEScheduler.from_scheduler(pipe.scheduler, solver="dpmpp_2m", nfe=4)
-    out, calls = counted_run(pipe, scheduler, latents=pack_latents(noise), num_inference_steps=4, **emb)
     schedule = FlowSchedule.from_config(pipe.scheduler.config)
-    text_ids = torch.zeros(7, 3)
+    grid = schedule.sigmas(4, schedule.mu(16), times=torch.linspace(1.0, 1 / 4, 4, dtype=torch.float64))
+    lam = dode.Lambdas((0.0, 0.2, -0.1, 0.1), "dpmpp_2m", tuple(grid.tolist()))
+    scheduler = DODEScheduler.from_scheduler(pipe.scheduler, lambdas=lam)
+    out, calls = counted_run(pipe, scheduler, latents=pack_latents(noise), num_inference_steps=4, **emb)
     den = FlowDenoiser(flux_call(pipe.transformer), schedule, model_kwargs={
         "encoder_hidden_states": emb["prompt_embeds"], "pooled_projections": emb["pooled_prompt_embeds"],
-        "txt_ids": text_ids, "guidance": None})
-    grid = schedule.sigmas(4, schedule.mu(16), times=torch.linspace(1.0, 1 / 4, 4, dtype=torch.float64))
+        "txt_ids": torch.zeros(7, 3), "guidance": None})
     with torch.no_grad():
-        ref = dode.sample(den, noise.double(), grid, "dpmpp_2m")
+        ref = dode.sample(den, noise.double(), grid, "dpmpp_2m", lam)
     assert calls == 4
     assert relative(unpack_latents(out, tuple(noise.shape)).double(), ref) < 1e-5
 
@@ -237,6 +258,34 @@ def test_config_round_trip(tmp_path):
     assert back.config.lambdas == [0.1] * 5 and back.config.use_dynamic_shifting
     torch.testing.assert_close(back.sigmas, scheduler.sigmas)
     assert json.loads((tmp_path / "scheduler_config.json").read_text())["_class_name"] == "DODEFlowScheduler"
+
+
+def test_load_model_reads_the_transformer_of_sd3_and_flux_folders(tmp_path):
+    """Only the network and the scheduler config are read: folders without text encoders or VAE load."""
+    sd3, flux = sd3_pipeline(), flux_pipeline()
+    sd3.save_pretrained(tmp_path / "sd3")
+    flux.save_pretrained(tmp_path / "flux")
+    loaded = load_model(str(tmp_path / "sd3"))
+    assert isinstance(loaded.denoiser, FlowDenoiser) and loaded.shape == (4, 8, 8) and loaded.denoiser.mu is None
+    emb = sd3_embeddings()
+    kwargs = {"encoder_hidden_states": emb["prompt_embeds"], "pooled_projections": emb["pooled_prompt_embeds"]}
+    loaded.denoiser.model_kwargs = kwargs
+    here = FlowDenoiser(sd3_call(sd3.transformer), FlowSchedule(shift=3.0), model_kwargs=kwargs)
+    x, sigma = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0.5, 4.0])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.denoiser(x, sigma), here(x, sigma), rtol=1e-6, atol=1e-6)
+    flux_model = load_model(str(tmp_path / "flux"))
+    # FLUX's default 128 x 128 latents are 64 x 64 = 4096 tokens: mu = max_shift.
+    assert flux_model.shape == (4, 128, 128) and flux_model.denoiser.mu == pytest.approx(1.15)
+
+
+def test_train_model_only_flow_writes_a_loadable_flow_folder(tmp_path, capsys):
+    args = ["--only", "flow", "--steps", "3", "--samples", "16", "--sample-steps", "3", "--out", str(tmp_path)]
+    assert main(["train-model", *args]) == 0
+    out = capsys.readouterr().out
+    assert "digits-flow FD-digits" in out and "digits-ddpm" not in out
+    assert not (tmp_path / "digits-ddpm").exists() and not (tmp_path / "digits-classifier").exists()
+    assert isinstance(load_model(str(tmp_path / "digits-flow")).denoiser, FlowDenoiser)
 
 
 # ---- the embedded digits-flow model -------------------------------------------------------------------

@@ -252,44 +252,48 @@ def flux_call(transformer: Any) -> Callable[..., Tensor]:
     return call
 
 
-def network_call(pipe: Any) -> tuple[Callable[..., Tensor], tuple[int, ...], int]:
-    """The pipeline's network as model(x_t, timestep), one sample's shape and its image sequence length
-    (the tokens dynamic shifting counts): a ``transformer`` (SD3 or FLUX) or a ``unet``."""
-    net = getattr(pipe, "transformer", None)
-    if net is None:
-        unet = getattr(pipe, "unet", None)
-        if unet is None:
-            raise ValueError("this pipeline has neither a transformer nor a unet")
-        size = unet.config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        return unet_call(unet), (unet.config.in_channels, *size), size[0] * size[1]
-    cfg = net.config
-    if type(net).__name__.startswith("Flux"):
-        side = 2 * (getattr(pipe, "default_sample_size", 64) // 2)
+FLUX_LATENT_SIDE = 128  # FluxPipeline's default_sample_size: 1024-pixel images, 128 x 128 latents
+
+
+def network_call(net: Any) -> tuple[Callable[..., Tensor], tuple[int, ...], int]:
+    """A pipeline's network as model(x_t, timestep), one sample's shape and its image sequence length (the
+    tokens dynamic shifting counts): a FLUX or SD3-style transformer, or a UNet."""
+    cfg, kind = net.config, type(net).__name__
+    if kind.startswith("Flux"):
+        side = FLUX_LATENT_SIDE
         return flux_call(net), (cfg.in_channels // 4, side, side), side * side // 4
-    side = cfg.sample_size
-    return sd3_call(net), (cfg.in_channels, side, side), (side // cfg.patch_size) ** 2
+    size = cfg.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if "Transformer" in kind:
+        return sd3_call(net), (cfg.in_channels, *size), size[0] * size[1] // cfg.patch_size**2
+    return unet_call(net), (cfg.in_channels, *size), size[0] * size[1]
 
 
 def load_flow_pipeline(path_or_id: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                        model_kwargs: dict[str, Any] | None = None) -> tuple[FlowDenoiser, Any, tuple[int, ...]]:
-    """A diffusers flow-matching pipeline folder (or hub id) as a ``FlowDenoiser`` (its dynamic shift at the
-    network's default resolution), the loaded network, and one sample's shape. Text-conditioned models
-    need their conditioning in ``model_kwargs`` (e.g. ``encoder_hidden_states``, ``pooled_projections``)."""
-    from diffusers import DiffusionPipeline
+    """The network of a diffusers flow-matching pipeline folder (or hub id) as a ``FlowDenoiser`` (its
+    dynamic shift at the network's default resolution), the loaded network, and one sample's shape. Only the
+    ``transformer`` (or ``unet``) and the scheduler config are read, no text encoders or VAE;
+    text-conditioned models need their conditioning in ``model_kwargs`` (``encoder_hidden_states``,
+    ``pooled_projections``; FLUX also ``txt_ids`` and ``guidance``)."""
+    import diffusers
+    from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
     try:
-        pipe = DiffusionPipeline.from_pretrained(path_or_id, dtype=dtype)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"could not load a diffusers pipeline from {path_or_id!r}: {err}") from err
-    if not is_flow_config(pipe.scheduler.config):
+        index = DiffusionPipeline.load_config(path_or_id)
+        scheduler = FlowMatchEulerDiscreteScheduler.load_config(path_or_id, subfolder="scheduler")
+        part = next((name for name in ("transformer", "unet") if (index.get(name) or [None, None])[1]), None)
+        if part is None:
+            raise ValueError("its model_index.json names neither a transformer nor a unet")
+        net = getattr(diffusers, index[part][1]).from_pretrained(path_or_id, subfolder=part, torch_dtype=dtype)
+    except (OSError, ValueError, AttributeError) as err:
+        raise ValueError(f"could not load a flow-matching network from {path_or_id!r}: {err}") from err
+    if not is_flow_config(scheduler):
         raise ValueError(f"{path_or_id!r} has no flow-matching scheduler (FlowMatchEulerDiscreteScheduler)")
-    schedule = FlowSchedule.from_config(pipe.scheduler.config)
-    net = getattr(pipe, "transformer", None) or pipe.unet
-    net.to(device).eval()
-    call, shape, seq_len = network_call(pipe)
+    schedule = FlowSchedule.from_config(scheduler)
+    net = net.to(device).eval()
+    call, shape, seq_len = network_call(net)
     mu = schedule.mu(seq_len) if schedule.use_dynamic_shifting else None
     return FlowDenoiser(call, schedule, mu=mu, model_kwargs=model_kwargs), net, shape
-

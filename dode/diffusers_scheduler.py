@@ -216,6 +216,16 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         )
 
     @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """diffusers' from_config; a flow-matching config (one a ``DODEFlowScheduler`` saved) builds that
+        class, so ``DODEScheduler.from_pretrained`` loads every folder a DODEScheduler wrote."""
+        if cls is DODEScheduler and is_flow_config(dict(getattr(config, "config", config) or {})):
+            from .diffusers_flow import DODEFlowScheduler
+
+            return DODEFlowScheduler.from_config(config, return_unused_kwargs, **kwargs)
+        return super().from_config(config, return_unused_kwargs, **kwargs)
+
+    @classmethod
     def from_artifact(
         cls, registry: Any, id_or_prefix: str, base_scheduler_config: SchedulerMixin | dict[str, Any]
     ) -> DODEScheduler:

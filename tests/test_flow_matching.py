@@ -254,9 +254,10 @@ def test_config_round_trip(tmp_path):
                                              nfe=5, lambdas=[0.1] * 5, grid=GridSpec.explicit(
                                                  FlowSchedule(shift=3.0).sigmas(5)))
     scheduler.save_pretrained(tmp_path)
-    back = DODEFlowScheduler.from_pretrained(tmp_path)
-    assert back.config.lambdas == [0.1] * 5 and back.config.use_dynamic_shifting
-    torch.testing.assert_close(back.sigmas, scheduler.sigmas)
+    for back in (DODEFlowScheduler.from_pretrained(tmp_path), DODEScheduler.from_pretrained(tmp_path)):
+        assert isinstance(back, DODEFlowScheduler)
+        assert back.config.lambdas == [0.1] * 5 and back.config.use_dynamic_shifting
+        torch.testing.assert_close(back.sigmas, scheduler.sigmas)
     assert json.loads((tmp_path / "scheduler_config.json").read_text())["_class_name"] == "DODEFlowScheduler"
 
 
@@ -343,3 +344,17 @@ def test_train_digits_flow_is_reproducible(tmp_path):
     train_digits_model(tmp_path / "b", objective="flow", steps=3, log=lambda line: None)
     a, b = load_model(str(tmp_path / "a")), load_model(str(tmp_path / "b"))
     assert isinstance(a.denoiser, FlowDenoiser) and a.fingerprint == b.fingerprint
+
+
+def test_bad_flow_inputs_get_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown training objective 've'; choose one of \['epsilon', 'flow'\]"):
+        train_digits_model(tmp_path / "m", objective="ve")
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(ValueError, match=r"options \['use_karras_sigmas'\] are not supported"):
+        DODEScheduler.from_scheduler(FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True), solver="euler", nfe=4)
+    with pytest.raises(ValueError, match="pass mu"):
+        DODEFlowScheduler(**FLUX_CONFIG).set_timesteps(4)
+    with pytest.raises(ValueError, match="grid family 'flow' needs a flow-matching model"):
+        GridSpec("flow", 4).sigmas(GaussianDenoiser(torch.zeros(1, 2, 2), 0.5))
+    with pytest.raises(ValueError, match="custom timesteps= are not supported"):
+        DODEFlowScheduler().set_timesteps(timesteps=[900.0, 500.0])

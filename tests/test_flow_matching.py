@@ -287,6 +287,9 @@ def test_train_model_only_flow_writes_a_loadable_flow_folder(tmp_path, capsys):
     assert "digits-flow FD-digits" in out and "digits-ddpm" not in out
     assert not (tmp_path / "digits-ddpm").exists() and not (tmp_path / "digits-classifier").exists()
     assert isinstance(load_model(str(tmp_path / "digits-flow")).denoiser, FlowDenoiser)
+    assert main(["train-model", *args, "--score-only"]) == 0  # scores the folder again, trains nothing
+    out = capsys.readouterr().out
+    assert "digits-flow FD-digits" in out and "final loss" not in out
 
 
 # ---- the embedded digits-flow model -------------------------------------------------------------------

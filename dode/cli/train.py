@@ -55,6 +55,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "--sample-steps", type=int, default=100, help="Euler (DDIM) steps per sample (default: %(default)s)"
     )
     p.add_argument(
+        "--score-only",
+        action="store_true",
+        help="train nothing: score the models in OUT (by default the shipped ones) as after training",
+    )
+    p.add_argument(
         "--grid-dir",
         type=Path,
         default=None,
@@ -103,13 +108,13 @@ def run(args: argparse.Namespace) -> int:
     classifier_dir = args.out / "digits-classifier"
     models = [args.only] if args.only in MODEL_FOLDERS else [] if args.only else list(MODEL_FOLDERS)
 
-    if args.only in (None, "classifier"):
+    if args.only in (None, "classifier") and not args.score_only:
         stats = train_digits_classifier(classifier_dir, steps=args.classifier_steps, seed=args.seed)
         print(
             f"classifier: {stats['params']:,} parameters, held-out accuracy {stats['accuracy']:.4f} "
             f"({stats['seconds']:.0f} s) -> {classifier_dir}"
         )
-    for which in models:
+    for which in [] if args.score_only else models:
         folder = args.out / MODEL_FOLDERS[which]
         stats = train_digits_model(folder, objective=OBJECTIVES[which], steps=args.steps, seed=args.seed)
         print(

@@ -17,7 +17,7 @@ from .vp import EDMDenoiser, VPDenoiser
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 EMBEDDED_MODEL_DIR = DATA_DIR / "models" / "digits-ddpm"
-FLOW_MODEL_DIR = DATA_DIR / "models" / "digits-flow"  # the flow-matching twin (dode.training.train_digits_flow)
+FLOW_MODEL_DIR = DATA_DIR / "models" / "digits-flow"  # the flow-matching twin (train_digits_model, objective="flow")
 ANALYTIC_METRICS = ("fd-pixels",)  # analytic models: Fréchet distance on raw pixels, to exact draws
 
 

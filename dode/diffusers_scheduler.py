@@ -37,6 +37,7 @@ from .diffusers_loading import write_loader
 from .diffusers_stock import StockGrid, is_stock, stock_grid, stock_solver
 from .gaussian import FirstStep
 from .grids import GridSpec
+from .models.flow import is_flow_config
 from .models.vp import PREDICTION_TYPES, VPDenoiser
 from .sampling import dode_step, network_calls
 from .schedules import check_sigmas, sigma_at
@@ -133,8 +134,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         initial_noise: str = "sigma",
         first_step: dict[str, Any] | None = None,
     ) -> None:
-        self.ode_solver = get_solver(solver)
-        self.first = FirstStep.from_dict(first_step)
+        self._init_dode(solver, correction, grid, sigmas, lambdas, base_scheduler, first_step)
         if self.first is not None and (base_scheduler is not None or initial_noise != "sigma"):
             raise ValueError("an analytic first step starts at sigma_0 * n on a dode grid: drop base_scheduler and "
                              "initial_noise")
@@ -146,6 +146,18 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}"
             )
+        ddpm = DDPMScheduler(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        self.alphas_cumprod = ddpm.alphas_cumprod
+        # The schedule half of the VP adapter: sigma table, sigma -> fractional timestep.
+        self.schedule = VPDenoiser(None, self.alphas_cumprod, prediction_type)
+        if grid is not None or sigmas is not None or (base_scheduler is not None and lambdas is not None):
+            self.set_timesteps()
+
+    def _init_dode(self, solver: str, correction: str, grid: Any, sigmas: Any, lambdas: Any,
+                   base_scheduler: dict[str, Any] | None = None, first_step: dict[str, Any] | None = None) -> None:
+        """The solver, checked D-ODE options, grid spec and first step, and no grid yet (any flavour of schedule)."""
+        self.ode_solver = get_solver(solver)
+        self.first = FirstStep.from_dict(first_step)
         if correction not in CORRECTIONS:
             raise ValueError(f"unknown correction {correction!r}; choose one of {list(CORRECTIONS)}")
         if grid is not None and sigmas is not None:
@@ -153,16 +165,10 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if lambdas is not None and grid is None and sigmas is None and base_scheduler is None:
             raise ValueError("lambdas need the grid they were fitted on: pass sigmas=lambdas.sigmas or grid=")
         self.grid_spec = GridSpec(**grid) if grid is not None else None
-        ddpm = DDPMScheduler(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        self.alphas_cumprod = ddpm.alphas_cumprod
-        # The schedule half of the VP adapter: sigma table, sigma -> fractional timestep.
-        self.schedule = VPDenoiser(None, self.alphas_cumprod, prediction_type)
         self.timesteps: Tensor | None = None
         self.sigmas: Tensor | None = None
         self.num_inference_steps: int | None = None
         self._stock: StockGrid | None = None
-        if grid is not None or sigmas is not None or (base_scheduler is not None and lambdas is not None):
-            self.set_timesteps()
 
     # ---- construction from pipelines, weights and the registry ------------------------------------
 
@@ -188,19 +194,24 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         "karras", a ``GridSpec`` or its dict; ``GridSpec.explicit(sigmas)`` for given sigmas); plain lambda
         values then apply on that grid.
         """
-        base = dict(getattr(scheduler, "config", scheduler))
+        base, kind = dict(getattr(scheduler, "config", scheduler)), cls
         if hasattr(scheduler, "config"):  # a scheduler's config names its class only once saved
             base.setdefault("_class_name", type(scheduler).__name__)
-        if "beta_schedule" not in base:
+        if is_flow_config(base):  # FlowMatchEulerDiscreteScheduler: SD3, FLUX and other flow-matching models
+            from .diffusers_flow import DODEFlowScheduler
+
+            kind, training, grid = DODEFlowScheduler, DODEFlowScheduler.training_config(base), grid or "flow"
+        elif "beta_schedule" not in base:
             raise ValueError(
                 f"{base.get('_class_name', 'this scheduler')} has no DDPM training schedule (beta_schedule); "
                 "pass the scheduler of a pipeline trained on discrete DDPM timesteps"
             )
-        if base.get("rescale_betas_zero_snr"):
+        elif base.get("rescale_betas_zero_snr"):
             raise ValueError(
                 "zero-terminal-SNR schedules have sigma_max = inf; DODEScheduler needs a finite sigma_max"
             )
-        training = {key: base[key] for key in TRAINING_KEYS if key in base}
+        else:
+            training = {key: base[key] for key in TRAINING_KEYS if key in base}
         if isinstance(lambdas, Lambdas):
             calls = network_calls(lambdas.solver, len(lambdas.sigmas) - 1, lambdas.first)
             for name, given, fitted in (
@@ -212,17 +223,21 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                     raise ValueError(
                         f"{name}={given!r} but the lambdas were fitted with {name}={fitted!r}; drop {name}="
                     )
-            return cls(
+            first = {"first_step": dict(lambdas.first_step)} if lambdas.first_step else {}
+            if first and kind is not cls:
+                raise ValueError("lambdas with an analytic first step are not supported in flow-matching pipelines "
+                                 "yet; distill them with first_step='network'")
+            return kind(
                 **training,
                 solver=lambdas.solver,
                 sigmas=list(lambdas.sigmas),
                 correction=lambdas.correction,
                 lambdas=list(lambdas.values),
                 artifact_id=artifact_id,
-                first_step=dict(lambdas.first_step) or None,
+                **first,
             )
         values = None if lambdas is None else [float(v) for v in lambdas]
-        if solver is None and grid is None and is_stock(base):
+        if kind is cls and solver is None and grid is None and is_stock(base):
             stock = cls(**training, solver=stock_solver(base), correction=correction or "data", lambdas=values,
                         artifact_id=artifact_id, base_scheduler=base)
             if nfe is not None and values is None:
@@ -233,7 +248,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                              "Euler / Heun / DPM-Solver++ / UniPC / DDIM scheduler to reproduce)")
         spec = _grid_for("karras" if grid is None else grid, solver, nfe)
         placed = {"sigmas": list(spec.values)} if spec.family == "explicit" else {"grid": spec.to_dict()}
-        return cls(
+        return kind(
             **training,
             solver=solver,
             **placed,
@@ -241,6 +256,16 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             lambdas=values,
             artifact_id=artifact_id,
         )
+
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """diffusers' from_config; a flow-matching config (one a ``DODEFlowScheduler`` saved) builds that
+        class, so ``DODEScheduler.from_pretrained`` loads every folder a DODEScheduler wrote."""
+        if cls is DODEScheduler and is_flow_config(dict(getattr(config, "config", config) or {})):
+            from .diffusers_flow import DODEFlowScheduler
+
+            return DODEFlowScheduler.from_config(config, return_unused_kwargs, **kwargs)
+        return super().from_config(config, return_unused_kwargs, **kwargs)
 
     @classmethod
     def from_artifact(
@@ -417,9 +442,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         x = self._state.x if self.first is not None and k == 0 else sample.to(torch.float64)
         sigma = self._eval_sigmas[e].to(sample.device)
 
-        # The network output as D, through the one VP adapter (VPDenoiser), so the conversions cannot drift.
-        replay = VPDenoiser(lambda x_vp, t: model_output, self.alphas_cumprod, self.config.prediction_type)
-        ev = Evaluation(x, sigma, replay(x, sigma.expand(len(x))))
+        ev = Evaluation(x, sigma, self._denoised(model_output, x, sigma))
 
         # D-ODE correction and the pure solver update; the state is the pipeline's sample.
         if self._state is None:
@@ -446,13 +469,18 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             return (prev,)
         return DODESchedulerOutput(prev_sample=prev, pred_original_sample=denoised.to(sample.dtype))
 
+    def _denoised(self, model_output: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        """The network output as D, through the one VP adapter (VPDenoiser), so the conversions cannot drift."""
+        replay = VPDenoiser(lambda x_vp, t: model_output, self.alphas_cumprod, self.config.prediction_type)
+        return replay(x, sigma.expand(len(x)))
+
     # ---- checks -------------------------------------------------------------------------------
 
     def _stock_grid(self, num_inference_steps: int | None) -> StockGrid | None:
         """The base scheduler's run (``dode.diffusers_stock``) when built from a stock scheduler, else None; its
         steps are ``num_inference_steps`` or, with lambdas, the steps that make one evaluation per lambda."""
         cfg = self.config
-        if cfg.base_scheduler is None:
+        if cfg.get("base_scheduler") is None:
             return None
         if cfg.lambdas is None:
             if num_inference_steps is None:

@@ -11,7 +11,7 @@ from .schedules import VP_SPACINGS, check_sigmas, karras_sigmas, vp_sigmas
 from .solvers import get_solver
 from .types import Denoiser, Tensor
 
-FAMILIES: tuple[str, ...] = ("karras", *VP_SPACINGS, "explicit")
+FAMILIES: tuple[str, ...] = ("karras", *VP_SPACINGS, "flow", "explicit")
 MAX_STEPS = 100_000  # far beyond any sampling grid; protects against typos like --nfe 1000000000
 
 
@@ -19,8 +19,10 @@ MAX_STEPS = 100_000  # far beyond any sampling grid; protects against typos like
 class GridSpec:
     """A grid of ``steps`` solver steps from a family: ``karras`` (EDM, rho = 7; its sigma range clipped
     to the model's), one of the discrete-VP spacings (``time_uniform``, ``time_quadratic``,
-    ``logsnr_uniform``, ``ddim``), which need a model with a training schedule (``sigmas_train``), or
-    ``explicit``: the given sigma ``values`` (strictly decreasing, ending in 0), e.g. a learned grid."""
+    ``logsnr_uniform``, ``ddim``), which need a model with a training schedule (``sigmas_train``),
+    ``flow``: a flow-matching model's own grid (``FlowDenoiser.flow_sigmas``: diffusers'
+    FlowMatchEulerDiscreteScheduler sigmas with the model's shift), or ``explicit``: the given sigma
+    ``values`` (strictly decreasing, ending in 0), e.g. a learned grid."""
 
     family: str
     steps: int
@@ -87,6 +89,10 @@ class GridSpec:
         """The grid as a float64 sigma vector ending in 0."""
         if self.family == "explicit":
             return torch.tensor(self.values, dtype=torch.float64)
+        if self.family == "flow":
+            if not hasattr(denoiser, "flow_sigmas"):
+                raise ValueError("grid family 'flow' needs a flow-matching model (FlowDenoiser); use 'karras'")
+            return denoiser.flow_sigmas(self.steps)
         table = getattr(denoiser, "sigmas_train", None)
         if self.family == "karras":
             lo, hi = self.sigma_min, self.sigma_max

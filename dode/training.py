@@ -1,9 +1,11 @@
-"""Training the embedded models on scikit-learn's 8x8 digits: a DDPM epsilon-model and the FD classifier.
+"""Training the embedded models on scikit-learn's 8x8 digits: a DDPM epsilon-model, its flow-matching twin
+and the FD classifier.
 
 The diffusion model is the DDPM family (Ho et al., 2020) shrunk to 8x8: a diffusers ``UNet2DModel``
 trained with L_simple = E_{t, x0, eps} ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2
 (eq. 14) on the linear beta schedule 1e-4..0.02, T = 1000, with an EMA of the weights, and saved as a
-``DDPMPipeline`` folder. Seeded and deterministic on CPU as far as torch allows.
+``DDPMPipeline`` folder. digits-flow is the same UNet trained for flow matching (``flow_objective``).
+Seeded and deterministic on CPU as far as torch allows.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +31,7 @@ from .metrics.digits import (
     load_digits_images,
     save_digits_classifier,
 )
+from .models.flow import FlowDenoiser
 from .models.vp import VPDenoiser
 from .types import Tensor
 
@@ -47,7 +51,9 @@ SCHEDULER_CONFIG = {
     "beta_schedule": "linear",
     "prediction_type": "epsilon",
 }
+FLOW_SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "shift": 1.0}
 Log = Callable[[str], None]
+Loss = Callable[[Any, Tensor, torch.Generator], Tensor]  # (unet, x0 batch, generator) -> training loss
 
 
 def _check_counts(where: str, **counts: int) -> None:
@@ -94,9 +100,48 @@ def _deterministic(seed: int) -> Iterator[torch.Generator]:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
+def epsilon_objective() -> tuple[Any, Loss]:
+    """DDPM's L_simple (Ho et al., 2020, eq. 14) on the linear beta schedule: noise x0 at a uniform
+    timestep t, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, and regress eps; with its DDPMScheduler."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
+    abar = scheduler.alphas_cumprod.to(torch.float32)
+
+    def loss(unet: Any, x0: Tensor, gen: torch.Generator) -> Tensor:
+        t = torch.randint(0, len(abar), (len(x0),), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        a = abar[t].view(-1, 1, 1, 1)
+        return F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t).sample, eps)
+
+    return scheduler, loss
+
+
+def flow_objective() -> tuple[Any, Loss]:
+    """Flow matching (rectified flow; Lipman et al., 2023; Liu et al., 2023): x_t = (1 - t) x0 + t eps with
+    t ~ U(0, 1), regress the velocity v = eps - x0 from unet(x_t, T t), the timestep convention of its
+    FlowMatchEulerDiscreteScheduler (shift 1)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLOW_SCHEDULER_CONFIG)
+    scale = scheduler.config.num_train_timesteps
+
+    def loss(unet: Any, x0: Tensor, gen: torch.Generator) -> Tensor:
+        t = torch.rand((len(x0),), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        tb = t.view(-1, 1, 1, 1)
+        return F.mse_loss(unet((1 - tb) * x0 + tb * eps, t * scale).sample, eps - x0)
+
+    return scheduler, loss
+
+
+TRAINING_OBJECTIVES: dict[str, Callable[[], tuple[Any, Loss]]] = {"epsilon": epsilon_objective, "flow": flow_objective}
+
+
 def train_digits_model(
     out: str | Path,
     *,
+    objective: str = "epsilon",
     steps: int = 4000,
     batch: int = 128,
     lr: float = 5e-4,
@@ -104,15 +149,19 @@ def train_digits_model(
     seed: int = 0,
     log: Log = print,
 ) -> dict:
-    """Train the epsilon-prediction UNet on all 1797 digits; save its EMA as a DDPMPipeline at ``out``."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    """Train ``UNet2DModel(**UNET_CONFIG)`` on all 1797 digits with ``objective`` (``TRAINING_OBJECTIVES``:
+    "epsilon" makes digits-ddpm, "flow" digits-flow); save its EMA (decay warm-up (1 + step) / (10 + step))
+    at ``out`` as a DDPMPipeline folder with the objective's scheduler. For "flow" that is a
+    FlowMatchEulerDiscreteScheduler, and the stock DDPMPipeline loop is then flow-matching Euler."""
+    from diffusers import DDPMPipeline, UNet2DModel
 
+    if objective not in TRAINING_OBJECTIVES:
+        raise ValueError(f"unknown training objective {objective!r}; choose one of {list(TRAINING_OBJECTIVES)}")
     _check_counts("train_digits_model", steps=steps, batch=batch)
     if not (lr > 0 and 0 <= ema_decay < 1):
         raise ValueError(f"train_digits_model needs lr > 0 and 0 <= ema_decay < 1, got lr={lr}, ema_decay={ema_decay}")
+    scheduler, loss_of = TRAINING_OBJECTIVES[objective]()
     images, _ = load_digits_images()
-    scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
-    abar = scheduler.alphas_cumprod.to(torch.float32)
     losses, start = [], time.perf_counter()
     with _deterministic(seed) as gen:
         unet = UNet2DModel(**UNET_CONFIG)
@@ -121,12 +170,7 @@ def train_digits_model(
         lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps, min(200, steps // 10 + 1)))
         batches = _batches(len(images), batch, gen)
         for step in range(steps):
-            # Noise a batch at uniform timesteps and regress the noise (L_simple).
-            x0 = images[next(batches)]
-            t = torch.randint(0, len(abar), (len(x0),), generator=gen)
-            eps = torch.randn(x0.shape, generator=gen)
-            a = abar[t].view(-1, 1, 1, 1)
-            loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t).sample, eps)
+            loss = loss_of(unet, images[next(batches)], gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -197,14 +241,18 @@ def train_digits_classifier(
 
 
 def sample_digits(
-    denoiser: VPDenoiser, n: int, *, steps: int = 100, seed: int = 0, batch: int = 500
+    denoiser: VPDenoiser | FlowDenoiser, n: int, *, steps: int = 100, seed: int = 0, batch: int = 500
 ) -> Tensor:
-    """``n`` samples by Euler (= DDIM) on the time-uniform VP grid, clamped to [-1, 1], (n, 1, 8, 8)."""
+    """``n`` samples by Euler (= DDIM) on the time-uniform VP grid (a flow-matching model: its default grid,
+    the stock FlowMatchEulerDiscreteScheduler's), clamped to [-1, 1], (n, 1, 8, 8)."""
     _check_counts("sample_digits", n=n, steps=steps, batch=batch)
     from . import sample, vp_sigmas
 
-    alphas_cumprod = 1 / (1 + denoiser.sigmas_train**2)  # sigma_t^2 = (1 - abar_t) / abar_t
-    sigmas = vp_sigmas(alphas_cumprod, steps, "time_uniform")
+    if hasattr(denoiser, "flow_sigmas"):  # a flow-matching model: its own grid, uniform in t for shift 1
+        sigmas = denoiser.flow_sigmas(steps)
+    else:
+        alphas_cumprod = 1 / (1 + denoiser.sigmas_train**2)  # sigma_t^2 = (1 - abar_t) / abar_t
+        sigmas = vp_sigmas(alphas_cumprod, steps, "time_uniform")
     noise = torch.randn((n, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         out = [sample(denoiser, b, sigmas, "euler") for b in noise.split(batch)]
@@ -212,7 +260,7 @@ def sample_digits(
 
 
 def evaluate_digits_model(
-    denoiser: VPDenoiser, classifier: DigitsClassifier, n: int, *, steps: int = 100, seed: int = 0
+    denoiser: VPDenoiser | FlowDenoiser, classifier: DigitsClassifier, n: int, *, steps: int = 100, seed: int = 0
 ) -> dict:
     """FD-digits of ``n`` model samples against one half of the digits, with two yardsticks against the same
     half: the other half of the data (the floor at this sample size) and ``n`` uniform-noise images."""

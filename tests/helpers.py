@@ -1,10 +1,21 @@
 """Small helpers shared by test modules."""
 
+import pytest
 import torch
 
 import dode
 from dode.objectives import FitProblem
 from dode.objectives.step import greedy_lambdas
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """8x8 batches gain nothing from a second thread, and lose up to 5x when the cores are shared
+    (autouse where imported)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def greedy_fit(denoiser, noise, sigmas, solver, targets, *, correction="data"):

@@ -1,6 +1,8 @@
-"""``dode train-model``: (re)train the embedded digits DDPM and the FD-digits classifier, then score them.
+"""``dode train-model``: (re)train the embedded digits DDPM, the flow-matching twin and the FD-digits
+classifier, then score the models.
 
-The committed models were written by ``dode train-model --grid-dir docs`` (seed 0, one CPU thread).
+The committed models were written by ``dode train-model --grid-dir docs`` (seed 0, one CPU thread;
+digits-flow by ``dode train-model --only flow``).
 """
 
 from __future__ import annotations
@@ -12,24 +14,30 @@ from pathlib import Path
 from ..models import DATA_DIR
 from ..rng import MAX_SEED
 
-ONLY = ("model", "classifier")
+ONLY = ("model", "flow", "classifier")  # model: digits-ddpm; flow: digits-flow
+MODEL_FOLDERS = {"model": "digits-ddpm", "flow": "digits-flow"}
+OBJECTIVES = {"model": "epsilon", "flow": "flow"}  # dode.training.TRAINING_OBJECTIVES
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
         name,
-        help="(re)train the embedded digits DDPM and the FD-digits classifier",
+        help="(re)train the embedded digits DDPM, the flow-matching digits model and the FD-digits classifier",
         description="Trains on scikit-learn's bundled 8x8 digits, seeded and deterministic on CPU. Writes "
-        "OUT/digits-ddpm (a diffusers DDPMPipeline folder) and OUT/digits-classifier, then prints the "
-        "classifier's held-out accuracy and the FD-digits of many-step model samples vs the data.",
+        "OUT/digits-ddpm (a diffusers DDPMPipeline folder), OUT/digits-flow (the same UNet trained for flow "
+        "matching, with a FlowMatchEulerDiscreteScheduler) and OUT/digits-classifier, then prints the "
+        "classifier's held-out accuracy and the FD-digits of many-step samples of each model vs the data.",
     )
-    p.add_argument("--only", choices=ONLY, default=None, help="train only the model or only the classifier")
+    p.add_argument(
+        "--only", choices=ONLY, default=None,
+        help="train only the DDPM (model), only the flow-matching model (flow) or only the classifier",
+    )
     p.add_argument(
         "--out",
         type=Path,
         default=DATA_DIR / "models",
         metavar="DIR",
-        help="parent folder of digits-ddpm/ and digits-classifier/ (default: %(default)s)",
+        help="parent folder of digits-ddpm/, digits-flow/ and digits-classifier/ (default: %(default)s)",
     )
     p.add_argument("--steps", type=int, default=4000, help="model optimiser steps (default: %(default)s)")
     p.add_argument(
@@ -45,6 +53,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument(
         "--sample-steps", type=int, default=100, help="Euler (DDIM) steps per sample (default: %(default)s)"
+    )
+    p.add_argument(
+        "--score-only",
+        action="store_true",
+        help="train nothing: score the models in OUT (by default the shipped ones) as after training",
     )
     p.add_argument(
         "--grid-dir",
@@ -92,37 +105,42 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     torch.set_num_threads(args.threads)
-    model_dir, classifier_dir = args.out / "digits-ddpm", args.out / "digits-classifier"
+    classifier_dir = args.out / "digits-classifier"
+    models = [args.only] if args.only in MODEL_FOLDERS else [] if args.only else list(MODEL_FOLDERS)
 
-    if args.only != "model":
+    if args.only in (None, "classifier") and not args.score_only:
         stats = train_digits_classifier(classifier_dir, steps=args.classifier_steps, seed=args.seed)
         print(
             f"classifier: {stats['params']:,} parameters, held-out accuracy {stats['accuracy']:.4f} "
             f"({stats['seconds']:.0f} s) -> {classifier_dir}"
         )
-    if args.only != "classifier":
-        stats = train_digits_model(model_dir, steps=args.steps, seed=args.seed)
+    for which in [] if args.score_only else models:
+        folder = args.out / MODEL_FOLDERS[which]
+        stats = train_digits_model(folder, objective=OBJECTIVES[which], steps=args.steps, seed=args.seed)
         print(
-            f"model: {stats['params']:,} parameters, final loss {stats['final_loss']:.4f} "
-            f"({stats['seconds']:.0f} s) -> {model_dir}"
+            f"{MODEL_FOLDERS[which]}: {stats['params']:,} parameters, final loss {stats['final_loss']:.4f} "
+            f"({stats['seconds']:.0f} s) -> {folder}"
         )
     if args.samples == 0:
         return 0
 
     # Score many-step samples; models not trained in OUT are the shipped ones.
     classifier = load_digits_classifier(classifier_dir if classifier_dir.is_dir() else None)
-    model = load_model(str(model_dir) if model_dir.is_dir() else "digits-ddpm")
-    fd = evaluate_digits_model(
-        model.denoiser, classifier, args.samples, steps=args.sample_steps, seed=args.seed
-    )
-    print(
-        f"FD-digits vs half the data: {args.samples} samples ({args.sample_steps} Euler steps) "
-        f"{fd['fd_model']:.2f}; "
-        f"yardsticks: the other half {fd['fd_data_halves']:.2f}, uniform noise {fd['fd_noise']:.2f}"
-    )
-    if args.grid_dir:
-        images, _ = load_digits_images()
-        real = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[:64]]
-        for name, grid in (("digits-samples.png", fd["samples"][:64]), ("digits-real.png", real)):
-            print(f"wrote {save_grid(grid, args.grid_dir / name)}")
+    for which in models or ["model"]:
+        name = MODEL_FOLDERS[which]
+        folder = args.out / name
+        model = load_model(str(folder) if folder.is_dir() else name)
+        fd = evaluate_digits_model(model.denoiser, classifier, args.samples, steps=args.sample_steps, seed=args.seed)
+        print(
+            f"{name} FD-digits vs half the data: {args.samples} samples ({args.sample_steps} Euler steps) "
+            f"{fd['fd_model']:.2f}; "
+            f"yardsticks: the other half {fd['fd_data_halves']:.2f}, uniform noise {fd['fd_noise']:.2f}"
+        )
+        if args.grid_dir:
+            stem = "digits" if which == "model" else name
+            images, _ = load_digits_images()
+            real = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[:64]]
+            grids = [(f"{stem}-samples.png", fd["samples"][:64])] + ([("digits-real.png", real)] if which == "model" else [])
+            for file, grid in grids:
+                print(f"wrote {save_grid(grid, args.grid_dir / file)}")
     return 0

@@ -13,9 +13,11 @@ import torch
 from ..packaged import DATA_DIR, MODELS_DIR
 from ..types import Denoiser
 from .analytic import GaussianDenoiser, MixtureDenoiser, digits_mixture
+from .flow import FlowDenoiser, FlowSchedule, is_flow_folder, load_flow_pipeline
 from .vp import EDMDenoiser, VPDenoiser
 
 EMBEDDED_MODEL_DIR = MODELS_DIR / "digits-ddpm"
+FLOW_MODEL_DIR = MODELS_DIR / "digits-flow"  # the flow-matching twin (train_digits_model, objective="flow")
 ANALYTIC_METRICS = ("fd-pixels",)  # analytic models: Fréchet distance on raw pixels, to exact draws
 
 
@@ -81,21 +83,30 @@ def check_unet_config(folder: Path) -> None:
             raise ValueError(f"{path}: {key!r} must be {kind}, got {value!r}")
 
 
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over a network's state dict (names and float64 values)."""
+    h = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().to(torch.float64).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _diffusers(path: str | Path, name: str, device: str) -> Model:
-    if Path(path).is_dir():
-        check_unet_config(Path(path))
+    folder = Path(path) if Path(path).is_dir() else None
+    flow = folder is not None and is_flow_folder(folder)
+    if folder is not None and (not flow or (folder / "unet").is_dir()):
+        check_unet_config(folder)
+    if flow:  # a flow-matching pipeline (FlowMatchEulerDiscreteScheduler): transformer or UNet
+        den, net, shape = load_flow_pipeline(str(path), device=device)
+        return Model(name, den, shape, module_fingerprint(net), folder=folder)
     try:
         den = VPDenoiser.from_pretrained(str(path), device=device)
     except TypeError as err:
         raise ValueError(f"could not build the model in {path} ({err}); check its unet/config.json") from None
-    h = hashlib.sha256()
-    for key, value in sorted(den.model.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().to(torch.float64).numpy().tobytes())
     size = den.model.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    return Model(name, den, (den.model.config.in_channels, *size), h.hexdigest(),
-                 folder=Path(path) if Path(path).is_dir() else None)
+    return Model(name, den, (den.model.config.in_channels, *size), module_fingerprint(den.model), folder=folder)
 
 
 MODELS: dict[str, Callable[[str], Model]] = {
@@ -104,11 +115,14 @@ MODELS: dict[str, Callable[[str], Model]] = {
     "mixture-digits": _mixture("mixture-digits", 0.1, per_class=False),
     "digits-ddpm": lambda device: replace(_diffusers(EMBEDDED_MODEL_DIR, "digits-ddpm", device),
                                           metrics=("fd-digits",), reference="sklearn-digits"),
+    "digits-flow": lambda device: replace(_diffusers(FLOW_MODEL_DIR, "digits-flow", device),
+                                          metrics=("fd-digits",), reference="sklearn-digits"),
 }
 
 
 def load_model(name: str, *, device: str = "cpu") -> Model:
-    """A registered model by name, or a diffusers pipeline folder / hub id (``VPDenoiser``)."""
+    """A registered model by name, or a diffusers pipeline folder (``VPDenoiser``; ``FlowDenoiser`` for a
+    flow-matching scheduler) / hub id (``VPDenoiser``)."""
     check_model_name(name)
     return MODELS[name](device) if name in MODELS else _diffusers(name, name, device)
 
@@ -128,8 +142,11 @@ def check_model_name(name: str) -> None:
 __all__ = [
     "DATA_DIR",
     "EMBEDDED_MODEL_DIR",
+    "FLOW_MODEL_DIR",
     "MODELS",
     "EDMDenoiser",
+    "FlowDenoiser",
+    "FlowSchedule",
     "GaussianDenoiser",
     "MixtureDenoiser",
     "Model",
@@ -138,5 +155,6 @@ __all__ = [
     "check_unet_config",
     "digits_mixture",
     "load_model",
+    "module_fingerprint",
     "tensor_fingerprint",
 ]

@@ -3,7 +3,8 @@
 Solvers euler, heun, ipndm, dpmpp_2m, deis, unipc at 2-10 network calls (the few-step cells per solver in
 prefect.yaml), base vs greedy D-ODE vs the final objective's variants -- the analytic first step among them
 at 2-5 calls -- vs teacher, 2,000 samples per cell, scored by FD-digits and the RMSE to the teacher's
-samples: the parameters of the digits-sweep deployment in prefect.yaml. The pipeline flow runs on Prefect's ephemeral server, its
+samples: the parameters of the digits-sweep deployment in prefect.yaml; then the same for the flow-matching
+twin digits-flow, fewer cells (the digits-flow-sweep deployment). The pipeline flow runs on Prefect's ephemeral server, its
 teachers, fits, sampling and scoring shards on a local Dask cluster (one single-threaded worker per
 core). Prints the results table and the path of the report.
 
@@ -25,7 +26,7 @@ from dode.sweep import few_step_summary, plan_variants
 from . import PREFECT_YAML
 from .cli import run_stage, show
 
-DEPLOYMENT = "digits-sweep"  # the demo's parameters are this deployment's: one source for both
+DEPLOYMENTS = ("digits-sweep", "digits-flow-sweep")  # the demo's parameters are these deployments': one source
 QUICK = {"solvers": ["euler", "dpmpp_2m"], "nfes": [3, 5], "nfes_by_solver": None, "n_distill": 64,
          "n_samples": 256, "batch_size": 128,
          "variants": {"lam+timesteps": {"objective": "final", "options": {"iterations": 5}, "nfes": [5]},
@@ -33,10 +34,10 @@ QUICK = {"solvers": ["euler", "dpmpp_2m"], "nfes": [3, 5], "nfes_by_solver": Non
                                        "solvers": ["dpmpp_2m"], "nfes": [3]}}}
 
 
-def sweep_parameters() -> dict:
-    """The parameters of the digits-sweep deployment in prefect.yaml."""
+def sweep_parameters(name: str) -> dict:
+    """The parameters of a deployment in prefect.yaml."""
     spec = yaml.safe_load(PREFECT_YAML.read_text())
-    return dict(next(d for d in spec["deployments"] if d["name"] == DEPLOYMENT)["parameters"])
+    return dict(next(d for d in spec["deployments"] if d["name"] == name)["parameters"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,14 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    params = {**sweep_parameters(), **(QUICK if args.quick else {}), "registry": args.registry}
-    if args.dask is not None:
-        params["dask"] = args.dask
-    start = time.perf_counter()
-    result = run_stage("pipeline", params)
-    print(show(result))
-    print("\n".join(few_step_summary(result["rows"], plan_variants(params["variants"]), params["metrics"][0])))
-    print(f"demo: {len(result['rows']) // len(params['metrics'])} cells in {time.perf_counter() - start:.0f} s")
+    for name in DEPLOYMENTS[:1] if args.quick else DEPLOYMENTS:
+        params = {**sweep_parameters(name), **(QUICK if args.quick else {}), "registry": args.registry}
+        if args.dask is not None:
+            params["dask"] = args.dask
+        start = time.perf_counter()
+        result = run_stage("pipeline", params)
+        print(f"\n== {name}: {params['model']}\n{show(result)}")
+        print("\n".join(few_step_summary(result["rows"], plan_variants(params["variants"]), params["metrics"][0])))
+        print(f"{name}: {len(result['rows']) // len(params['metrics'])} cells in {time.perf_counter() - start:.0f} s")
     return 0
 
 

@@ -68,7 +68,8 @@ def run_cell(den, solver, nfe, noise, eval_noise, real, features):
 def table_row(solver, nfe, objective, row):
     fd, best = row["fd_digits"], min(row["fd_digits"].values())
     cands = ", ".join(f"{k} {v:.1f}" for k, v in fd.items())
-    picks = " | ".join(f"{p} ({'yes' if fd[p] == best else f'+{fd[p] - best:.1f}'})" for p in row["picks"].values())
+    picks = [f"{p} ({'yes' if fd[p] == best else f'+{fd[p] - best:.1f}'})" for p in row["picks"].values()]
+    picks = " | ".join(picks if "mse" in row["picks"] else ["— (ranks by fd)", *picks])
     return f"| {solver} | {nfe} | {objective} | {cands} | {row['best']} | {picks} |"
 
 

@@ -17,7 +17,7 @@ import torch
 from .correction import Lambdas
 from .gaussian import FirstStep
 from .guard import Features, candidates, select
-from .objectives import SELECTING, FitProblem, check_options
+from .objectives import SELECTING, FitProblem, FitResult, check_options
 from .sampling import prepare
 from .teacher import TeacherSpec, teacher_states
 from .types import Denoiser, Tensor
@@ -101,16 +101,41 @@ def fit_guarded(
     teacher: dict,
     *,
     guard: bool = True,
+    features: Features | None = None,
+    **fit: Any,
+) -> Lambdas:
+    """Fit with ``objective`` against given teacher ``targets`` (one per evaluation, full batch; the last is
+    the teacher's final state), then the held-out guard in ``features``. ``teacher`` is recorded with the
+    result; ``fit``: the keyword arguments of ``fit_split`` (holdout, selection, correction, objective,
+    options, first)."""
+    problem, result, record = fit_split(denoiser, noise, sigmas, solver, targets, teacher, guard=guard, **fit)
+    if not guard:
+        return Lambdas(result.values, solver, result.sigmas.tolist(), problem.correction, guard={}, **record)
+
+    # Guard: the base solver unless the result or an alternative clearly beats it on the guard's split.
+    chosen, report = select(problem, result, features)
+    values, grid = next((v, s) for name, v, s in candidates(problem, result) if name == chosen)
+    return Lambdas(values, solver, grid.tolist(), problem.correction, guard=report, **record)
+
+
+def fit_split(
+    denoiser: Denoiser,
+    noise: Tensor,
+    sigmas: Tensor,
+    solver: str,
+    targets: list[Tensor],
+    teacher: dict,
+    *,
+    guard: bool = True,
     holdout: float = HOLDOUT,
     selection: float = SELECTION,
     correction: str = "data",
     objective: str = "step",
     options: Mapping[str, Any] | None = None,
-    features: Features | None = None,
     first: FirstStep | None = None,
-) -> Lambdas:
-    """Fit with ``objective`` against given teacher ``targets`` (one per evaluation, full batch; the last is
-    the teacher's final state), then the held-out guard. ``teacher`` is recorded with the result."""
+) -> tuple[FitProblem, FitResult, dict]:
+    """The fit of ``fit_guarded`` before its guard: the problem with its three splits (``split``), the
+    objective's result (fitted on the fit split only) and what the lambdas record about the fit."""
     noise, sigmas, _, nfe = prepare(noise, sigmas, solver, correction, first)
     if len(targets) != nfe or any(t.shape != noise.shape for t in targets):
         raise ValueError(f"need {nfe} teacher targets of shape {tuple(noise.shape)}, one per network evaluation")
@@ -128,10 +153,4 @@ def fit_guarded(
     result = fit(replace(problem, heldout_noise=noise[:0], heldout_final=final[:0]), **options)
     record = {"teacher": teacher, "n_fit": n_fit, "objective": objective, "options": options, "fit": result.info,
               "first_step": first.to_dict() if first is not None else {}}
-    if not guard:
-        return Lambdas(result.values, solver, result.sigmas.tolist(), correction, guard={}, **record)
-
-    # Guard: the base solver unless the result or an alternative clearly beats it on the guard's split.
-    chosen, report = select(problem, result, features)
-    values, grid = next((v, s) for name, v, s in candidates(problem, result) if name == chosen)
-    return Lambdas(values, solver, grid.tolist(), correction, guard=report, **record)
+    return problem, result, record

@@ -22,7 +22,7 @@ from .objectives.problem import FitProblem, FitResult
 from .sampling import sample
 from .types import Tensor
 
-Features = Callable[[Tensor], Tensor]  # (n, *shape) samples -> (n, f) features
+Features = Callable[[Tensor], Tensor]  # (n, *shape) samples -> (n, f) features; its ``name`` is reported
 CRITERIA: tuple[str, ...] = ("mse", "fd")
 RESAMPLES = 400  # bootstrap resamples of the guard's rows
 CONFIDENCE = 0.95  # one-sided: a candidate is taken when this quantile of (candidate - base) is below zero
@@ -116,7 +116,8 @@ def decide(measure: dict[str, float], resampled: dict[str, Tensor]) -> tuple[str
 def select(problem: FitProblem, result: FitResult, features: Features | None = None) -> tuple[str, dict]:
     """The guard's choice and its report: every candidate's MSE (and Frechet distance for ``fd``) on the
     guard's split, the bootstrap interval of each candidate's difference to the base, and the choice
-    (``decide``). ``fd`` measures in ``features`` (default: pixels), projected as ``projection`` says."""
+    (``decide``). ``fd`` measures in ``features`` (default: pixels), projected as ``projection`` says; the
+    report names them (``feature_map``: the map's ``name`` attribute, "pixels" for the default)."""
     if result.criterion not in CRITERIA:
         raise ValueError(f"unknown guard criterion {result.criterion!r}; choose one of {list(CRITERIA)}")
     feat = features or (lambda x: x.reshape(len(x), -1))
@@ -142,4 +143,7 @@ def select(problem: FitProblem, result: FitResult, features: Features | None = N
               "criterion": result.criterion, "chosen": chosen, "changed": chosen != result.name,
               "fitted": list(result.values), "mse": mse, "minus_base": interval,
               "bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "seed": SEED}}
-    return chosen, {**report, "fd": fd, "features": ref.shape[1]} if fd else report
+    if not fd:
+        return chosen, report
+    name = "pixels" if features is None else getattr(features, "name", type(features).__name__)
+    return chosen, {**report, "fd": fd, "features": ref.shape[1], "feature_map": name}

@@ -25,6 +25,7 @@ from dode.gaussian import first_step as make_first_step
 from dode.generate import SamplingJob, run_sampling
 from dode.grids import GridSpec
 from dode.metrics.fid import stats_from_images, stats_to_bytes
+from dode.metrics.guard_features import guard_features
 from dode.metrics.reference import reference_images
 from dode.metrics.scores import extractor, score_samples
 from dode.metrics.sources import STATS_FILE, implementation
@@ -157,7 +158,8 @@ def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout
     params = {"model": m.name, "fingerprint": m.fingerprint, "solver": solver, "nfe": n_eval, "grid": spec.to_dict(),
               "teacher": traj_art.id, "guard": guard, "holdout": holdout, "correction": correction,
               "objective": objective, "objective_options": dict(objective_options or {}), "alignment": alignment,
-              **({"first_step": first_step, "gaussian": gauss.id} if first else {})}
+              **({"first_step": first_step, "gaussian": gauss.id} if first else {}),
+              **({"guard_features": m.guard_features} if m.guard_features else {})}
     key = f"{m.name}/{solver}/nfe{n_eval}/{spec.family}-{spec.steps}" + (f"/first-{first_step}" if first else "")
     found = reg.find_intact("lambdas", key, **params)
     if found:
@@ -165,7 +167,7 @@ def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout
         return found[0].id
     sigmas = spec.sigmas(m.denoiser)
     fit = {"guard": guard, "holdout": holdout, "correction": correction, "objective": objective,
-           "objective_options": objective_options}
+           "objective_options": objective_options, "features": guard_features(m.guard_features)}
     if alignment == "official":  # the trajectory's seeds only: its stored states are not the targets
         seeds = range(p["first_seed"], p["first_seed"] + p["n_samples"])
         lam = dode.distill(m.denoiser, seeded_noise(list(seeds), m.shape), sigmas, solver, factor, alignment, **fit,

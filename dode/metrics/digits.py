@@ -10,8 +10,10 @@ held-out accuracy) + ``<dir>/model.safetensors``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ from .fid import StreamingMoments, frechet_distance
 CLASSIFIER_DIR = MODELS_DIR / "digits-classifier"
 SCHEMA_VERSION = 1
 IMAGE_SHAPE = (1, 8, 8)
+Classifier = TypeVar("Classifier", bound=nn.Module)
 
 
 def load_digits_images() -> tuple[Tensor, Tensor]:
@@ -86,34 +89,35 @@ def save_digits_classifier(model: DigitsClassifier, out: str | Path, **meta: obj
 
 def load_digits_classifier(path: str | Path | None = None, *, device: str = "cpu") -> DigitsClassifier:
     """The shipped classifier (``data/models/digits-classifier``) or one saved at ``path``, in eval mode."""
+    path = Path(path) if path is not None else CLASSIFIER_DIR
+    model = read_classifier(path, DigitsClassifier, SCHEMA_VERSION, "digits classifier",
+                            "train one with `dode train-model --only classifier`")
+    return model.to(device)
+
+
+def read_classifier(path: Path, build: Callable[[int, int, int], Classifier], schema_version: int, what: str,
+                    retrain: str) -> Classifier:
+    """A classifier saved at ``path`` as ``config.json`` (``schema_version``, width, feature_dim, classes)
+    + ``model.safetensors``, built by ``build(width, feature_dim, classes)``, in eval mode without
+    gradients; one error naming ``what`` and saying ``retrain`` where the files are missing or do not fit."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path) if path is not None else CLASSIFIER_DIR
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"no digits classifier at {path} (config.json + model.safetensors); train one with "
-            "`dode train-model --only classifier`"
-        )
+        raise FileNotFoundError(f"no {what} at {path} (config.json + model.safetensors); {retrain}")
     config = json.loads((path / "config.json").read_text())
     version = config.get("schema_version") if isinstance(config, dict) else None
-    if version != SCHEMA_VERSION:
-        raise ValueError(
-            f"{path}: classifier schema_version {version!r}, "
-            f"this dode reads {SCHEMA_VERSION}; retrain with `dode train-model --only classifier`"
-        )
+    if version != schema_version:
+        raise ValueError(f"{path}: {what} schema_version {version!r}, this dode reads {schema_version}; {retrain}")
     sizes = [config.get(k) for k in ("width", "feature_dim", "classes")]
     if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in sizes):
         raise ValueError(f"{path}/config.json: width, feature_dim and classes must be integers in [1, 4096], got {sizes}")
     try:
-        model = DigitsClassifier(*sizes)
+        model = build(*sizes)
         model.load_state_dict(load_file(str(path / "model.safetensors")))
     except (RuntimeError, OSError, SafetensorError) as err:
-        raise ValueError(
-            f"{path}/model.safetensors does not fit its config.json ({str(err)[:200]}); "
-            "retrain with `dode train-model --only classifier`"
-        ) from None
-    return model.to(device).eval().requires_grad_(False)
+        raise ValueError(f"{path}/model.safetensors does not fit its config.json ({str(err)[:200]}); {retrain}") from None
+    return model.eval().requires_grad_(False)
 
 
 @lru_cache(maxsize=1)

@@ -32,6 +32,7 @@ class Model:
     metrics: tuple[str, ...] = ()  # the Fréchet metrics that suit its samples (dode.metrics.scores.METRICS)
     reference: str | None = None  # its built-in reference data (dode.metrics.reference.REFERENCE_DATA)
     folder: Path | None = None  # the diffusers folder it loads from, if any
+    guard_features: str | None = None  # the guard's feature map (dode.metrics.guard_features.GUARD_FEATURES); None: pixels
 
 
 def tensor_fingerprint(*tensors: torch.Tensor) -> str:
@@ -114,9 +115,11 @@ MODELS: dict[str, Callable[[str], Model]] = {
     "mixture-smooth": _mixture("mixture-smooth", 0.35, per_class=True),
     "mixture-digits": _mixture("mixture-digits", 0.1, per_class=False),
     "digits-ddpm": lambda device: replace(_diffusers(EMBEDDED_MODEL_DIR, "digits-ddpm", device),
-                                          metrics=("fd-digits",), reference="sklearn-digits"),
+                                          metrics=("fd-digits",), reference="sklearn-digits",
+                                          guard_features="digits-guard"),
     "digits-flow": lambda device: replace(_diffusers(FLOW_MODEL_DIR, "digits-flow", device),
-                                          metrics=("fd-digits",), reference="sklearn-digits"),
+                                          metrics=("fd-digits",), reference="sklearn-digits",
+                                          guard_features="digits-guard"),
 }
 
 

@@ -8,8 +8,9 @@ Per solver x network calls: FD-digits (2,000 samples quantised to uint8, against
   analytic λ+t λ + timesteps (``final``, init ``timesteps``), guarded, with that first step
   flowmap      the Gaussian's flow map from sigma_max to the next sigma, then CALLS network steps
   flowmap λ+t  the same fit with that first step
+(each fit column is the guard's choice among the fit, its timesteps-only sub-fit, greedy D-ODE and the base)
 and the teacher (the 10x refined grid, DPM-Solver++(2M), from the same noise), with each fit's seconds and the
-guard's choice. The Gaussian is fitted to 2,000 of the model's own 25-step samples (dode.first_step.from_model).
+guard's choice (the guard in the model's guard features, as the flows run it). The Gaussian is fitted to 2,000 of the model's own 25-step samples (dode.first_step.from_model).
 
     .venv/bin/python bench/first_step.py --solvers dpmpp_2m --calls 3 4 5
 """
@@ -29,6 +30,7 @@ from dode.first_step import from_model
 from dode.gaussian import FirstStep
 from dode.grids import GridSpec
 from dode.images import to_model, to_uint8
+from dode.metrics.guard_features import guard_features
 from dode.metrics.fid import frechet_distance
 
 COLUMNS = ("plain", "plain t", "analytic", "analytic λ+t", "flowmap", "flowmap λ+t", "teacher")
@@ -43,7 +45,8 @@ def run_cell(model, gauss, solver, calls, fit_noise, eval_noise, stats, data_sta
     plain = GridSpec.for_calls("karras", solver, calls).sigmas(den)
     grids = {kind: GridSpec.for_calls("karras", solver, calls, kind).sigmas(den) for kind in ("analytic", "flowmap")}
     options = {"objective": "final", "iterations": args.iterations, "max_fit": args.max_fit,
-               "micro_batch": args.max_fit, "teacher_solver": "dpmpp_2m"}
+               "micro_batch": args.max_fit, "teacher_solver": "dpmpp_2m",
+               "features": guard_features(model.guard_features)}  # the guard's features, as the flows pass them
     out, info = {}, {}
 
     def fitted(name, sigmas, first, **extra):

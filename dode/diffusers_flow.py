@@ -1,4 +1,5 @@
-"""DODEFlowScheduler: the DODEScheduler for flow-matching pipelines (Stable Diffusion 3, FLUX).
+"""The flow-matching half of ``DODEFlowScheduler`` (``dode.diffusers_scheduler``), the DODEScheduler for
+flow-matching pipelines (Stable Diffusion 3, FLUX).
 
 It takes the place of ``FlowMatchEulerDiscreteScheduler``: the pipeline's sample is x_t = (1 - t) x0 + t eps
 starting from unit noise at t = 1, the network predicts the velocity v = eps - x0 at timestep T t, and the
@@ -23,16 +24,15 @@ from typing import Any
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .diffusers_scheduler import DODEScheduler, DODESchedulerOutput
 from .models.flow import FlowDenoiser, FlowSchedule, check_flow_start
 from .types import Tensor
 
 
-class DODEFlowScheduler(DODEScheduler):
-    """A dode solver with D-ODE lambdas on a flow-matching model, configured like
-    ``FlowMatchEulerDiscreteScheduler`` (its schedule keys, read by the SD3 and FLUX pipelines) plus
-    ``solver``, ``grid`` / ``sigmas`` (sigma space), ``correction`` and ``lambdas`` as ``DODEScheduler``.
-    Build it with ``DODEScheduler.from_scheduler(pipe.scheduler, solver=..., nfe=...)``."""
+class FlowSchedulerMixin:
+    """Put before ``DODEScheduler`` in a scheduler's bases (``DODEFlowScheduler``): a dode solver with D-ODE
+    lambdas on a flow-matching model, configured like ``FlowMatchEulerDiscreteScheduler`` (its schedule keys,
+    read by the SD3 and FLUX pipelines) plus ``solver``, ``grid`` / ``sigmas`` (sigma space), ``correction``
+    and ``lambdas`` as ``DODEScheduler``. Build one with ``DODEScheduler.from_scheduler(pipe.scheduler, ...)``."""
 
     @register_to_config
     def __init__(
@@ -110,7 +110,7 @@ class DODEFlowScheduler(DODEScheduler):
         sample: Tensor,
         generator: torch.Generator | None = None,
         return_dict: bool = True,
-    ) -> DODESchedulerOutput | tuple[Tensor]:
+    ) -> Any:
         """One evaluation's update on the pipeline's x_t with the velocity ``model_output``."""
         k = self._k_checked(timestep)
         sigma = self._eval_sigmas[k].to(sample.device)
@@ -123,7 +123,7 @@ class DODEFlowScheduler(DODEScheduler):
         prev = (out.prev_sample / (1 + nxt.to(sample.device))).to(sample.dtype)
         if not return_dict:
             return (prev,)
-        return DODESchedulerOutput(prev_sample=prev, pred_original_sample=out.pred_original_sample.to(sample.dtype))
+        return type(out)(prev_sample=prev, pred_original_sample=out.pred_original_sample.to(sample.dtype))
 
     def _check_grid(self, sigmas: Tensor) -> None:
         super()._check_grid(sigmas)
@@ -134,4 +134,4 @@ class DODEFlowScheduler(DODEScheduler):
         return self.schedule.denoised(model_output.to(x.device), x, sigma.expand(len(x)))
 
 
-__all__ = ["DODEFlowScheduler"]
+__all__ = ["FlowSchedulerMixin"]

@@ -32,6 +32,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin  # the name pip
 from diffusers.utils import BaseOutput
 
 from .correction import CORRECTIONS, Lambdas
+from .diffusers_flow import FlowSchedulerMixin
 from .grids import GridSpec
 from .models.flow import is_flow_config
 from .models.vp import PREDICTION_TYPES, VPDenoiser
@@ -169,8 +170,6 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         """
         base, kind = dict(getattr(scheduler, "config", scheduler)), cls
         if is_flow_config(base):  # FlowMatchEulerDiscreteScheduler: SD3, FLUX and other flow-matching models
-            from .diffusers_flow import DODEFlowScheduler
-
             kind, training, grid = DODEFlowScheduler, DODEFlowScheduler.training_config(base), grid or "flow"
         elif "beta_schedule" not in base:
             raise ValueError(
@@ -220,8 +219,6 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         """diffusers' from_config; a flow-matching config (one a ``DODEFlowScheduler`` saved) builds that
         class, so ``DODEScheduler.from_pretrained`` loads every folder a DODEScheduler wrote."""
         if cls is DODEScheduler and is_flow_config(dict(getattr(config, "config", config) or {})):
-            from .diffusers_flow import DODEFlowScheduler
-
             return DODEFlowScheduler.from_config(config, return_unused_kwargs, **kwargs)
         return super().from_config(config, return_unused_kwargs, **kwargs)
 
@@ -467,4 +464,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             )
 
 
-__all__ = ["WRONG_PIPELINE", "DODEScheduler", "DODESchedulerOutput", "SchedulerMixin"]
+class DODEFlowScheduler(FlowSchedulerMixin, DODEScheduler):
+    """DODEScheduler for flow-matching pipelines (SD3, FLUX), in FlowMatchEulerDiscreteScheduler's place;
+    ``DODEScheduler.from_scheduler`` builds it from a flow-matching scheduler (``dode.diffusers_flow``)."""
+
+
+__all__ = ["WRONG_PIPELINE", "DODEFlowScheduler", "DODEScheduler", "DODESchedulerOutput", "SchedulerMixin"]

@@ -21,8 +21,7 @@ from helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 import dode
 from dode.cli import main
-from dode.diffusers_flow import DODEFlowScheduler
-from dode.diffusers_scheduler import DODEScheduler
+from dode.diffusers_scheduler import DODEFlowScheduler, DODEScheduler
 from dode.grids import GridSpec
 from dode.metrics.digits import fd_digits, load_digits_images
 from dode.models import FLOW_MODEL_DIR, FlowDenoiser, FlowSchedule, GaussianDenoiser, load_model

@@ -187,7 +187,7 @@ def test_default_location_is_the_entry_points_concern_with_environment_override(
     assert registry_location(tmp_path / "given") == str(tmp_path / "given")
     with pytest.raises(ValueError, match="needs a location .*registry_location"):
         Registry(None)
-    assert set(KINDS) == {"trajectory", "lambdas", "samples", "reference-stats", "score", "report", "model"}
+    assert set(KINDS) == {"trajectory", "lambdas", "samples", "reference-stats", "score", "report", "model", "gaussian"}
 
 
 CHILD = """

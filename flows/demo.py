@@ -1,14 +1,13 @@
 """``make demo``: the end-to-end D-ODE sweep on the embedded 8x8 digits model, base vs D-ODE vs teacher.
 
-Solvers euler, heun, ipndm, dpmpp_2m, deis, unipc at 2-10 network calls (the few-step cells per solver in
-prefect.yaml), base vs greedy D-ODE vs the final objective's variants -- the analytic first step among them
+Solvers euler, heun, dpmpp_2m, unipc at 2-10 network calls (the few-step cells per solver in prefect.yaml), base vs greedy D-ODE vs the final objective's variants -- the analytic first step among them
 at 2-5 calls -- vs teacher, 2,000 samples per cell, scored by FD-digits and the RMSE to the teacher's
 samples: the parameters of the digits-sweep deployment in prefect.yaml; then the same for the flow-matching
 twin digits-flow, fewer cells (the digits-flow-sweep deployment). The pipeline flow runs on Prefect's ephemeral server, its
 teachers, fits, sampling and scoring shards on a local Dask cluster (one single-threaded worker per
 core). Prints the results table and the path of the report.
 
-    python -m flows.demo                 # the full sweep (about 10 minutes on 2 cores)
+    python -m flows.demo                 # both sweeps (timed in BENCHMARKS.md section 0)
     python -m flows.demo --quick         # 2 solvers x 2 NFEs, one analytic first-step fit, 256 samples (tests)
     python -m flows.demo --no-dask       # everything in this process
 """

@@ -82,3 +82,13 @@ def test_first_step_options_are_checked(tmp_path, capsys, argv, message):
     code, _, err = run(capsys, "sample", "--model", "mixture-smooth", "--solver", "euler", "--nfe", "3", *argv,
                        "--registry", str(tmp_path))
     assert code == 2 and message in err
+
+
+def test_a_gaussian_of_another_model_is_refused(gaussian, capsys):
+    reg, gid = gaussian
+    with pytest.raises(ValueError, match="approximates model .* not the model being sampled"):
+        load_gaussian(reg, gid, model="0" * 64)
+    assert load_gaussian(reg, gid, model="0" * 64, allow_other_model=True).dim == 64
+    code, _, err = run(capsys, "sample", "--model", "mixture-digits", "--solver", "euler", "--nfe", "3",
+                       "--first-step", "analytic", "--gaussian", gid, "--n-samples", "4", "--registry", reg.uri)
+    assert code == 2 and "approximates model" in err

@@ -200,3 +200,13 @@ def test_teacher_spec_round_trips_and_bad_grids_are_refused():
     lam = dode.Lambdas([0.0, 0.1], "euler", [80.0, 1.0, 0.0], fit={"start_sigmas": "80,2,0"})
     with pytest.raises(ValueError, match="fit.start_sigmas"):
         lam.sampling_grid(torch.tensor([80.0, 2.0, 0.0], dtype=torch.float64))
+
+
+def test_a_model_trained_down_to_sigma_zero_gets_a_positive_sigma_floor():
+    from dode.objectives.final import sigma_floor
+
+    class FlowLike:
+        sigma_min = 0.0
+
+    sigmas = dode.karras_sigmas(4, 0.002, 80.0)
+    assert sigma_floor(FlowLike(), sigmas) == pytest.approx(0.0002)

@@ -32,10 +32,11 @@ MIN_GAP = 1e-4  # smallest share of the log-sigma range a gap starts with (a gri
 
 
 def sigma_floor(denoiser: Denoiser, sigmas: Tensor) -> float:
-    """sigma_lo: the model's smallest noise level, or a tenth of the grid's where the model states none."""
+    """sigma_lo: the model's smallest noise level, or a tenth of the grid's where the model states none (or 0,
+    as flow-matching models, trained down to t = 0, do)."""
     smallest = float(sigmas[-2])
-    model_min = getattr(denoiser, "sigma_min", None)
-    return min(float(model_min), smallest) if model_min is not None else smallest / 10
+    model_min = float(getattr(denoiser, "sigma_min", None) or 0.0)
+    return min(model_min, smallest) if model_min > 0 else smallest / 10
 
 
 def grid_from_logits(theta: Tensor, sigma_max: Tensor, sigma_lo: float) -> Tensor:

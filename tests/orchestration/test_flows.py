@@ -23,10 +23,16 @@ def task_states(flow_run_id):
 
 
 def read_artifacts():
+    """Every artifact on the session's server, page by page (one call returns at most a page, and the
+    session's other flow runs fill the server)."""
     from prefect.client.orchestration import get_client
 
+    found, page = [], [None]
     with get_client(sync_client=True) as client:
-        return client.read_artifacts()
+        while page:
+            page = client.read_artifacts(limit=200, offset=len(found))
+            found += page
+    return found
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
@@ -112,22 +113,24 @@ class Lambdas:
                 raise ValueError(f"lambdas field {name!r} must be a JSON object, got {type(getattr(self, name)).__name__}")
         if not isinstance(self.solver, str) or not isinstance(self.objective, str) or not isinstance(self.model, str):
             raise ValueError("lambdas fields 'solver', 'objective' and 'model' must be strings")
-        FirstStep.from_dict(self.first_step)  # validated once here
+        _ = self.first  # decoded and validated once, here
 
     @property
     def nfe(self) -> int:
         """Evaluations, one lambda each (an analytic first evaluation included)."""
         return len(self.values)
 
-    @property
+    @cached_property
     def first(self) -> FirstStep | None:
-        """The analytic first step these weights were fitted with, or None (the network's)."""
+        """The analytic first step these weights were fitted with, or None (the network's); decoded once."""
         return FirstStep.from_dict(self.first_step)
 
     def check_first(self, first: FirstStep | None) -> FirstStep | None:
         """The first step to sample these weights with: their own; a different one passed with them is an error."""
         own = self.first
-        if first is not None and (own is None or first.to_dict() != own.to_dict()):
+        same = own is not None and first is not None and (first.kind, first.gaussian.fingerprint) == (
+            own.kind, own.gaussian.fingerprint)
+        if first is not None and not same:
             raise ValueError("these lambdas were fitted with " + (f"the {own.kind!r} first step of another Gaussian"
                              if own else "the network's first step") + "; sample without passing a first step "
                              "(the lambdas carry their own) or distill lambdas with this one")

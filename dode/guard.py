@@ -17,9 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from .correction import Lambdas
 from .objectives.problem import FitProblem, FitResult
-from .sampling import sample
+from .sampling import integrate
 from .types import Tensor
 
 Features = Callable[[Tensor], Tensor]  # (n, *shape) samples -> (n, f) features; its ``name`` is reported
@@ -89,12 +88,10 @@ def candidates(problem: FitProblem, result: FitResult) -> list[tuple[str, tuple[
     return [(result.name, result.values, result.sigmas), *result.alternatives, base]
 
 
-def held_out_samples(problem: FitProblem, values: tuple[float, ...], sigmas: Tensor, name: str) -> Tensor:
-    """A candidate's samples from the guard's noise."""
-    first = problem.first.to_dict() if problem.first is not None else {}
-    lam = None if name == "base" else Lambdas(values, problem.solver, sigmas.tolist(), problem.correction, first_step=first)
-    return sample(problem.denoiser, problem.heldout_noise, sigmas, problem.solver, lam, correction=problem.correction,
-                  first=problem.first if lam is None else None)
+def held_out_samples(problem: FitProblem, values: tuple[float, ...], sigmas: Tensor) -> Tensor:
+    """A candidate's samples from the guard's noise (the sampler ``dode.sample`` runs, with the problem's first step)."""
+    return integrate(problem.denoiser, problem.heldout_noise, sigmas, problem.solver, lambda k, update: values[k],
+                     correction=problem.correction, first=problem.first)
 
 
 def decide(measure: dict[str, float], resampled: dict[str, Tensor]) -> tuple[str, dict[str, list[float]]]:
@@ -128,7 +125,7 @@ def select(problem: FitProblem, result: FitResult, features: Features | None = N
     ref = ref if proj is None else ref @ proj
     mse, fd, resampled = {}, {}, {}
     for name, values, sigmas in candidates(problem, result):
-        x = held_out_samples(problem, values, sigmas, name)
+        x = held_out_samples(problem, values, sigmas)
         errors = (x - problem.heldout_final).reshape(n, -1).square().mean(1).to(torch.float64).cpu()
         mse[name] = float(errors.mean())
         if result.criterion == "mse":

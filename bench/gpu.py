@@ -38,7 +38,7 @@ from dode.diffusers_scheduler import DODEScheduler
 from dode.grids import GridSpec
 from dode.models import EMBEDDED_MODEL_DIR, VPDenoiser, load_model
 from dode.rng import seeded_noise
-from dode.store.trajectory import write_teacher
+from dode.teacher_parquet import write_teacher
 from dode.teacher import TeacherSpec, teacher_states
 
 LINES: list[str] = []

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,9 @@ from .sampling import sample
 from .solvers import get_solver
 from .store.gaussians import load_gaussian
 from .store.lambdas import check_model, load_lambdas
+from .store.samples import MAX_CHUNKS, SAMPLES_SCHEMA_VERSION, iter_samples
 from .types import Denoiser, Tensor
 
-SAMPLES_SCHEMA_VERSION = 1
-NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-MAX_CHUNKS = 100_000  # chunks per job: each is an artifact, listed in memory and in the job's index
 CONVERSION = "uint8 = clip(round((x + 1) * 127.5), 0, 255) of model-space x in [-1, 1]"
 ChunkHook = Callable[[int, Any], None]  # (chunk index, chunk artifact) after each chunk is available
 
@@ -253,63 +251,6 @@ def run_sampling(
         return run.publish_index(run.job.key(), list(range(job.num_chunks)), [stored[c] for c in range(job.num_chunks)])
     return run.publish_index(f"{run.job.key()}/shard-{shard}-of-{num_shards}", list(chunks), arts,
                              shard=shard, num_shards=num_shards)
-
-
-def seed_range(value: Any, what: str) -> range:
-    """A stored ``[start, stop)`` seed pair as a range: two integers, 0 <= start < stop <= MAX_SEED + 1."""
-    if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)
-            and 0 <= value[0] < value[1] <= MAX_SEED + 1):
-        raise ValueError(f"{what}: seeds {str(value)[:60]} are not [start, stop) with 0 <= start < stop; the registry "
-                         "is inconsistent: run `dode artifacts verify`")
-    return range(*value)
-
-
-def chunk_list(registry: Any, art_or_id: Any) -> list[tuple[str, range]]:
-    """(chunk id, seeds) of a samples artifact, every field checked: a chunk's own seeds, or an index's chunks
-    (at most MAX_CHUNKS, each a parent of the index with valid seeds)."""
-    art = registry.get(art_or_id) if isinstance(art_or_id, str) else art_or_id
-    if art.kind != "samples":
-        raise ValueError(f"artifact {art.id[:12]} is a {art.kind!r} artifact, not 'samples'")
-    what = f"samples {art.id[:12]}"
-    if "images.npy" in art.files:
-        return [(art.id, seed_range(art.params.get("seeds"), what))]
-    index = registry.read_json(art, "index.json")
-    if not isinstance(index, dict) or index.get("schema_version") != SAMPLES_SCHEMA_VERSION:
-        version = index.get("schema_version") if isinstance(index, dict) else None
-        raise ValueError(f"samples index schema_version {version!r}, this dode reads "
-                         f"{SAMPLES_SCHEMA_VERSION}; resample with this version of dode")
-    chunks = index.get("chunks")
-    if not (isinstance(chunks, list) and 0 < len(chunks) <= MAX_CHUNKS and all(
-            isinstance(c, dict) and c.get("id") in art.parents for c in chunks)):
-        raise ValueError(f"{what}: its index must list 1 to {MAX_CHUNKS} chunks, each a parent of the index; the "
-                         "registry is inconsistent: run `dode artifacts verify`")
-    return [(c["id"], seed_range(c.get("seeds"), what)) for c in chunks]
-
-
-def load_images(data: bytes, what: str) -> np.ndarray:
-    """uint8 (B, C, H, W) images from .npy bytes, the header checked against the bytes before anything is
-    allocated (a forged header cannot ask for more memory than the file holds)."""
-    buf = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(buf)
-        shape, fortran, dtype = NPY_HEADERS[version](buf)
-    except (ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"{what} is not a .npy array ({err})") from None
-    if dtype != np.uint8 or len(shape) != 4 or fortran or int(np.prod(shape)) != len(data) - buf.tell():
-        raise ValueError(f"{what} declares {dtype} {shape}, not the uint8 (B, C, H, W) its {len(data)} bytes hold")
-    return np.frombuffer(data, np.uint8, offset=buf.tell()).reshape(shape).copy()
-
-
-def iter_samples(registry: Any, art_or_id: Any) -> Iterator[tuple[range, np.ndarray]]:
-    """(seeds, uint8 (B, C, H, W) images) chunk by chunk: memory bounded by one chunk."""
-    for chunk_id, seeds in chunk_list(registry, art_or_id):
-        images = load_images(registry.read_bytes(chunk_id, "images.npy"), f"samples {chunk_id[:12]}: images.npy")
-        yield seeds, images
-
-
-def load_samples(registry: Any, art_or_id: Any) -> np.ndarray:
-    """All images of a samples artifact (chunk, shard or job), uint8 (N, C, H, W), in seed order."""
-    return np.concatenate([images for _, images in iter_samples(registry, art_or_id)])
 
 
 def export_png(registry: Any, art_or_id: Any, out_dir: str | Path) -> int:

@@ -14,9 +14,9 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from .correction import Lambdas
-from .generate import load_samples
 from .plots import GRID_TILES, plot_grids, plot_lambdas, plot_metrics, plot_samples
 from .store.lambdas import load_lambdas
+from .store.samples import load_samples
 from .sweep import cell_fits
 
 REPORT_FILE = "report.md"

@@ -36,8 +36,9 @@ from dode.store.gaussians import load_gaussian, save_gaussian
 from dode.store.lambdas import save_lambdas
 from dode.store.location import registry_location
 from dode.store.registry import Artifact, Registry
-from dode.store.trajectory import read_steps, write_teacher
+from dode.store.trajectory import read_steps
 from dode.teacher import TeacherSpec
+from dode.teacher_parquet import write_teacher
 
 log = logging.getLogger("dode.flows")
 TEACHER_FILE = "teacher.parquet"

@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from dode.cli import main
-from dode.generate import SamplingJob, load_samples, run_sampling
+from dode.generate import SamplingJob, run_sampling
 from dode.grids import GridSpec
 from dode.store.registry import Registry
+from dode.store.samples import load_samples
 
 N = 10
 

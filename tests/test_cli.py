@@ -9,11 +9,11 @@ import pytest
 from dode import progress
 from dode.cli import build_parser, main
 from dode.correction import Lambdas
-from dode.generate import load_samples
 from dode.grids import GridSpec
 from dode.models import load_model
 from dode.store.lambdas import save_lambdas
 from dode.store.registry import Registry
+from dode.store.samples import load_samples
 
 
 def sub_parsers(parser: argparse.ArgumentParser, prefix: str = "dode"):
@@ -90,7 +90,7 @@ def test_sample_without_lambdas_needs_nfe(tmp_path, capsys):
 
 
 def test_sample_on_an_explicit_grid(tmp_path, capsys):
-    from dode.generate import load_samples
+    from dode.store.samples import load_samples
 
     assert sample(tmp_path / "reg", "--solver", "dpmpp_2m", "--sigmas", "80,5,0.5,0.05,0") == 0
     art = Registry(tmp_path / "reg").get(capsys.readouterr().out.strip())

@@ -7,8 +7,9 @@ import dode
 from dode.distill_stored import distill_from_states
 from dode.grids import GridSpec
 from dode.models import digits_mixture
-from dode.store.trajectory import read_steps, write_teacher
+from dode.store.trajectory import read_steps
 from dode.teacher import TeacherSpec, teacher_states
+from dode.teacher_parquet import write_teacher
 
 
 @pytest.fixture(scope="module")

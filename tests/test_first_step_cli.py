@@ -7,7 +7,6 @@ import torch
 import dode
 from dode.cli import main
 from dode.gaussian import FirstStep
-from dode.generate import load_samples
 from dode.grids import GridSpec
 from dode.images import to_uint8
 from dode.models import load_model
@@ -15,6 +14,7 @@ from dode.rng import seeded_noise
 from dode.store.gaussians import load_gaussian
 from dode.store.lambdas import save_lambdas
 from dode.store.registry import Registry
+from dode.store.samples import load_samples
 
 
 def run(capsys, *argv):

@@ -246,7 +246,7 @@ def test_a_forged_npy_header_is_refused_before_allocating(copy, capsys):
     chunk = forged(root, "samples", "c", {"images.npy": buf.getvalue() + b"\0" * 64}, {"seeds": [0, 1]})
     rc, _, _ = run_cli(capsys, "artifacts", "get", chunk, "--out", tmp / "out", "--registry", root)
     assert rc == 0  # a chunk is a plain artifact: its files are delivered as they are
-    from dode.generate import iter_samples
+    from dode.store.samples import iter_samples
 
     with pytest.raises(ValueError, match="declares uint8"):
         list(iter_samples(Registry(root), chunk))

@@ -27,12 +27,13 @@ import torch
 
 from dode.cli import main as dode_main
 from dode.correction import Lambdas
-from dode.generate import SamplingJob, iter_samples, run_sampling
+from dode.generate import SamplingJob, run_sampling
 from dode.grids import GridSpec
 from dode.models import load_model
 from dode.store import LAMBDAS_FILE, load_lambdas, read_artifact, save_lambdas
 from dode.store.manifest import MANIFEST_VERSION, artifact_id
 from dode.store.registry import Registry
+from dode.store.samples import iter_samples
 from dode.store.staging import LOCK_SUFFIX, StagingArea, hold_lock
 from dode.store.trajectory import TrajectoryWriter
 

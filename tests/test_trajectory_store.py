@@ -25,9 +25,9 @@ from dode.store.trajectory import (
     read_meta,
     read_step,
     read_steps,
-    write_teacher,
 )
 from dode.teacher import TeacherSpec, teacher_states
+from dode.teacher_parquet import write_teacher
 
 SHAPE = (2, 3, 4)
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..generate import iter_samples, load_samples
 from ..images import to_model
 from ..models import Model
+from ..store.samples import iter_samples, load_samples
 from .features import FeatureExtractor, get_extractor, inception_weights_path
 from .fid import frechet_distance, stats_from_bytes, stats_from_images
 from .sources import STATS_FILE

@@ -54,7 +54,7 @@ def stats_of_artifact(
     registry: Any, art_id: str, extractor: Callable[[], FeatureExtractor], batch_size: int = 50,
     expected: str = "",
 ) -> FeatureStats:
-    from ..generate import iter_samples
+    from ..store.samples import iter_samples
 
     try:
         art = registry.get(art_id)

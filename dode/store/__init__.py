@@ -14,7 +14,6 @@ from .trajectory import (
     read_meta,
     read_step,
     read_steps,
-    write_teacher,
 )
 
 __all__ = [
@@ -36,5 +35,4 @@ __all__ = [
     "read_steps",
     "registry_location",
     "save_lambdas",
-    "write_teacher",
 ]

@@ -1,7 +1,7 @@
 """A samples artifact (job or shard: an index over chunk artifacts) written out for people: a PNG per seed, one
 ``.npz``, or every part's files -- each chunk read through the registry's verified reads, all-or-nothing
 (``dode artifacts get --format``). Kept apart from ``fetch`` (plain artifacts), which the registry itself uses:
-this module reads samples through ``dode.generate``.
+this module reads samples through ``dode.store.samples``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from .. import progress
-from ..generate import chunk_list, iter_samples
 from ..images import write_png
 from .fetch import fetch_all, hidden_dir, install_all, parts
 from .manifest import Artifact
+from .samples import chunk_list, iter_samples
 
 
 def sample_chunks(reg: Any, art: Artifact) -> Iterator[tuple[range, np.ndarray]]:

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from dode.generate import load_samples
 from dode.store.registry import Registry
+from dode.store.samples import load_samples
 
 CONFIG = {"model": "mixture-smooth", "solvers": ("euler", "dpmpp_2m"), "nfes": (3,), "teacher_factor": 4,
           "n_distill": 32, "n_samples": 96, "batch_size": 32, "num_shards": 3}

@@ -3,7 +3,6 @@
 import torch
 
 import dode
-from dode.generate import load_samples
 from dode.grids import GridSpec
 from dode.images import to_uint8
 from dode.models import load_model
@@ -11,6 +10,7 @@ from dode.rng import seeded_noise
 from dode.store.gaussians import load_gaussian
 from dode.store.lambdas import load_lambdas
 from dode.store.registry import Registry
+from dode.store.samples import load_samples
 
 SMALL = {"model": "mixture-smooth", "solvers": ("dpmpp_2m",), "nfes": (3,), "teacher_factor": 4, "n_distill": 48,
          "n_samples": 64, "batch_size": 32,

@@ -38,8 +38,8 @@ from dode.diffusers_scheduler import DODEScheduler
 from dode.grids import GridSpec
 from dode.models import EMBEDDED_MODEL_DIR, VPDenoiser, load_model
 from dode.rng import seeded_noise
-from dode.teacher_parquet import write_teacher
 from dode.teacher import TeacherSpec, teacher_states
+from dode.teacher_parquet import write_teacher
 
 LINES: list[str] = []
 DIGITS_SCHEDULE = json.loads((EMBEDDED_MODEL_DIR / "scheduler" / "scheduler_config.json").read_text())

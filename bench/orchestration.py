@@ -1,4 +1,5 @@
-"""Orchestration overhead: the pipeline flow through Prefect vs the same steps (flows.steps) in a plain loop.
+"""Orchestration overhead: the pipeline flow through Prefect vs the same sweep (dode.sweep_run.run_pipeline) with
+its steps as plain calls (``InProcess``): one copy of the order, two executors.
 
 Both compute everything into fresh registries and must produce the same artifacts (same ids). The
 Prefect side runs on the local ephemeral server, started (and warmed by a small run) before timing,
@@ -24,34 +25,10 @@ import psutil
 import torch
 
 import flows  # noqa: F401 - Prefect defaults before Prefect is imported
-from dode.grids import GridSpec
-from dode.metrics.scores import FEATURES
-from dode.report import render_report
+from dode.config import build
+from dode.runs import PipelineRun
 from dode.store.registry import Registry
-from dode.sweep import plan_cells, result_rows, sampling_jobs, score_items, with_samples
-from flows import steps
-
-
-def plain_pipeline(cfg: dict, uri: str) -> None:
-    """The pipeline flow's steps in its order, without Prefect: same artifacts, same rows, same report."""
-    cells = plan_cells(cfg["solvers"], cfg["nfes"], None, cfg["family"])
-    model_id = steps.register_model(uri, cfg["model"])
-    teachers = {s: steps.teacher(uri, model_id, GridSpec(cfg["family"], s).to_dict(), cfg["teacher_factor"],
-                                 cfg["teacher_solver"], cfg["n_distill"], cfg["distill_seed"], cfg["batch_size"])
-                for s in sorted({c["grid"]["steps"] for c in cells})}
-    cells = [{**c, "lambdas": steps.distill(uri, teachers[c["grid"]["steps"]], c["solver"], True, 0.25, "data")}
-             for c in cells]
-    n, batch = cfg["n_samples"], cfg["batch_size"]
-    teacher = {"solver": cfg["teacher_solver"], "factor": cfg["teacher_factor"]}
-    families, jobs = sampling_jobs(cfg["model"], cells, teacher, n, 0, batch)
-    cells, teacher_ids = with_samples(cells, families, [steps.sample(uri, job) for job in jobs])
-    refs = {m: steps.reference_stats(uri, model_id, m, n, 0) for m in cfg["metrics"] if m in FEATURES}
-    items = score_items(cells, teacher_ids, refs, cfg["metrics"])
-    scores = [steps.score(uri, s, m, r) for s, m, r in items]
-    reg = steps.open_registry(uri)
-    rows = result_rows(reg, cells, teacher_ids, items, scores, cfg["metrics"])
-    render_report(reg, f"{cfg['model']}/sweep/{cfg['family']}", {"model": cfg["model"]}, rows, cells,
-                  teacher_ids[families[0]], sorted({c["lambdas"] for c in cells} | set(scores)))
+from dode.sweep_run import InProcess, run_pipeline
 
 
 def artifact_ids(uri: str) -> set[str]:
@@ -76,16 +53,18 @@ def main() -> int:
     from flows.pipeline import pipeline_flow
 
     metrics = ["fd-digits", "rmse"] if args.model == "digits-ddpm" else ["fd-pixels", "rmse"]
-    cfg = {"model": args.model, "solvers": args.solvers, "nfes": args.nfe, "family": "karras", "teacher_factor": 10,
-           "teacher_solver": "dpmpp_2m", "n_distill": args.n_distill, "distill_seed": 1_000_000,
-           "n_samples": args.n_samples, "batch_size": args.batch_size, "metrics": metrics}
+    cfg = build(PipelineRun, {
+        "model": args.model, "solvers": args.solvers, "nfes": args.nfe,
+        "teacher": {"n_samples": args.n_distill, "batch_size": args.batch_size},
+        "sampling": {"n_samples": args.n_samples, "batch_size": args.batch_size}, "scoring": {"metrics": metrics}})
 
     # Warm-up: start the ephemeral server; import and load everything once (model, extractors, matplotlib).
-    tiny = {**cfg, "solvers": cfg["solvers"][:1], "nfes": cfg["nfes"][:1], "n_samples": 128, "n_distill": 16,
-            "batch_size": 64}
+    tiny = build(PipelineRun, {**cfg.model_dump(), "solvers": args.solvers[:1], "nfes": args.nfe[:1],
+                               "teacher": {"n_samples": 16, "batch_size": 64},
+                               "sampling": {"n_samples": 128, "batch_size": 64}})
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-        plain_pipeline(tiny, a)
-        pipeline_flow(**tiny, registry=b)
+        run_pipeline(tiny, a, InProcess())
+        pipeline_flow(tiny, registry=b)
     server = psutil.Process().children(recursive=True)  # the ephemeral server (uvicorn)
     server_cpu = []
     times: dict[str, list[float]] = {"plain loop": [], "Prefect flow": []}
@@ -94,17 +73,17 @@ def main() -> int:
             for side in ("plain loop", "Prefect flow")[:: 1 if r % 2 == 0 else -1]:
                 t0 = time.perf_counter()
                 if side == "plain loop":
-                    plain_pipeline(cfg, a)
+                    run_pipeline(cfg, a, InProcess())
                 else:
                     cpu = sum(sum(p.cpu_times()[:2]) for p in server)
                     with local_settings():
-                        pipeline_flow(**cfg, registry=b)
+                        pipeline_flow(cfg, registry=b)
                     server_cpu.append(sum(sum(p.cpu_times()[:2]) for p in server) - cpu)
                 times[side].append(time.perf_counter() - t0)
             if artifact_ids(a) != artifact_ids(b):
                 raise SystemExit("the two sides produced different artifacts")
     plain, prefect = min(times["plain loop"]), min(times["Prefect flow"])
-    cells = len(plan_cells(cfg["solvers"], cfg["nfes"], None, "karras"))
+    cells = len(cfg.cells)
     print(f"\n`{' '.join([Path(sys.executable).name, *sys.argv])}`  ({cells} cells x {args.n_samples} samples, "
           f"{args.model}, {args.threads} torch thread(s), {os.cpu_count()} CPUs, best of {args.repeats})\n")
     print("| run | wall time (s) | all runs (s) |\n|---|---:|---|")

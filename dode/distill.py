@@ -14,16 +14,17 @@ from typing import Any
 
 import torch
 
+from .config import FitConfig, build
 from .correction import Lambdas
 from .gaussian import FirstStep
 from .guard import Features, candidates, select
-from .objectives import SELECTING, FitProblem, FitResult, check_options
+from .objectives import SELECTING, FitProblem, FitResult, get_objective
 from .sampling import prepare
-from .teacher import TeacherSpec, teacher_states
+from .teacher import TeacherConfig, teacher_states
 from .types import Denoiser, Tensor
 
-HOLDOUT = 0.5  # the guard's share of the distillation noise
-SELECTION = 0.125  # the selection split's share, for objectives that select iterations
+HOLDOUT = FitConfig().holdout  # the guard's share of the distillation noise
+SELECTION = FitConfig().selection  # the selection split's share, for objectives that select iterations
 
 
 def distill(
@@ -31,41 +32,34 @@ def distill(
     noise: Tensor,
     sigmas: Tensor,
     solver: str = "euler",
-    teacher_factor: int = 10,
-    alignment: str = "exact",
-    guard: bool = True,
-    correction: str = "data",
+    teacher: TeacherConfig | Mapping[str, Any] | None = None,
+    fit: FitConfig | Mapping[str, Any] | None = None,
     *,
-    teacher_solver: str | None = None,
-    holdout: float = HOLDOUT,
-    selection: float = SELECTION,
-    objective: str = "step",
-    objective_options: Mapping[str, Any] | None = None,
     features: Features | None = None,
     first: FirstStep | None = None,
-    **options: Any,
 ) -> Lambdas:
     """Fit D-ODE lambdas for ``solver`` on ``sigmas`` against a teacher run from the same ``noise``.
 
-    ``objective`` picks how (``dode.objectives.OBJECTIVES``; default ``step``, the paper's greedy fit);
-    its options come as ``objective_options`` and/or keyword arguments (e.g. ``objective="final",
-    learn_sigmas=True``). With ``guard`` the noise is cut in three disjoint splits (``split``): the guard
-    judges the last ``holdout`` fraction, objectives that select iterations select on the ``selection``
-    fraction before it, and the rest is fitted on; the guard keeps the base solver unless the fitted
-    parameters or an alternative clearly beat it there (``dode.guard``; ``features``: the feature map of
-    its Frechet distance, for objectives ranked by distribution); what it measured is in ``.guard``.
-    Sample on ``lam.sigmas`` (the learned grid, or the given one). ``first``: an analytic first step
+    ``teacher`` (``dode.teacher.TeacherConfig``, or a mapping of its fields) says how the targets are made
+    (its seeds make ``noise`` in the flows: ``teacher.noise(shape)``); ``fit`` (``dode.config.FitConfig``)
+    how the lambdas are fitted: the objective (default ``step``, the paper's greedy fit) and its options
+    (e.g. ``{"objective": "final", "options": {"learn_sigmas": True}}``), the correction flavour and the
+    guard. With the guard the noise is cut in three disjoint splits (``split``): the guard judges the last
+    ``holdout`` fraction, objectives that select iterations select on the ``selection`` fraction before it,
+    and the rest is fitted on; the guard keeps the base solver unless the fitted parameters or an
+    alternative clearly beat it there (``dode.guard``; ``features``: the feature map of its Frechet
+    distance, for objectives ranked by distribution); what it measured is in ``.guard``. Sample on
+    ``lam.sigmas`` (the learned grid, or the given one). ``first``: an analytic first step
     (``dode.gaussian.FirstStep``): the student's evaluation at sigmas[0] costs no network call; the teacher
     still runs the network from sigmas[0]; the lambdas carry the first step.
     """
-    noise, sigmas, _, _ = prepare(noise, sigmas, solver, correction, first)
-    plan = TeacherSpec(teacher_solver, teacher_factor, alignment).plan(sigmas.cpu(), solver, denoiser, first)
+    teacher, fit = build(TeacherConfig, teacher), build(FitConfig, fit)
+    noise, sigmas, _, _ = prepare(noise, sigmas, solver, fit.correction, first)
+    plan = teacher.plan(sigmas.cpu(), solver, denoiser, first)
     # Teacher: the states at the student's target indices only (bounded memory).
     states = teacher_states(denoiser, noise, plan)
     targets = [states[i] for i in plan.targets]
-    return fit_guarded(denoiser, noise, sigmas, solver, targets, plan.record(), guard=guard, holdout=holdout,
-                       selection=selection, correction=correction, objective=objective,
-                       options={**(objective_options or {}), **options}, features=features, first=first)
+    return fit_guarded(denoiser, noise, sigmas, solver, targets, plan.record(), fit, features=features, first=first)
 
 
 def split(n: int, guard: bool, holdout: float = HOLDOUT, selection: float = SELECTION,
@@ -99,17 +93,16 @@ def fit_guarded(
     solver: str,
     targets: list[Tensor],
     teacher: dict,
+    fit: FitConfig,
     *,
-    guard: bool = True,
     features: Features | None = None,
-    **fit: Any,
+    first: FirstStep | None = None,
 ) -> Lambdas:
-    """Fit with ``objective`` against given teacher ``targets`` (one per evaluation, full batch; the last is
+    """Fit as ``fit`` says against given teacher ``targets`` (one per evaluation, full batch; the last is
     the teacher's final state), then the held-out guard in ``features``. ``teacher`` is recorded with the
-    result; ``fit``: the keyword arguments of ``fit_split`` (holdout, selection, correction, objective,
-    options, first)."""
-    problem, result, record = fit_split(denoiser, noise, sigmas, solver, targets, teacher, guard=guard, **fit)
-    if not guard:
+    result."""
+    problem, result, record = fit_split(denoiser, noise, sigmas, solver, targets, teacher, fit, first)
+    if not fit.guard:
         return Lambdas(result.values, solver, result.sigmas.tolist(), problem.correction, guard={}, **record)
 
     # Guard: the base solver unless the result or an alternative clearly beats it on the guard's split.
@@ -125,32 +118,26 @@ def fit_split(
     solver: str,
     targets: list[Tensor],
     teacher: dict,
-    *,
-    guard: bool = True,
-    holdout: float = HOLDOUT,
-    selection: float = SELECTION,
-    correction: str = "data",
-    objective: str = "step",
-    options: Mapping[str, Any] | None = None,
+    fit: FitConfig,
     first: FirstStep | None = None,
 ) -> tuple[FitProblem, FitResult, dict]:
     """The fit of ``fit_guarded`` before its guard: the problem with its three splits (``split``), the
     objective's result (fitted on the fit split only) and what the lambdas record about the fit."""
-    noise, sigmas, _, nfe = prepare(noise, sigmas, solver, correction, first)
+    noise, sigmas, _, nfe = prepare(noise, sigmas, solver, fit.correction, first)
     if len(targets) != nfe or any(t.shape != noise.shape for t in targets):
         raise ValueError(f"need {nfe} teacher targets of shape {tuple(noise.shape)}, one per network evaluation")
-    options = dict(options or {})
-    fit = check_options(objective, options)
-    n_fit, n_selection, _ = split(len(noise), guard, holdout, selection, objective in SELECTING)
+    objective = get_objective(fit.objective)
+    n_fit, n_selection, _ = split(len(noise), fit.guard, fit.holdout, fit.selection, fit.objective in SELECTING)
     guarded = n_fit + n_selection
     targets = [t.to(noise.device, torch.float64) for t in targets]
     final = targets[-1]
 
     # Fit on the first n_fit samples, select on the next n_selection; the guard judges the rest, which the
     # objective never receives.
-    problem = FitProblem(denoiser, noise[:n_fit], sigmas, solver, correction, tuple(t[:n_fit] for t in targets),
+    problem = FitProblem(denoiser, noise[:n_fit], sigmas, solver, fit.correction, tuple(t[:n_fit] for t in targets),
                          noise[guarded:], final[guarded:], noise[n_fit:guarded], final[n_fit:guarded], first)
-    result = fit(replace(problem, heldout_noise=noise[:0], heldout_final=final[:0]), **options)
-    record = {"teacher": teacher, "n_fit": n_fit, "objective": objective, "options": options, "fit": result.info,
+    result = objective(replace(problem, heldout_noise=noise[:0], heldout_final=final[:0]), **fit.options)
+    record = {"teacher": teacher, "n_fit": n_fit, "objective": fit.objective, "options": dict(fit.options),
+              "fit": result.info,
               "first_step": first.to_dict() if first is not None else {}}
     return problem, result, record

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .config import FitConfig, build
 from .correction import Lambdas
-from .distill import HOLDOUT, fit_guarded
+from .distill import fit_guarded
 from .gaussian import FirstStep
 from .guard import Features
 from .sampling import prepare
@@ -29,11 +30,7 @@ def distill_from_states(
     solver: str = "euler",
     *,
     teacher: Mapping[str, Any] | None = None,
-    guard: bool = True,
-    holdout: float = HOLDOUT,
-    correction: str = "data",
-    objective: str = "step",
-    objective_options: Mapping[str, Any] | None = None,
+    fit: FitConfig | Mapping[str, Any] | None = None,
     features: Features | None = None,
     first: FirstStep | None = None,
 ) -> Lambdas:
@@ -41,11 +38,12 @@ def distill_from_states(
 
     ``states[i]`` is the teacher's state (B, *shape) at student grid index i, from the same unit
     ``noise`` (B, *shape); every index the solver's evaluations land on and the final one must be there.
-    ``teacher`` is recorded in the result (how the states were made). ``objective``, its options, the
-    guard, ``features`` and ``first`` as in ``dode.distill``; given the same states, the result equals
-    ``dode.distill(..., alignment="exact")``'s.
+    ``teacher`` is recorded in the result (how the states were made). ``fit`` (``dode.config.FitConfig``),
+    ``features`` and ``first`` as in ``dode.distill``; given the same states, the result equals
+    ``dode.distill``'s with exact alignment.
     """
-    noise, sigmas, _, _ = prepare(noise, sigmas, solver, correction, first)
+    fit = build(FitConfig, fit)
+    noise, sigmas, _, _ = prepare(noise, sigmas, solver, fit.correction, first)
     wanted = student_targets(solver, len(sigmas) - 1, first)
     needed = sorted(set(wanted))
     missing = [i for i in needed if i not in states]
@@ -57,8 +55,5 @@ def distill_from_states(
     for i in needed:
         if tuple(states[i].shape) != tuple(noise.shape):
             raise ValueError(f"teacher state {i} has shape {tuple(states[i].shape)}, the noise {tuple(noise.shape)}")
-    return fit_guarded(
-        denoiser, noise, sigmas, solver, [states[i] for i in wanted], dict(teacher or {}), guard=guard,
-        holdout=holdout, correction=correction, objective=objective, options=objective_options, features=features,
-        first=first,
-    )
+    return fit_guarded(denoiser, noise, sigmas, solver, [states[i] for i in wanted], dict(teacher or {}), fit,
+                       features=features, first=first)

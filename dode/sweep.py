@@ -2,14 +2,16 @@
 and the result rows. Pure functions of JSON-able configs (registry ids, ``GridSpec.to_dict()`` grids):
 the flows run them as tasks, a plain loop can run them the same way.
 
-Each cell's student grid is ``GridSpec.for_nfe(family, solver, nfe)``; the teacher's samples are drawn on
-the finest teacher grid of the sweep, the ``factor``-fold step count of the family's largest student grid.
+Each cell's student grid is ``GridSpec.for_nfe(family, solver, nfe)``; each cell is compared with its own
+teacher's samples (``teacher_key``), drawn on the finest teacher grid among the cells that share it, the
+``factor``-fold step count of their largest student grid.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .config import SamplingConfig
 from .gaussian import FIRST_STEPS
 from .generate import SamplingJob
 from .grids import FAMILIES, GridSpec
@@ -52,12 +54,19 @@ def plan_cells(solvers: list[str], nfes: list[int], nfes_by_solver: dict[str, li
     return cells
 
 
-def teacher_job(model: str, family: str, steps: int, teacher: dict, n_samples: int, first_seed: int,
-                batch_size: int) -> dict:
-    """The teacher's own samples on the eval seeds: its solver on the finest teacher grid of the sweep
-    (the ``factor``-fold step count of the largest student grid; for Karras grids, its exact refinement)."""
-    grid = GridSpec(family, teacher["factor"] * steps).to_dict()
-    return SamplingJob(model, teacher["solver"], grid, None, n_samples, first_seed, batch_size).to_dict()
+def teacher_key(cell: dict) -> str:
+    """Which teacher's samples a cell is compared with: its grid family and its own teacher (solver, factor)."""
+    return f"{cell['grid']['family']}/{cell['teacher']['solver']}-x{cell['teacher']['factor']}"
+
+
+def teacher_job(model: str, cells: list[dict], sampling: SamplingConfig) -> dict:
+    """The teacher's own samples on the eval seeds for cells that share a teacher: its solver on the finest
+    teacher grid among them (the ``factor``-fold step count of their largest student grid; for Karras grids,
+    its exact refinement)."""
+    teacher, steps = cells[0]["teacher"], max(c["grid"]["steps"] for c in cells)
+    grid = GridSpec(cells[0]["grid"]["family"], teacher["factor"] * steps).to_dict()
+    return SamplingJob(model, teacher["solver"], grid, None, sampling.n_samples, sampling.first_seed,
+                       sampling.batch_size).to_dict()
 
 
 def plan_variants(variants: dict[str, dict] | None) -> dict[str, dict]:
@@ -116,39 +125,39 @@ def cell_fits(cell: dict) -> dict[str, str]:
     return {"dode": cell["lambdas"], **cell.get("variants", {})}
 
 
-def sampling_jobs(model: str, cells: list[dict], teacher: dict, n_samples: int, first_seed: int,
-                  batch_size: int) -> tuple[list[str], list[dict]]:
-    """(grid families, jobs): one teacher job per family first, then per cell base, D-ODE and its variants."""
-    families = sorted({c["grid"]["family"] for c in cells})
-    jobs = [teacher_job(model, f, max(c["grid"]["steps"] for c in cells if c["grid"]["family"] == f), teacher,
-                        n_samples, first_seed, batch_size) for f in families]
+def sampling_jobs(model: str, cells: list[dict], sampling: SamplingConfig) -> tuple[list[str], list[dict]]:
+    """(teacher keys, jobs): one teacher job per grid family and teacher (``teacher_key``) first, then per cell
+    base, D-ODE and its variants."""
+    keys = sorted({teacher_key(c) for c in cells})
+    jobs = [teacher_job(model, [c for c in cells if teacher_key(c) == key], sampling) for key in keys]
+    n, seed, batch = sampling.n_samples, sampling.first_seed, sampling.batch_size
     for c in cells:
-        base = SamplingJob(model, c["solver"], c["grid"], None, n_samples, first_seed, batch_size).to_dict()
+        base = SamplingJob(model, c["solver"], c["grid"], None, n, seed, batch).to_dict()
         grids = c.get("grids", {})  # a first-step variant's grid differs from the cell's
         jobs += [base, *({**base, "grid": grids.get(side, c["grid"]), "lambdas_id": lam}
                          for side, lam in cell_fits(c).items())]
-        jobs += [SamplingJob(model, c["solver"], f["grid"], None, n_samples, first_seed, batch_size, f["first_step"],
+        jobs += [SamplingJob(model, c["solver"], f["grid"], None, n, seed, batch, f["first_step"],
                              c["gaussian"]).to_dict() for f in c.get("first_bases", {}).values()]
-    return families, jobs
+    return keys, jobs
 
 
-def with_samples(cells: list[dict], families: list[str], ids: list[str]) -> tuple[list[dict], dict[str, str]]:
+def with_samples(cells: list[dict], keys: list[str], ids: list[str]) -> tuple[list[dict], dict[str, str]]:
     """The sampled ids (in ``sampling_jobs`` order) put back: each cell's samples by side ("base", "dode" and
-    its variants, also as cell["base"] / cell["dode"]), and the teacher's samples per family."""
-    rest, out = iter(ids[len(families):]), []
+    its variants, also as cell["base"] / cell["dode"]), and the teachers' samples by ``teacher_key``."""
+    rest, out = iter(ids[len(keys):]), []
     for c in cells:
         samples = {side: next(rest) for side in ("base", *cell_fits(c), *c.get("first_bases", {}))}
         out.append({**c, "samples": samples, "base": samples["base"], "dode": samples["dode"]})
-    return out, dict(zip(families, ids[: len(families)]))
+    return out, dict(zip(keys, ids[: len(keys)]))
 
 
 def score_items(cells: list[dict], teachers: dict[str, str], refs: dict[str, str],
                 metrics: list[str]) -> list[tuple[str, str, str]]:
     """(samples id, metric, reference id) to score: Fréchet distances against ``refs`` (teacher samples
-    too), RMSE against the teacher samples of the cell's grid family."""
+    too), RMSE against the samples of the cell's own teacher."""
     items = [(t, m, refs[m]) for t in teachers.values() for m in refs]
     for c in cells:
-        teacher = teachers[c["grid"]["family"]]
+        teacher = teachers[teacher_key(c)]
         items += [(sid, m, refs.get(m, teacher)) for sid in c["samples"].values() for m in metrics]
     return items
 
@@ -167,7 +176,7 @@ def result_rows(registry: Any, cells: list[dict], teachers: dict[str, str], item
             base, dode_ = value[(c["base"], m)], value[(c["dode"], m)]
             variants = {side: value[(sid, m)] for side, sid in c["samples"].items() if side not in ("base", "dode")}
             rows.append({"solver": c["solver"], "nfe": c["nfe"], "metric": m, "label": label[m], "base": base,
-                         "dode": dode_, "variants": variants, "teacher": value.get((teachers[c["grid"]["family"]], m)),
+                         "dode": dode_, "variants": variants, "teacher": value.get((teachers[teacher_key(c)], m)),
                          "change_pct": None if base == 0 else 100.0 * (dode_ - base) / base,
                          "guard": chosen, "lambdas": registry.get(c["lambdas"]).id})
     return rows

@@ -1,6 +1,6 @@
 """The teacher: where D-ODE's distillation targets come from (Kim et al., 2024, Sec. 4).
 
-One owner for the concept: a serialisable ``TeacherSpec`` (solver, factor, alignment), its ``TeacherPlan``
+One owner for the concept: a frozen ``TeacherConfig`` (solver, factor, alignment, seeds), its ``TeacherPlan``
 for a student grid (the teacher's sigmas, the states to keep, the target of each student evaluation), and
 one runner, ``run_teacher``, that streams the kept states into a sink (a dict, or the Parquet writer of
 ``dode.store.trajectory``).
@@ -12,23 +12,22 @@ state at ``out_index(k) * factor``. ``official`` reproduces the reference code's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 
 from . import progress
-from .correction import ALIGNMENTS
+from .config import Config, Count, Seed
 from .gaussian import FirstStep
+from .rng import MAX_SEED, seeded_noise
 from .sampling import prepare, sample
 from .schedules import is_karras, karras_sigmas, refine, vp_sigmas
 from .solvers import get_solver
 from .types import Denoiser, Evaluation, Tensor
 
-# Default teacher: the student's own solver, except where its states at multiples of the factor would be
-# intermediate (lower-order) stages: DPM-Solver-3 groups three grid steps, so a factor of 10 splits them.
-DEFAULT_TEACHER = {"dpm_solver_3": "dpmpp_3m"}
 StateSink = Callable[[int, Tensor, "Tensor | None"], None]  # (teacher grid index, state, raw D at that state)
 
 
@@ -41,39 +40,45 @@ def student_targets(solver: str, steps: int, first: FirstStep | None = None) -> 
     return tuple(skip + solver_.out_index(k, steps - skip) for k in range(solver_.nfe(steps - skip)))
 
 
-@dataclass(frozen=True)
-class TeacherSpec:
-    """How to make targets: the teacher ``solver`` (None: the student's, see DEFAULT_TEACHER), the
-    ``factor`` C of extra steps, and the ``alignment`` of targets (``exact`` or ``official``)."""
+class TeacherConfig(Config):
+    """How the distillation targets are made: the teacher ``solver`` on the ``factor``-fold refined student
+    grid (``exact`` alignment) or the reference code's Euler teacher (``official``; its solver defaults to
+    euler there and may be nothing else), run from ``n_samples`` seeded noises from ``first_seed`` on, in
+    batches of ``batch_size``. One teacher serves every student of a grid, so its solver is fixed
+    independently of the students: ``dpmpp_2m`` (2nd order, one evaluation per step) by default."""
 
-    solver: str | None = None
-    factor: int = 10
-    alignment: str = "exact"
+    solver: str = Field("dpmpp_2m", description="teacher solver (official alignment: euler)")
+    factor: int = Field(10, ge=1, le=1000, description="teacher steps per student step")
+    alignment: Literal["exact", "official"] = Field(
+        "exact", description="teacher targets: exact (the refined student grid) or official (the reference code's)")
+    n_samples: Count = Field(256, description="teacher/distillation samples")
+    first_seed: Seed = Field(1_000_000, description="first seed of the distillation samples")
+    batch_size: Count = Field(250, description="samples per teacher batch and stored chunk")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or not 1 <= self.factor <= 1000:
-            raise ValueError(f"teacher_factor must be an integer in 1..1000, got {self.factor!r}")
-        if self.alignment not in ALIGNMENTS:
-            raise ValueError(f"unknown alignment {self.alignment!r}; choose one of {list(ALIGNMENTS)}")
-        if self.solver is not None:
-            get_solver(self.solver)
-        if self.alignment == "official" and self.solver not in (None, "euler"):
-            raise ValueError("official alignment uses the reference code's Euler teacher; drop teacher_solver")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TeacherSpec:
-        if not isinstance(data, dict) or set(data) - {"solver", "factor", "alignment"}:
-            raise ValueError(f"a teacher spec is a JSON object with solver, factor, alignment; got {data!r:.120}")
-        return cls(**data)
+    def _official_solver(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("alignment") == "official" and "solver" not in data:
+            return {**data, "solver": "euler"}
+        return data
 
-    def solver_for(self, student: str) -> str:
-        """The teacher solver for a student solver."""
-        if self.alignment == "official":
-            return "euler"
-        return self.solver or DEFAULT_TEACHER.get(student, student)
+    @model_validator(mode="after")
+    def _check(self) -> TeacherConfig:
+        get_solver(self.solver)
+        if self.alignment == "official" and self.solver != "euler":
+            raise ValueError("official alignment uses the reference code's Euler teacher; drop the teacher solver")
+        if self.first_seed > MAX_SEED - self.n_samples:
+            raise ValueError(f"the teacher's seeds first_seed .. first_seed + n_samples must stay within 0 .. {MAX_SEED}")
+        return self
+
+    @property
+    def seeds(self) -> range:
+        """The seeds of the distillation noise."""
+        return range(self.first_seed, self.first_seed + self.n_samples)
+
+    def noise(self, shape: Sequence[int]) -> Tensor:
+        """The distillation noise: one seeded unit Gaussian per seed (``dode.rng.seeded_noise``)."""
+        return seeded_noise(list(self.seeds), shape)
 
     def plan(self, sigmas: Tensor, solver: str, denoiser: Denoiser | None = None,
              first: FirstStep | None = None) -> TeacherPlan:
@@ -88,7 +93,8 @@ class TeacherSpec:
                              "has no first step to skip)")
         if self.alignment == "exact":
             targets = tuple(i * self.factor for i in student_targets(solver, steps, first))
-            return TeacherPlan(self, refine(sigmas, self.factor), self.solver_for(solver), targets)
+            check_lands(self.solver, steps * self.factor, range(0, steps * self.factor + 1, self.factor))
+            return TeacherPlan(self, refine(sigmas, self.factor), self.solver, targets)
         return self._official_plan(sigmas, solver, denoiser)
 
     def _official_plan(self, sigmas: Tensor, solver: str, denoiser: Denoiser | None) -> TeacherPlan:
@@ -112,12 +118,23 @@ class TeacherSpec:
         )
 
 
+def check_lands(solver: str, steps: int, indices: Iterable[int]) -> None:
+    """One ValueError unless ``solver`` on a ``steps``-step grid produces a full state at each of ``indices``
+    (a singlestep solver that groups several grid steps leaves intermediate stages in between)."""
+    solver_ = get_solver(solver)
+    landed = {0, *(solver_.out_index(k, steps) for k in range(solver_.nfe(steps)))}
+    missed = sorted(set(indices) - landed)
+    if missed:
+        raise ValueError(f"teacher solver {solver!r} makes no full state at teacher grid indices {missed[:4]} (it "
+                         "groups grid steps); choose a teacher solver with one evaluation per step, e.g. dpmpp_2m")
+
+
 @dataclass(frozen=True)
 class TeacherPlan:
     """A teacher for one student grid: its ``sigmas`` and resolved ``solver``, and for each student
     evaluation k the teacher grid index of its target (``targets``)."""
 
-    spec: TeacherSpec
+    spec: TeacherConfig
     sigmas: Tensor
     solver: str
     targets: tuple[int, ...]

@@ -1,12 +1,13 @@
 """``dode run STAGE``: run a flow locally, on Prefect's ephemeral server, with no set-up.
 
 Registered with dode's command line through the ``dode.commands`` entry point (pyproject.toml): the
-library never imports this package. A stage's options are its flow's parameters, read from Prefect's
-parameter schema of the flow (names, types, defaults, and the descriptions of the docstring's Args):
-declared once, in the flow; an option left out takes the flow's default. An array parameter also takes
-its singular name (``--nfe 3 5`` for ``nfes``), a mapping takes KEY=VALUE items (``--nfes-by-solver
-heun=3,5,7``) or one JSON object. Importing this module does not import Prefect (``dode --help`` stays
-fast); the flow module is imported when a stage runs or shows its help.
+library never imports this package. A stage's options derive from its configuration (``dode.runs``:
+names, types, defaults and descriptions, declared once there): a field is ``--field``, a field of a part
+is ``--part-field`` (``--teacher-factor``, ``--fit-objective``, ``--sampling-n-samples``); the flow's
+other parameters (registry, dask) come from its Prefect parameter schema. An option left out takes the
+configuration's default. An array also takes its singular name (``--nfe 3 5`` for ``nfes``), a mapping
+takes KEY=VALUE items (``--nfes-by-solver heun=3,5,7``) or one JSON object. Importing this module does not
+import Prefect (``dode --help`` stays fast); the flow module is imported when a stage runs or shows its help.
 """
 
 from __future__ import annotations
@@ -20,17 +21,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dode import checks, progress
+from pydantic import BaseModel
+
+from dode import progress, runs
+from dode.config import build
 from dode.report import text_table
 
-Check = Callable[[dict[str, Any]], None]
-STAGES: dict[str, tuple[str, Check]] = {  # stage -> its flow (as prefect.yaml's entrypoints name it), its check
-    "pipeline": ("flows.pipeline:pipeline_flow", checks.check_pipeline),
-    "teacher": ("flows.stages:teacher_flow", checks.check_teacher_stage),
-    "distill": ("flows.stages:distill_flow", checks.check_distill),
-    "sample": ("flows.stages:sample_flow", checks.check_sample),
-    "score": ("flows.stages:score_flow", checks.check_score),
+STAGES: dict[str, str] = {  # stage -> its flow, as prefect.yaml's entrypoints name it (its config: dode.runs.STAGES)
+    "pipeline": "flows.pipeline:pipeline_flow",
+    "teacher": "flows.stages:teacher_flow",
+    "distill": "flows.stages:distill_flow",
+    "sample": "flows.stages:sample_flow",
+    "score": "flows.stages:score_flow",
 }
+CONFIG = "config"  # the flows' configuration parameter
 SCALARS: dict[str, Callable[[str], Any]] = {"string": str, "integer": int, "number": float}  # JSON schema types
 
 
@@ -39,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
         name, help=f"run a Prefect flow locally: {', '.join(STAGES)}",
         description="Run a D-ODE flow on Prefect's ephemeral local server (no set-up). The options are the "
-        "flow's parameters, as in prefect.yaml's deployments; options left out take the flow's defaults. "
+        "stage's configuration (dode.runs), as in prefect.yaml's deployments; options left out take its defaults. "
         "`dode run STAGE --help` lists a stage's options.",
     )
     p.add_argument("--quiet", action="store_true",
@@ -53,25 +57,52 @@ def load_flow(stage: str) -> Any:
     """The Prefect flow of a stage (imports the flow's module, and Prefect)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
-    module, name = STAGES[stage][0].split(":")
+    module, name = STAGES[stage].split(":")
     return getattr(importlib.import_module(module), name)
 
 
 def stage_parser(stage: str, flow: Any) -> argparse.ArgumentParser:
-    """One option per flow parameter, from the flow's Prefect parameter schema."""
+    """One option per field of the stage's configuration (a part's fields prefixed with its name) and per
+    other flow parameter (from the flow's Prefect parameter schema)."""
     from prefect.utilities.callables import parameter_schema
 
-    schema = parameter_schema(flow.fn).model_dump()["properties"]
     p = argparse.ArgumentParser(prog=f"dode run {stage}", description=(flow.description or "").split("\n\n")[0],
                                 allow_abbrev=False)
+    for dest, prop, siblings in config_options(runs.STAGES[stage]):
+        add_option(p, dest, prop, siblings)
+    schema = parameter_schema(flow.fn).model_dump()["properties"]
     for name, prop in schema.items():
-        flags = [f"--{name.replace('_', '-')}"]
-        if name.endswith("s") and name[:-1] not in schema and "array" in types(prop):
-            flags.append(f"--{name[:-1].replace('_', '-')}")
-        default = "" if prop.get("default") is None else f" (default: {json.dumps(prop['default'])})"
-        p.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=f"{prop.get('description') or ''}{default}",
-                       **option(name, prop))
+        if name != CONFIG:
+            add_option(p, name, prop, schema)
     return p
+
+
+def config_options(config: type[BaseModel], prefix: str = "") -> list[tuple[str, dict, dict]]:
+    """(option dest, JSON schema, the schemas beside it) for every field of ``config``, its parts' recursively;
+    a part's field's dest is ``part.field``."""
+    schema = config.model_json_schema()["properties"]
+    out = []
+    for name, field in config.model_fields.items():
+        part = field.annotation
+        if isinstance(part, type) and issubclass(part, BaseModel):
+            out += config_options(part, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", schema[name], schema))
+    return out
+
+
+def add_option(p: argparse.ArgumentParser, dest: str, prop: dict, siblings: dict) -> None:
+    """``--dest`` (dots and underscores as dashes), with its singular name for an array whose singular is free."""
+    name = dest.rpartition(".")[2]
+    flags = [f"--{dest.replace('.', '-').replace('_', '-')}"]
+    if name.endswith("s") and name[:-1] not in siblings and "array" in types(prop):
+        flags.append(f"--{dest[:-1].replace('.', '-').replace('_', '-')}")
+    default = "" if prop.get("default") is None else f" (default: {json.dumps(prop['default'])})"
+    settings = {"metavar": name.upper(), **option(dest, prop)}
+    if settings.get("action") is argparse.BooleanOptionalAction:
+        del settings["metavar"]
+    p.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=f"{prop.get('description') or ''}{default}",
+                   **settings)
 
 
 def types(prop: dict) -> dict[str, dict]:
@@ -134,22 +165,39 @@ def key_value(schema: dict) -> Callable[[str], dict[str, Any]]:
 
 
 def run_stage(stage: str, params: dict[str, Any]) -> Any:
-    """Run one stage's flow with ``params`` and return its result (raises what the flow raised). Bad
-    parameters raise one ValueError before any run: types as Prefect checks them, then the stage's checks."""
+    """Run one stage's flow with ``params`` (its configuration under "config", as a mapping or built) and
+    return its result (raises what the flow raised). Bad parameters raise one ValueError before any run: the
+    configuration is built first (``dode.config.build``: its rules and defaults), then Prefect checks the rest."""
     from prefect.exceptions import ParameterTypeError
 
     flow = load_flow(stage)
+    params = {**params, CONFIG: build(runs.STAGES[stage], params.get(CONFIG))}
     try:
-        bound = inspect.signature(flow.fn).bind(**params)
+        inspect.signature(flow.fn).bind(**params)
         flow.validate_parameters(params)
     except (TypeError, ParameterTypeError) as err:
         raise ValueError(f"{stage}: {'; '.join(str(err).splitlines())}") from None
-    bound.apply_defaults()
-    STAGES[stage][1](bound.arguments)
     with local_settings():
         state = flow(**params, return_state=True)
         wait_for_server(state.state_details.flow_run_id)
     return state.result()
+
+
+def nested(options: dict[str, Any], flow: Any) -> dict[str, Any]:
+    """Parsed options by dest (``part.field``) as ``flow``'s parameters: its own as they are, the
+    configuration's fields nested under "config", by part."""
+    own = set(inspect.signature(flow.fn).parameters) - {CONFIG}
+    out: dict[str, Any] = {CONFIG: {}}
+    for dest, value in options.items():
+        *parts, name = dest.split(".")
+        if dest in own:
+            out[dest] = value
+            continue
+        target = out[CONFIG]
+        for part in parts:
+            target = target.setdefault(part, {})
+        target[name] = value
+    return out
 
 
 @contextmanager
@@ -193,7 +241,7 @@ def main(args: argparse.Namespace) -> int:
     flow = load_flow(args.stage)
     options = stage_parser(args.stage, flow).parse_args(args.options)
     with progress.bars(not args.quiet):  # teacher, distillation and feature-extraction bars in this process
-        result = run_stage(args.stage, dict(vars(options)))
+        result = run_stage(args.stage, nested(dict(vars(options)), flow))
     sys.stdout.flush()
     print(show(result))
     return 0

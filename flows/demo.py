@@ -20,14 +20,16 @@ import time
 
 import yaml
 
-from dode.sweep import few_step_summary, plan_variants
+from dode.config import build
+from dode.runs import PipelineRun
+from dode.sweep import few_step_summary
 
 from . import PREFECT_YAML
 from .cli import run_stage, show
 
 DEPLOYMENTS = ("digits-sweep", "digits-flow-sweep")  # the demo's parameters are these deployments': one source
-QUICK = {"solvers": ["euler", "dpmpp_2m"], "nfes": [3, 5], "nfes_by_solver": None, "n_distill": 64,
-         "n_samples": 256, "batch_size": 128,
+QUICK = {"solvers": ["euler", "dpmpp_2m"], "nfes": [3, 5], "nfes_by_solver": {},
+         "teacher": {"n_samples": 64, "batch_size": 128}, "sampling": {"n_samples": 256, "batch_size": 128},
          "variants": {"lam+timesteps": {"objective": "final", "options": {"iterations": 5}, "nfes": [5]},
                       "analytic λ+t": {"objective": "final", "first_step": "analytic", "options": {"iterations": 4},
                                        "solvers": ["dpmpp_2m"], "nfes": [3]}}}
@@ -37,6 +39,12 @@ def sweep_parameters(name: str) -> dict:
     """The parameters of a deployment in prefect.yaml."""
     spec = yaml.safe_load(PREFECT_YAML.read_text())
     return dict(next(d for d in spec["deployments"] if d["name"] == name)["parameters"])
+
+
+def quick(config: dict) -> dict:
+    """A deployment's sweep configuration made small (``QUICK``; its parts' fields replaced one by one)."""
+    return {**config, **{k: {**config.get(k, {}), **v} if k in ("teacher", "sampling") else v
+                         for k, v in QUICK.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,14 +61,16 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     for name in DEPLOYMENTS[:1] if args.quick else DEPLOYMENTS:
-        params = {**sweep_parameters(name), **(QUICK if args.quick else {}), "registry": args.registry}
+        params = {**sweep_parameters(name), "registry": args.registry}
+        config = build(PipelineRun, quick(params["config"]) if args.quick else params["config"])
         if args.dask is not None:
             params["dask"] = args.dask
         start = time.perf_counter()
-        result = run_stage("pipeline", params)
-        print(f"\n== {name}: {params['model']}\n{show(result)}")
-        print("\n".join(few_step_summary(result["rows"], plan_variants(params["variants"]), params["metrics"][0])))
-        print(f"{name}: {len(result['rows']) // len(params['metrics'])} cells in {time.perf_counter() - start:.0f} s")
+        result = run_stage("pipeline", {**params, "config": config})
+        metrics = config.scoring.metrics
+        print(f"\n== {name}: {config.model}\n{show(result)}")
+        print("\n".join(few_step_summary(result["rows"], config.planned_variants, metrics[0])))
+        print(f"{name}: {len(result['rows']) // len(metrics)} cells in {time.perf_counter() - start:.0f} s")
     return 0
 
 

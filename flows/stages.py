@@ -1,7 +1,8 @@
 """The single-stage flows: a teacher trajectory, one distillation, one sampling job, scores.
 
-Each runs on its own (``dode run STAGE``, or a deployment in prefect.yaml) and finds what earlier runs
-stored: the distill flow reuses the teacher the pipeline computed for the same grid, seeds and settings.
+Each takes its stage's configuration (``dode.runs``) and runs on its own (``dode run STAGE``, or a deployment
+in prefect.yaml), finding what earlier runs stored: the distill flow reuses the teacher the pipeline
+computed for the same grid and teacher.
 """
 
 from __future__ import annotations
@@ -10,258 +11,150 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 import dode
-from dode.checks import check_distill, check_reference, check_sample, check_score, check_teacher_stage
 from dode.generate import SamplingJob
 from dode.grids import GridSpec
 from dode.metrics.scores import FEATURES, resolve_metrics
+from dode.runs import DistillRun, SampleRun, ScoreRun, TeacherRun
+from dode.steps import check_reference, model, open_registry, registry_uri
 from dode.store.lambdas import load_lambdas
+from dode.sweep_run import evaluate_cells, reevaluation_cells, sample_jobs, score_all
 
-from . import steps, tasks
-from .pipeline import evaluate_cells
-from .shards import Runner, sample_jobs, score_all, shard_runner
-from .steps import open_registry, registry_uri
+from . import tasks
+from .runners import IN_PROCESS, TaskExecutor, run_on
 
 
-@flow(name="dode-teacher", version=dode.__version__)
-def teacher_flow(
-    model: str = "mixture-smooth",
-    steps: int = 5,
-    family: str = "karras",
-    teacher_factor: int = 10,
-    teacher_solver: str = "dpmpp_2m",
-    n_distill: int = 256,
-    distill_seed: int = 1_000_000,
-    batch_size: int = 250,
-    registry: str | None = None,
-) -> str:
+@flow(name="dode-teacher", version=dode.__version__, task_runner=IN_PROCESS)
+def teacher_flow(config: TeacherRun = TeacherRun(), registry: str | None = None) -> str:
     """The teacher trajectory for student grids of ``steps`` steps, stored for reuse by every solver; returns
     the trajectory id.
 
     Args:
-        model: model name (e.g. digits-ddpm, mixture-smooth), a diffusers folder or a hub id
-        steps: student grid steps the teacher serves
-        family: grid family: karras, time_uniform, time_quadratic, logsnr_uniform, ddim
-        teacher_factor: teacher steps per student step
-        teacher_solver: teacher solver
-        n_distill: teacher samples
-        distill_seed: first seed of the teacher samples
-        batch_size: samples per batch and per stored chunk
+        config: the teacher stage (dode.runs.TeacherRun): model, student grid, teacher
         registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
     """
-    check_teacher_stage(locals())
     uri = registry_uri(registry)
-    model_id = tasks.register_model(uri, model)
-    traj = tasks.teacher(uri, model_id, GridSpec(family, steps).to_dict(), teacher_factor, teacher_solver, n_distill,
-                         distill_seed, batch_size)
+    model_id = tasks.register_model(uri, config.model)
+    traj = tasks.teacher(uri, model_id, config.grid.to_dict(), config.teacher)
     tasks.link_artifacts(open_registry(uri), [model_id, traj])
     return traj
 
 
-@flow(name="dode-distill", version=dode.__version__)
-def distill_flow(
-    model: str = "mixture-smooth",
-    solver: str = "euler",
-    nfe: int = 5,
-    family: str = "karras",
-    teacher_factor: int = 10,
-    teacher_solver: str = "dpmpp_2m",
-    n_distill: int = 256,
-    distill_seed: int = 1_000_000,
-    batch_size: int = 250,
-    guard: bool = True,
-    holdout: float = 0.5,
-    correction: str = "data",
-    objective: str = "step",
-    objective_options: dict | None = None,
-    alignment: str = "exact",
-    first_step: str = "network",
-    registry: str | None = None,
-) -> dict:
-    """D-ODE lambdas for one solver and NFE: the teacher (found or computed), then the fit; returns
-    {"lambdas": id, "values", "trajectory", "gaussian"}.
+@flow(name="dode-distill", version=dode.__version__, task_runner=IN_PROCESS)
+def distill_flow(config: DistillRun = DistillRun(), registry: str | None = None) -> dict:
+    """D-ODE lambdas for one solver and NFE: the teacher (found or computed; none stored for official
+    alignment), then the fit; returns {"lambdas": id, "values", "trajectory", "gaussian"}.
 
     Args:
-        model: model name (e.g. digits-ddpm, mixture-smooth), a diffusers folder or a hub id
-        solver: base solver
-        nfe: network evaluations per sample
-        family: grid family: karras, time_uniform, time_quadratic, logsnr_uniform, ddim
-        teacher_factor: teacher steps per student step
-        teacher_solver: teacher solver
-        n_distill: teacher/distillation samples
-        distill_seed: first seed of the distillation samples
-        batch_size: samples per batch and per stored chunk
-        guard: held-out guard on the fitted lambdas
-        holdout: the guard's fraction of the distillation noise (dode.distill.split)
-        correction: D-ODE correction flavour: data or noise
-        objective: distillation objective (dode.objectives), e.g. step
-        objective_options: the objective's options, e.g. iterations=150 (objective final)
-        alignment: teacher targets: exact (the refined student grid) or official (the reference code's)
-        first_step: network, or analytic / flowmap: the first evaluation by a Gaussian of the model's own
-            samples (nfe stays the network calls; the grid gets one step more)
+        config: the distill stage (dode.runs.DistillRun): model, solver, nfe, grid family, first step, teacher, fit
         registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
     """
-    check_distill(locals())
-    grid = GridSpec.for_calls(family, solver, nfe, first_step).to_dict()
+    grid = config.grid.to_dict()
     uri = registry_uri(registry)
     reg = open_registry(uri)
-    model_id = tasks.register_model(uri, model)
-    traj = tasks.teacher(uri, model_id, grid, teacher_factor, teacher_solver, n_distill, distill_seed, batch_size)
-    gaussian = tasks.gaussian(uri, model_id, n_distill, distill_seed, batch_size) if first_step != "network" else None
-    lam_id = tasks.distill(uri, traj, solver, guard, holdout, correction, objective, objective_options, alignment,
-                           first_step, gaussian)
+    model_id = tasks.register_model(uri, config.model)
+    exact = config.teacher.alignment == "exact"
+    traj = tasks.teacher(uri, model_id, grid, config.teacher) if exact else None
+    gaussian = tasks.gaussian(uri, model_id, config.teacher) if config.first_step != "network" else None
+    lam_id = tasks.distill(uri, model_id, grid, config.solver, config.teacher, config.fit, config.first_step, traj,
+                           gaussian)
     lam = load_lambdas(reg, lam_id)
     create_table_artifact([{"k": k, "lambda": v} for k, v in enumerate(lam.values)], key="dode-lambdas",
-                          description=f"{model} {solver} NFE {nfe}: lambda per evaluation (guard {lam.guard})")
-    tasks.link_artifacts(reg, [model_id, traj, *([gaussian] if gaussian else []), lam_id])
+                          description=f"{config.model} {config.solver} NFE {config.nfe}: lambda per evaluation "
+                                      f"(guard {lam.guard})")
+    tasks.link_artifacts(reg, [model_id, *([traj] if traj else []), *([gaussian] if gaussian else []), lam_id])
     get_run_logger().info("lambdas %s: %s", lam_id[:12], [round(v, 4) for v in lam.values])
     return {"lambdas": lam_id, "values": list(lam.values), "trajectory": traj, "gaussian": gaussian}
 
 
-@flow(name="dode-sample", version=dode.__version__)
-def sample_flow(
-    model: str = "mixture-smooth",
-    solver: str | None = None,
-    nfe: int | None = None,
-    family: str = "karras",
-    lambdas: str | None = None,
-    first_step: str = "network",
-    gaussian: str | None = None,
-    n_samples: int = 1000,
-    first_seed: int = 0,
-    batch_size: int = 250,
-    num_shards: int = 1,
-    registry: str | None = None,
-    dask: bool = False,
-    dask_address: str | None = None,
-) -> str:
-    """A sampling job in shards, base or with D-ODE lambdas (the solver and grid they were fitted on);
-    returns the samples artifact id.
+@flow(name="dode-sample", version=dode.__version__, task_runner=IN_PROCESS)
+def sample_flow(config: SampleRun, registry: str | None = None, dask: bool = False,
+                dask_address: str | None = None) -> str:
+    """A sampling job in shards, base or with D-ODE lambdas (the solver, grid and first step they were fitted
+    with); returns the samples artifact id.
 
     Args:
-        model: model name (e.g. digits-ddpm, mixture-smooth), a diffusers folder or a hub id
-        solver: base solver (not with lambdas)
-        nfe: network evaluations per sample (not with lambdas)
-        family: grid family: karras, time_uniform, time_quadratic, logsnr_uniform, ddim
-        lambdas: lambdas artifact id: sample its solver, grid and first step with D-ODE
-        first_step: network, or analytic / flowmap with a gaussian (not with lambdas: they carry theirs)
-        gaussian: gaussian artifact id for an analytic first step (dode gaussian, or the distill stage's)
-        n_samples: samples, from seed first_seed on
-        first_seed: first seed of the samples
-        batch_size: samples per batch and per stored chunk
-        num_shards: sampling shards
+        config: the sample stage (dode.runs.SampleRun): model, base solver and nfe or lambdas, sampling
         registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
-        dask: run shards on a temporary local Dask cluster
-        dask_address: run shards on an existing Dask cluster (scheduler address)
+        dask: run the shards on a temporary local Dask cluster
+        dask_address: run the shards on an existing Dask cluster (scheduler address)
     """
-    check_sample(locals())
     uri = registry_uri(registry)
     reg = open_registry(uri)
-    if lambdas is not None:
-        lam = reg.get(lambdas)
+    if config.lambdas is not None:
+        lam = reg.get(config.lambdas)
         if lam.kind != "lambdas":
             raise ValueError(f"artifact {lam.short} is a {lam.kind!r} artifact, not 'lambdas'")
         solver, grid, lambdas = lam.params["solver"], lam.params["grid"], lam.id
     else:
-        grid = GridSpec.for_calls(family, solver, nfe, first_step).to_dict()
-    model_id = tasks.register_model(uri, model)
-    job = SamplingJob(model, solver, grid, lambdas, n_samples, first_seed, batch_size, first_step, gaussian).to_dict()
-    with shard_runner(dask, dask_address) as run:
-        (samples,) = sample_jobs(run, uri, [job], num_shards)
+        solver, lambdas = config.solver, None
+        grid = GridSpec.for_calls(config.family, solver, config.nfe, config.first_step).to_dict()
+    model_id = tasks.register_model(uri, config.model)
+    s = config.sampling
+    job = SamplingJob(config.model, solver, grid, lambdas, s.n_samples, s.first_seed, s.batch_size, config.first_step,
+                      config.gaussian).to_dict()
+    (samples,) = run_on(sharded_flow, dask, dask_address, uri, [job], s.num_shards)
     tasks.link_artifacts(reg, [model_id, *([lambdas] if lambdas else []), samples])
     return samples
 
 
-@flow(name="dode-score", version=dode.__version__)
-def score_flow(
-    model: str = "mixture-smooth",
-    samples: list[str] | None = None,
-    lambdas: list[str] | None = None,
-    metrics: tuple[str, ...] = ("auto",),
-    reference: str | None = None,
-    n_samples: int = 1000,
-    first_seed: int = 0,
-    batch_size: int = 250,
-    num_shards: int = 1,
-    registry: str | None = None,
-    dask: bool = False,
-    dask_address: str | None = None,
-) -> list[dict]:
+@flow(name="dode-shards", version=dode.__version__)
+def sharded_flow(uri: str, jobs: list[dict], num_shards: int) -> list[str]:
+    """Sampling jobs in shards on the task runner ``sample_flow`` chose (its own, or Dask's in this subflow)."""
+    return sample_jobs(uri, jobs, num_shards, TaskExecutor())
+
+
+@flow(name="dode-score", version=dode.__version__, task_runner=IN_PROCESS)
+def score_flow(config: ScoreRun = ScoreRun(), registry: str | None = None, dask: bool = False,
+               dask_address: str | None = None) -> list[dict]:
     """Scores of given samples (Fréchet distances), or a re-evaluation of registered lambdas against the model
     as it is now: the given ids, else the newest lambdas of every (solver, NFE, grid) registered for the
-    model, each sampled base and D-ODE side by side (does a retrained model still profit from them?).
-    Returns the result rows.
+    model, each sampled base and D-ODE side by side with its own teacher (does a retrained model still
+    profit from them?). Returns the result rows.
 
     Args:
-        model: model name (e.g. digits-ddpm, mixture-smooth), a diffusers folder or a hub id
-        samples: samples artifact ids to score
-        lambdas: lambdas ids to re-evaluate (default: all of the model's)
-        metrics: fd-digits, fd-pixels, fid, rmse, or auto (the model's own)
-        reference: reference-stats artifact id for the Fréchet distances
-        n_samples: evaluation samples per cell (and reference draws)
-        first_seed: first seed of the evaluation samples
-        batch_size: samples per batch and per stored chunk
-        num_shards: sampling shards per job
+        config: the score stage (dode.runs.ScoreRun): model, samples or lambdas, sampling, scoring
         registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
-        dask: run shards on a temporary local Dask cluster
-        dask_address: run shards on an existing Dask cluster (scheduler address)
+        dask: run the tasks on a temporary local Dask cluster
+        dask_address: run the tasks on an existing Dask cluster (scheduler address)
     """
-    check_score(locals())
     uri = registry_uri(registry)
-    check_reference(open_registry(uri), reference)
-    model_id = tasks.register_model(uri, model)
-    metric_list = resolve_metrics(metrics, steps.model(model))
-    with shard_runner(dask, dask_address) as run:
-        if samples:
-            return score_given(run, uri, model_id, model, samples, list(metrics), metric_list, reference, n_samples,
-                               first_seed)
-        return reevaluate(run, uri, model_id, model, lambdas, metric_list, reference, n_samples, first_seed,
-                          batch_size, num_shards)
+    check_reference(open_registry(uri), config.scoring.reference)
+    return run_on(scoring_flow, dask, dask_address, config, uri)
 
 
-def score_given(run: Runner, uri: str, model_id: str, model: str, samples: list[str], asked: list[str],
-                metrics: list[str], reference: str | None, n_samples: int, first_seed: int) -> list[dict]:
+@flow(name="dode-scoring", version=dode.__version__)
+def scoring_flow(config: ScoreRun, uri: str) -> list[dict]:
+    """The score flow's work, on the task runner ``score_flow`` chose (its own, or Dask's in this subflow)."""
+    model_id = tasks.register_model(uri, config.model)
+    metrics = resolve_metrics(config.scoring.metrics, model(config.model))
+    if config.samples:
+        return score_given(uri, model_id, config, metrics)
+    return reevaluate(uri, model_id, config, metrics)
+
+
+def score_given(uri: str, model_id: str, config: ScoreRun, metrics: list[str]) -> list[dict]:
     """The Fréchet distances of given samples artifacts (RMSE needs the teacher's samples: not here)."""
-    if "rmse" in metrics and asked != ["auto"]:
-        raise ValueError("rmse pairs samples with the teacher's; re-evaluate lambdas (drop samples=) for it")
     reg = open_registry(uri)
-    fd = [m for m in metrics if m in FEATURES]
-    refs = {m: reference or tasks.reference_stats(uri, model_id, m, n_samples, first_seed) for m in fd}
-    items = [(reg.get(s).id, m, refs[m]) for s in samples for m in fd]
-    ids = score_all(run, uri, items)
-    rows = [{"samples": s, **{k: reg.read_json(i)[k] for k in ("metric", "label", "value", "n")}}
-            for (s, _, _), i in zip(items, ids)]
-    create_table_artifact(rows, key="dode-scores", description=f"{model}: scores of {len(samples)} samples")
-    tasks.link_artifacts(reg, [*(s for s, _, _ in items), *refs.values(), *ids])
+    s, fd = config.sampling, [m for m in metrics if m in FEATURES]
+    refs = {m: config.scoring.reference or tasks.reference_stats(uri, model_id, m, s.n_samples, s.first_seed)
+            for m in fd}
+    items = [(reg.get(sid).id, m, refs[m]) for sid in config.samples for m in fd]
+    ids = score_all(uri, items, TaskExecutor())
+    rows = [{"samples": sid, **{k: reg.read_json(i)[k] for k in ("metric", "label", "value", "n")}}
+            for (sid, _, _), i in zip(items, ids)]
+    create_table_artifact(rows, key="dode-scores", description=f"{config.model}: scores of {len(config.samples)} "
+                                                               "samples")
+    tasks.link_artifacts(reg, [*(sid for sid, _, _ in items), *refs.values(), *ids])
     return rows
 
 
-def first_step_base(params: dict) -> dict:
-    """For lambdas fitted with an analytic first step: the base solver with the same first step beside them."""
-    if params.get("first_step", "network") == "network":
-        return {}
-    return {"gaussian": params["gaussian"],
-            "first_bases": {f"base+{params['first_step']}": {"grid": params["grid"], "first_step": params["first_step"]}}}
-
-
-def reevaluate(run: Runner, uri: str, model_id: str, model: str, lambdas: list[str] | None, metrics: list[str],
-               reference: str | None, n_samples: int, first_seed: int, batch_size: int, num_shards: int) -> list[dict]:
-    """Registered lambdas (``lambdas``, else the newest of every key for ``model``) sampled with the model
-    as it is now, base and D-ODE side by side, with the teacher they were fitted to."""
-    reg = open_registry(uri)
-    arts = [reg.get(i) for i in lambdas] if lambdas else list(
-        {a.key: a for a in reversed(reg.find("lambdas", model=model))}.values())
-    if not arts:
-        raise ValueError(f"no lambdas registered for model {model!r} in {uri}; run the pipeline or distill flow first")
-    for a in arts:
-        if a.kind != "lambdas":
-            raise ValueError(f"artifact {a.short} is a {a.kind!r} artifact, not 'lambdas'")
-    cells = [{"solver": a.params["solver"], "nfe": a.params["nfe"], "grid": a.params["grid"], "lambdas": a.id,
-              **first_step_base(a.params)} for a in arts]
-    record = load_lambdas(reg, arts[0]).teacher
-    teacher = {"solver": record["solver"], "factor": record["factor"]}
-    rows, _, _, used = evaluate_cells(run, uri, model_id, model, cells, teacher, metrics, reference, n_samples,
-                                      first_seed, batch_size, num_shards)
-    create_table_artifact(rows, key="dode-reevaluation", description=f"registered lambdas on {model} as it is now")
-    tasks.link_artifacts(reg, [model_id, *(a.id for a in arts), *used])
-    get_run_logger().info("re-evaluated %d lambdas; results in the table artifact 'dode-reevaluation'", len(arts))
+def reevaluate(uri: str, model_id: str, config: ScoreRun, metrics: list[str]) -> list[dict]:
+    """Registered lambdas (the config's, else the newest of every key for the model) sampled with the model
+    as it is now, base and D-ODE side by side, each with the teacher it was fitted to."""
+    cells = reevaluation_cells(uri, config.model, config.lambdas)
+    rows, _, _, used = evaluate_cells(uri, model_id, config.model, cells, metrics, config.sampling,
+                                      config.scoring.reference, TaskExecutor())
+    create_table_artifact(rows, key="dode-reevaluation", description=f"registered lambdas on {config.model} as it is now")
+    tasks.link_artifacts(open_registry(uri), [model_id, *(c["lambdas"] for c in cells), *used])
+    get_run_logger().info("re-evaluated %d lambdas; results in the table artifact 'dode-reevaluation'", len(cells))
     return rows

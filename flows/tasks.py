@@ -1,7 +1,8 @@
-"""The Prefect tasks, each wrapping one step of ``flows.steps`` with its retry and cache policy, and the
-Prefect wiring the flows share: cache keys, run provenance, link artifacts, settled task runs.
+"""The Prefect tasks -- the library's steps (``dode.steps``) themselves, each with its retry and cache
+policy -- and the Prefect wiring the flows share: cache keys, the hooks that give the steps the run's
+provenance and progress artifacts, link artifacts, settled task runs.
 
-Tasks exchange registry ids and small JSON configs, never tensors. A task's Prefect cache key is the
+Tasks exchange registry ids and frozen configurations, never tensors. A task's Prefect cache key is the
 sha256 of its name, the dode version and its (JSON) parameters, which include the registry URI and the
 ids of its inputs; the registry itself is content-addressed, so every step also looks its artifact up
 by (kind, key, params) before computing, and a rerun resumes even with a fresh Prefect database.
@@ -30,13 +31,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
+from pydantic_core import to_jsonable_python
 
 import dode
-from dode.report import render_report
+from dode import steps
 from dode.store.manifest import HEX64
 from dode.store.registry import Registry
-
-from . import steps
 
 CHECKOUT = Path(__file__).resolve().parents[1]  # the code the flows run: a git checkout, or an installed copy
 RETRY_IO = {"retries": 2, "retry_delay_seconds": 1}  # registry reads and writes (local disk or object store)
@@ -47,7 +47,8 @@ def cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:
     """Prefect cache key: content hash of the task name, the dode version and the JSON parameters -- unless the
     result cached under it names an artifact the registry no longer holds intact (wiped, restored, repaired):
     then the next key of the chain, so the task runs again (and says so) instead of trusting the cache."""
-    blob = json.dumps({"task": ctx.task.name, "dode": dode.__version__, "params": params}, sort_keys=True)
+    blob = json.dumps({"task": ctx.task.name, "dode": dode.__version__, "params": to_jsonable_python(params)},
+                      sort_keys=True)
     key = f"dode-{ctx.task.name}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
     store, registry = ctx.result_store, params.get("registry")
     for generation in range(MAX_RECOMPUTES):
@@ -64,11 +65,9 @@ def cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:
 
 def registry_holds(registry: str, result: object) -> bool:
     """Whether a cached task result can be trusted: not an artifact id, or an artifact intact in the registry
-    together with the artifacts it was made from (a samples index and its chunks)."""
-    if not (isinstance(result, str) and HEX64.fullmatch(result)):
-        return True
-    reg = steps.open_registry(registry)
-    return reg.intact(result) and all(reg.intact(parent) for parent in reg.get(result).parents)
+    (its manifest and its own files: for a samples job, its index, not its chunks' bytes -- the check costs
+    the same whatever the size of the job; a damaged chunk is refused when it is read)."""
+    return not (isinstance(result, str) and HEX64.fullmatch(result)) or steps.open_registry(registry).intact(result)
 
 
 CACHED = {"cache_key_fn": cache_key, "persist_result": True}
@@ -152,73 +151,34 @@ def settled_task_runs(flow_run_id: Any, timeout: float = 30.0) -> list[TaskRun]:
     return runs
 
 
-@task(name="register-model", cache_policy=NO_CACHE, **RETRY_IO)
-def register_model(registry: str, name: str) -> str:
-    """The model artifact, the root of every lineage; never cached, so a retrained model is always noticed."""
-    return steps.register_model(registry, name, provenance=provenance())
-
-
-@task(name="teacher", **CACHED)
-def teacher(registry: str, model_id: str, grid: dict, teacher_factor: int, teacher_solver: str, n_samples: int,
-            first_seed: int, batch_size: int) -> str:
-    """The teacher trajectory of a student grid (stored states on that grid only)."""
-    return steps.teacher(registry, model_id, grid, teacher_factor, teacher_solver, n_samples, first_seed, batch_size,
-                         provenance=provenance())
-
-
-@task(name="gaussian", **CACHED)
-def gaussian(registry: str, model_id: str, n_samples: int, first_seed: int, batch_size: int) -> str:
-    """The analytic first step's Gaussian of the model (from its own many-step samples)."""
-    return steps.gaussian(registry, model_id, n_samples, first_seed, batch_size, provenance=provenance())
-
-
-@task(name="distill", **CACHED)
-def distill(registry: str, trajectory_id: str, solver: str, guard: bool, holdout: float, correction: str,
-            objective: str = "step", objective_options: dict | None = None, alignment: str = "exact",
-            first_step: str = "network", gaussian_id: str | None = None) -> str:
-    """D-ODE lambdas for ``solver``, fitted to a stored teacher trajectory."""
-    return steps.distill(registry, trajectory_id, solver, guard, holdout, correction, objective, objective_options,
-                         alignment, first_step, gaussian_id, provenance=provenance())
-
-
-@task(name="sample", **CACHED, retries=1, retry_delay_seconds=1)
-def sample(registry: str, job: dict, shard: int = 0, num_shards: int = 1) -> str:
-    """One shard of a sampling job (resumable chunk by chunk), with a progress artifact once it has run for
-    PROGRESS_EVERY_S seconds, updated at most that often."""
-    progress, last = [], [time.monotonic()]
+def progress_artifact(description: str) -> steps.Progress:
+    """A sampling shard's progress as a Prefect progress artifact, once it has run for PROGRESS_EVERY_S seconds,
+    updated at most that often (and at the end)."""
+    artifact, last = [], [time.monotonic()]
 
     def advance(done: int, total: int) -> None:
-        if time.monotonic() - last[0] < PROGRESS_EVERY_S and not (progress and done == total):
+        if time.monotonic() - last[0] < PROGRESS_EVERY_S and not (artifact and done == total):
             return
-        if not progress:
-            progress.append(create_progress_artifact(0.0, description=f"sampling shard {shard}/{num_shards} of {job}"))
-        update_progress_artifact(progress[0], 100.0 * done / total)
+        if not artifact:
+            artifact.append(create_progress_artifact(0.0, description=description))
+        update_progress_artifact(artifact[0], 100.0 * done / total)
         last[0] = time.monotonic()
 
-    return steps.sample(registry, job, shard, num_shards, on_chunk=advance)
+    return advance
 
 
-@task(name="gather-samples", **CACHED, **RETRY_IO)
-def gather_samples(registry: str, job: dict) -> str:
-    """The whole job's samples artifact, once every shard has run."""
-    return steps.gather_samples(registry, job)
+# The steps report to Prefect in every process that imports this module (a Dask worker does, to unpickle a
+# task: its cache key function lives here).
+steps.use_hooks(steps.Hooks(provenance=provenance, progress=progress_artifact))
 
-
-@task(name="reference-stats", **CACHED, **RETRY_IO)
-def reference_stats(registry: str, model_id: str, metric: str, n_samples: int, first_seed: int) -> str:
-    """Feature statistics of the model's data."""
-    return steps.reference_stats(registry, model_id, metric, n_samples, first_seed, provenance=provenance())
-
-
-@task(name="score", **CACHED, **RETRY_IO)
-def score(registry: str, samples_id: str, metric: str, reference_id: str) -> str:
-    """One metric of one samples artifact."""
-    return steps.score(registry, samples_id, metric, reference_id, provenance=provenance())
-
-
-@task(name="report", **CACHED, retries=2, retry_delay_seconds=1)
-def report(registry: str, title: str, meta: dict, rows: list[dict], cells: list[dict], teacher_samples: str,
-           parents: list[str]) -> str:
-    """The sweep's report as a registry artifact (``dode.report.render_report``)."""
-    return render_report(steps.open_registry(registry), title, meta, rows, cells, teacher_samples, parents,
-                         provenance=provenance())
+# The model artifact is never cached, so a retrained model is always noticed.
+register_model = task(steps.register_model, name="register-model", cache_policy=NO_CACHE, **RETRY_IO)
+teacher = task(steps.teacher, name="teacher", **CACHED)
+gaussian = task(steps.gaussian, name="gaussian", **CACHED)
+distill = task(steps.distill, name="distill", **CACHED)
+sample = task(steps.sample, name="sample", **CACHED, retries=1, retry_delay_seconds=1)
+gather_samples = task(steps.gather_samples, name="gather-samples", **CACHED, **RETRY_IO)
+reference_stats = task(steps.reference_stats, name="reference-stats", **CACHED, **RETRY_IO)
+score = task(steps.score, name="score", **CACHED, **RETRY_IO)
+report = task(steps.report, name="report", **CACHED, retries=2, retry_delay_seconds=1)
+STEPS = (register_model, teacher, gaussian, distill, sample, gather_samples, reference_stats, score, report)

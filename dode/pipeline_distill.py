@@ -16,10 +16,12 @@ from typing import Any
 
 import torch
 
+from .config import FitConfig, build
 from .correction import Lambdas
 from .distill import distill
 from .grids import GridSpec
 from .models.vp import VPDenoiser, cycle_rows
+from .teacher import TeacherConfig
 from .types import Tensor
 
 
@@ -155,24 +157,22 @@ def distill_pipeline(
     guidance_scale: float = 7.5,
     negative_prompt: str | None = None,
     samples_per_prompt: int = 4,
-    teacher_factor: int = 10,
     seed: int = 0,
-    correction: str = "data",
-    alignment: str = "exact",
-    guard: bool = True,
-    objective: str = "step",
-    objective_options: Mapping[str, Any] | None = None,
+    teacher: TeacherConfig | Mapping[str, Any] | None = None,
+    fit: FitConfig | Mapping[str, Any] | None = None,
 ) -> Lambdas:
-    """Fit D-ODE lambdas for ``pipe`` over ``prompts`` x ``samples_per_prompt`` seeded latents.
+    """Fit D-ODE lambdas for ``pipe`` over ``prompts`` x ``samples_per_prompt`` seeded latents, the teacher
+    and the fit as ``teacher`` and ``fit`` say (``dode.distill``; the noise is the seeded latents here).
 
-    Noise row i belongs to prompt i mod P. With ``guard`` a quarter of each prompt's samples (at least
-    one) is held out, so fit and held-out batches both cycle through all prompts. ``objective`` and
-    ``objective_options`` go to ``dode.distill`` (e.g. a learned grid; ``DODEScheduler.from_scheduler(
-    pipe.scheduler, lambdas=lam)`` then samples on ``lam.sigmas``). SD-1.x/2.x and SDXL pipelines alike.
+    Noise row i belongs to prompt i mod P. With the guard a quarter of each prompt's samples (at least
+    one) is held out (``fit.holdout`` is set so), so fit and held-out batches both cycle through all
+    prompts. A learned grid (objective ``final``): ``DODEScheduler.from_scheduler(pipe.scheduler,
+    lambdas=lam)`` then samples on ``lam.sigmas``. SD-1.x/2.x and SDXL pipelines alike.
     """
-    if samples_per_prompt < (2 if guard else 1):
+    fit = build(FitConfig, fit)
+    if samples_per_prompt < (2 if fit.guard else 1):
         raise ValueError(
-            f"samples_per_prompt must be >= {2 if guard else 1} (the guard holds samples out), "
+            f"samples_per_prompt must be >= {2 if fit.guard else 1} (the guard holds samples out), "
             f"got {samples_per_prompt}"
         )
     den = pipeline_denoiser(pipe, prompts, guidance_scale=guidance_scale, negative_prompt=negative_prompt)
@@ -182,19 +182,8 @@ def distill_pipeline(
         (len(prompts) * samples_per_prompt, *latent_shape(pipe)), generator=gen, dtype=torch.float64
     )
     held = max(1, round(samples_per_prompt / 4))
-    return distill(
-        den,
-        noise.to(pipe.device),
-        sigmas,
-        solver,
-        teacher_factor,
-        alignment,
-        guard,
-        correction,
-        holdout=held / samples_per_prompt,
-        objective=objective,
-        objective_options=objective_options,
-    )
+    fit = build(FitConfig, {**fit.model_dump(), "holdout": held / samples_per_prompt})
+    return distill(den, noise.to(pipe.device), sigmas, solver, teacher, fit)
 
 
 __all__ = ["GuidedUNet", "distill_pipeline", "latent_shape", "pipeline_denoiser", "sdxl_added_conditioning"]

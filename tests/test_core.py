@@ -12,7 +12,7 @@ from dode.correction import corrected_denoised, fit_lambda
 from dode.grids import GridSpec
 from dode.models import GaussianDenoiser, digits_mixture
 from dode.schedules import is_karras, vp_sigmas
-from dode.teacher import TeacherSpec, teacher_states
+from dode.teacher import TeacherConfig, teacher_states
 from dode.types import Evaluation
 
 SOLVER_NAMES = sorted(dode.SOLVERS)
@@ -110,7 +110,7 @@ def test_planted_lambdas_are_recovered(solver, correction, mixture):
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
 def test_distilled_final_state_equals_sampling_with_the_fitted_lambdas(solver, mixture):
     sigmas = grid_for(solver, 5)
-    plan = TeacherSpec(None, 4, "exact").plan(sigmas, solver, mixture)
+    plan = TeacherConfig(factor=4).plan(sigmas, solver, mixture)
     states = teacher_states(mixture, noise(8), plan)
     values, final = fit(mixture, noise(8), sigmas, solver, [states[i] for i in plan.targets])
     lam = dode.Lambdas(values, solver, sigmas.tolist())
@@ -120,17 +120,26 @@ def test_distilled_final_state_equals_sampling_with_the_fitted_lambdas(solver, m
 def test_exact_alignment_targets_sit_on_the_student_sigmas():
     sigmas = dode.karras_sigmas(4)
     for solver in SOLVER_NAMES:
-        plan = TeacherSpec(None, 10, "exact").plan(sigmas, solver, None)
+        plan = TeacherConfig().plan(sigmas, solver, None)
         solver_ = dode.get_solver(solver)
         for k, index in enumerate(plan.targets):
             assert plan.sigmas[index] == sigmas[solver_.out_index(k, 4)]
-        assert plan.solver == ("dpmpp_3m" if solver == "dpm_solver_3" else solver)
+        assert plan.solver == "dpmpp_2m"
+
+
+def test_a_teacher_solver_that_groups_grid_steps_is_refused():
+    # DPM-Solver-3 makes full states at every third grid point only: at a factor of 10 most student grid
+    # points would be intermediate stages; DPM-Solver-2 lands on every even one, so a factor of 10 serves.
+    with pytest.raises(ValueError, match="makes no full state at teacher grid indices"):
+        TeacherConfig(solver="dpm_solver_3").plan(dode.karras_sigmas(4), "euler")
+    plan = TeacherConfig(solver="dpm_solver_2").plan(dode.karras_sigmas(4), "euler")
+    assert plan.targets == (10, 20, 30, 40)
 
 
 def test_fitted_lambdas_lower_the_error_to_the_teacher_on_held_out_noise(mixture):
     sigmas = dode.karras_sigmas(5)
-    lam = dode.distill(mixture, noise(128), sigmas, "euler", guard=False)
-    plan = TeacherSpec(None, 10, "exact").plan(sigmas, "euler", mixture)
+    lam = dode.distill(mixture, noise(128), sigmas, "euler", fit={"guard": False})
+    plan = TeacherConfig().plan(sigmas, "euler", mixture)
     held = noise(128, seed=1)
     teacher = teacher_states(mixture, held, plan, keep={plan.targets[-1]})[plan.targets[-1]]
     base = (dode.sample(mixture, held, sigmas, "euler") - teacher).square().mean()
@@ -169,13 +178,13 @@ def test_sampling_with_lambdas_makes_exactly_as_many_network_calls(mixture):
 
 def test_distillation_cost_is_teacher_plus_one_student_pass(mixture):
     counting = Counting(mixture)
-    dode.distill(counting, noise(8), dode.karras_sigmas(5), "euler", guard=False)
+    dode.distill(counting, noise(8), dode.karras_sigmas(5), "euler", fit={"guard": False})
     assert counting.calls == 10 * 5 + 5
 
 
 def test_official_alignment_matches_a_hand_derived_euler_case(mixture):
     sigmas = dode.karras_sigmas(3)  # 80, sigma_mid, 0.002, 0
-    plan = TeacherSpec(None, 2, "official").plan(sigmas, "euler", mixture)
+    plan = TeacherConfig(factor=2, alignment="official").plan(sigmas, "euler", mixture)
     assert plan.solver == "euler" and plan.targets == (2, 4, 6)
     torch.testing.assert_close(plan.sigmas, dode.karras_sigmas(6))
     # By hand: Euler teacher on karras(6); the student's lambda_1 fits the teacher state at index 4.
@@ -190,13 +199,13 @@ def test_official_alignment_matches_a_hand_derived_euler_case(mixture):
     x2_plain = d1 + sigmas[2] / sigmas[1] * (x1 - d1)
     direction = (1 - sigmas[2] / sigmas[1]) * (d1 - d0)
     lam1 = float((direction * (teacher[4] - x2_plain)).sum() / direction.square().sum())
-    fitted = dode.distill(mixture, x_t, sigmas, "euler", teacher_factor=2, alignment="official", guard=False)
+    fitted = dode.distill(mixture, x_t, sigmas, "euler", {"factor": 2, "alignment": "official"}, {"guard": False})
     assert fitted.values[0] == 0.0 and fitted.values[1] == pytest.approx(lam1, rel=1e-10)
     assert fitted.teacher == {"solver": "euler", "factor": 2, "alignment": "official", "steps": 6}
 
 
 def test_official_alignment_for_heun_and_ddim_grids():
-    heun = TeacherSpec(None, 10, "official").plan(dode.karras_sigmas(3), "heun", None)
+    heun = TeacherConfig(alignment="official").plan(dode.karras_sigmas(3), "heun", None)
     assert heun.targets == (10, 20, 30, 40, 50) and len(heun.sigmas) == 51 and is_karras(heun.sigmas)
 
     abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
@@ -204,11 +213,11 @@ def test_official_alignment_for_heun_and_ddim_grids():
     class VP:
         sigmas_train = ((1 - abar) / abar).sqrt()
 
-    ddim = TeacherSpec(None, 10, "official").plan(vp_sigmas(abar, 5, "ddim"), "euler", VP())
+    ddim = TeacherConfig(alignment="official").plan(vp_sigmas(abar, 5, "ddim"), "euler", VP())
     assert ddim.targets == (10, 20, 30, 40, 50)
     torch.testing.assert_close(ddim.sigmas, vp_sigmas(abar, 50, "ddim"), rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="official alignment is defined"):
-        TeacherSpec(None, 10, "official").plan(vp_sigmas(abar, 5, "time_uniform"), "euler", VP())
+        TeacherConfig(alignment="official").plan(vp_sigmas(abar, 5, "time_uniform"), "euler", VP())
 
 
 def test_lambdas_serialise_to_json_and_back(mixture):
@@ -227,9 +236,16 @@ def test_lambdas_serialise_to_json_and_back(mixture):
         (lambda m: dode.sample(m, noise(2), torch.tensor([3.0, -1.0, 0.0]), "euler"), "non-negative"),
         (lambda m: dode.sample(m, noise(2), torch.tensor([3.0, 1.0]), "euler"), "end in 0"),
         (lambda m: dode.sample(m, torch.zeros(3), dode.karras_sigmas(4), "euler"), "shape"),
-        (lambda m: dode.distill(m, noise(2), dode.karras_sigmas(4), alignment="close"), "choose one of"),
+        (lambda m: dode.distill(m, noise(2), dode.karras_sigmas(4), teacher={"alignment": "close"}),
+         "TeacherConfig: alignment: Input should be 'exact' or 'official'"),
+        (lambda m: dode.distill(m, noise(2), dode.karras_sigmas(4), teacher={"alignment": "official",
+                                                                              "solver": "heun"}),
+         "official alignment uses the reference code's Euler teacher"),
         (lambda m: dode.distill(m, noise(1), dode.karras_sigmas(4)), "guard needs at least 2"),
-        (lambda m: dode.distill(m, noise(2), dode.karras_sigmas(4), correction="eps"), "unknown correction"),
+        (lambda m: dode.distill(m, noise(2), dode.karras_sigmas(4), fit={"correction": "eps"}),
+         "FitConfig: correction: Input should be 'data' or 'noise'"),
+        (lambda m: dode.distill(m, noise(2), dode.karras_sigmas(4), fit={"objective": "final", "options": {"lr": 1}}),
+         "objective 'final' has no option"),
     ],
 )
 def test_bad_input_gets_one_clear_error(call, message, mixture):
@@ -265,7 +281,7 @@ def test_euler_and_dpmpp_2m_span_the_same_corrected_family(mixture):
     # Both updates are (sigma'/sigma) x + (1 - sigma'/sigma) * (a point on the line D_k + mu (D_k - D_{k-1})),
     # so against the same targets the greedy fit reaches the same states: only the printed lambdas differ.
     sigmas = dode.karras_sigmas(5)
-    plan = TeacherSpec("heun", 4, "exact").plan(sigmas, "euler", mixture)
+    plan = TeacherConfig(solver="heun", factor=4).plan(sigmas, "euler", mixture)
     states = teacher_states(mixture, noise(16), plan)
     targets = [states[i] for i in plan.targets]
     lam_euler, x_euler = fit(mixture, noise(16), sigmas, "euler", targets)

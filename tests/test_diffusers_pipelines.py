@@ -241,7 +241,7 @@ def test_sdxl_float32_matches_to_1e5():
 def test_distill_pipeline_on_sdxl_ships_lambdas_that_sample_as_fitted(sdxl64):
     pipe, stock = sdxl64
     lam = distill_pipeline(
-        pipe, PROMPTS, solver="euler", nfe=3, guidance_scale=GUIDANCE, samples_per_prompt=2, teacher_factor=2
+        pipe, PROMPTS, solver="euler", nfe=3, guidance_scale=GUIDANCE, samples_per_prompt=2, teacher={"factor": 2}
     )
     assert lam.nfe == 3 and lam.n_fit == 2
     sched = DODEScheduler.from_scheduler(stock, lambdas=lam)

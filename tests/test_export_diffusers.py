@@ -83,7 +83,7 @@ def test_a_grid_between_training_timesteps_is_rounded_for_dpm_solver_and_says_so
 
 
 def test_cli_writes_schedule_and_snippet_for_a_registered_result(tmp_path, capsys):
-    from flows.steps import register_model
+    from dode.steps import register_model
 
     model_id = register_model(str(tmp_path / "reg"), "digits-ddpm")
     reg = Registry(tmp_path / "reg")

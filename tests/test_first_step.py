@@ -152,7 +152,7 @@ def test_lambdas_carry_their_first_step():
     gauss = planted()
     noise = torch.randn(32, 1, 3, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     sigmas = dode.karras_sigmas(4, 0.002, 80.0)
-    lam = dode.distill(gauss, noise, sigmas, "dpmpp_2m", guard=False, first=FirstStep("analytic", gauss))
+    lam = dode.distill(gauss, noise, sigmas, "dpmpp_2m", fit={"guard": False}, first=FirstStep("analytic", gauss))
     back = dode.Lambdas.from_json(lam.to_json())
     assert back.first.kind == "analytic" and back.first.gaussian.fingerprint == gauss.fingerprint
     counting = Counting(gauss)

@@ -333,7 +333,7 @@ def test_dode_distills_and_samples_on_digits_flow(digits_flow):
     noise = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     sigmas = GridSpec("flow", 4).sigmas(den)
     with torch.no_grad():
-        lam = dode.distill(den, noise, sigmas, "dpmpp_2m", teacher_factor=4, guard=False)
+        lam = dode.distill(den, noise, sigmas, "dpmpp_2m", {"factor": 4}, {"guard": False})
         teacher = dode.sample(den, noise[48:], dode.refine(sigmas, 8), "dpmpp_2m")
         base = dode.sample(den, noise[48:], sigmas, "dpmpp_2m")
         corrected = dode.sample(den, noise[48:], torch.tensor(lam.sigmas, dtype=torch.float64), "dpmpp_2m", lam)

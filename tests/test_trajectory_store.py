@@ -26,7 +26,7 @@ from dode.store.trajectory import (
     read_step,
     read_steps,
 )
-from dode.teacher import TeacherSpec, teacher_states
+from dode.teacher import TeacherConfig, teacher_states
 from dode.teacher_parquet import write_teacher
 
 SHAPE = (2, 3, 4)
@@ -228,7 +228,7 @@ def test_write_teacher_streams_the_states_the_teacher_reaches(tmp_path, gaussian
     sigmas = dode.karras_sigmas(6)
     path = write_teacher(tmp_path / "t.parquet", gaussian, noise, sigmas, solver, denoised=True,
                          sample_ids=range(10, 15), meta={"model": "gauss", "teacher_factor": 1})
-    plan = TeacherSpec(None, 1, "exact").plan(sigmas, solver, gaussian)
+    plan = TeacherConfig(solver=solver, factor=1).plan(sigmas, solver, gaussian)
     want = teacher_states(gaussian, noise, plan, keep=set(range(7)))
     traj = read_steps(path, denoised=False)
     assert traj.steps == tuple(range(7)) and traj.sample_ids.tolist() == list(range(10, 15))
@@ -254,7 +254,8 @@ def test_write_teacher_keeps_only_chosen_indices_and_batches(tmp_path, gaussian)
     assert read_meta(whole)["steps"] == [0, 4, 8, 12]
     assert pq.ParquetFile(whole).num_row_groups == 4 and pq.ParquetFile(batched).num_row_groups == 8
     assert torch.equal(read_steps(whole).x, read_steps(batched).x)
-    want = teacher_states(gaussian, noise, TeacherSpec(None, 4, "exact").plan(dode.karras_sigmas(3), "heun", gaussian))
+    want = teacher_states(gaussian, noise, TeacherConfig(solver="heun", factor=4).plan(dode.karras_sigmas(3), "heun",
+                                                                                     gaussian))
     assert torch.equal(read_step(whole, 8), want[8].float())
     with pytest.raises(ValueError, match=r"keep must be grid indices in 0\.\.12"):
         write_teacher(tmp_path / "c.parquet", gaussian, noise, fine, keep={13})

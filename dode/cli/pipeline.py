@@ -11,8 +11,10 @@ import hashlib
 from pathlib import Path
 
 from .. import progress
+from ..config import FitConfig
 from ..grids import FAMILIES
 from ..solvers import SOLVERS
+from ..teacher import TeacherConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -38,11 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
         "--negative-prompt", default=None, help="unconditional branch text (default: empty prompt)"
     )
     p.add_argument("--grid", default="karras", choices=FAMILIES, help="student grid family (default %(default)s)")
-    p.add_argument("--teacher-factor", type=int, default=10, help="teacher steps per student step")
+    p.add_argument("--teacher-factor", type=int, default=None,
+                   help=f"teacher steps per student step (default {TeacherConfig().factor})")
     p.add_argument("--samples-per-prompt", type=int, default=4, help="seeded latents per prompt to fit on")
     p.add_argument("--seed", type=int, default=0, help="seed of the first latent (default %(default)s)")
-    p.add_argument("--correction", default="data", choices=("data", "noise"),
-                   help="D-ODE correction flavour (default %(default)s)")
+    p.add_argument("--correction", default=None, choices=("data", "noise"),
+                   help=f"D-ODE correction flavour (default {FitConfig().correction})")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument(
         "--registry", default=None, metavar="URI", help="registry (default: $DODE_REGISTRY or ./dode-registry)"
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             "n_prompts": len(prompts),
             "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
             "samples_per_prompt": args.samples_per_prompt,
-            "teacher_factor": args.teacher_factor,
+            "teacher": lam.teacher,
             "seed": args.seed,
         }
         art = save_lambdas(registry, lam, f"pipeline/{args.model}/{args.solver}/nfe{args.nfe}", params=params)
@@ -151,7 +154,12 @@ def distill_lambdas(pipe, prompts: list[str], args: argparse.Namespace):
         guidance_scale=args.guidance_scale,
         negative_prompt=args.negative_prompt,
         samples_per_prompt=args.samples_per_prompt,
-        teacher_factor=args.teacher_factor,
         seed=args.seed,
-        correction=args.correction,
+        teacher=given(factor=args.teacher_factor),
+        fit=given(correction=args.correction),
     )
+
+
+def given(**options: object) -> dict[str, object]:
+    """The options given on the command line (the others take the configuration's defaults)."""
+    return {k: v for k, v in options.items() if v is not None}

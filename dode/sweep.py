@@ -124,9 +124,7 @@ def sampling_jobs(model: str, cells: list[dict], teacher: dict, n_samples: int, 
                         n_samples, first_seed, batch_size) for f in families]
     for c in cells:
         base = SamplingJob(model, c["solver"], c["grid"], None, n_samples, first_seed, batch_size).to_dict()
-        grids = c.get("grids", {})  # a first-step variant's grid differs from the cell's
-        jobs += [base, *({**base, "grid": grids.get(side, c["grid"]), "lambdas_id": lam}
-                         for side, lam in cell_fits(c).items())]
+        jobs += [base, *({**base, "grid": None, "lambdas_id": lam} for lam in cell_fits(c).values())]  # theirs
         jobs += [SamplingJob(model, c["solver"], f["grid"], None, n_samples, first_seed, batch_size, f["first_step"],
                              c["gaussian"]).to_dict() for f in c.get("first_bases", {}).values()]
     return families, jobs

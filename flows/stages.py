@@ -160,7 +160,7 @@ def sample_flow(
         lam = reg.get(lambdas)
         if lam.kind != "lambdas":
             raise ValueError(f"artifact {lam.short} is a {lam.kind!r} artifact, not 'lambdas'")
-        solver, grid, lambdas = lam.params["solver"], lam.params["grid"], lam.id
+        solver, grid, lambdas = lam.params["solver"], None, lam.id  # the lambdas imply their grid
     else:
         grid = GridSpec.for_calls(family, solver, nfe, first_step).to_dict()
     model_id = tasks.register_model(uri, model)

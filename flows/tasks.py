@@ -32,6 +32,7 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 
 import dode
+from dode.cli.commands import get_command
 from dode.report import render_report
 from dode.store.manifest import HEX64
 from dode.store.registry import Registry
@@ -119,7 +120,7 @@ def link_artifacts(reg: Registry, ids: list[str]) -> None:
     arts = [reg.get(id) for id in dict.fromkeys(ids)]
 
     def create(art: Any, client: Any) -> Any:
-        key, get = f"dode-{art.kind}-{art.id[:12]}", reg.get_command(art)
+        key, get = f"dode-{art.kind}-{art.id[:12]}", get_command(reg, art)
         if not reg.local:
             return acreate_link_artifact(link=reg.url(art), link_text=f"{art.kind}: {art.key}", key=key,
                                          description=f"registry {reg.uri}, artifact {art.id}: `{get}`", client=client)

@@ -203,13 +203,20 @@ class _Run:
                      "model_fingerprint": self.model.fingerprint, "shape": list(self.model.shape),
                      "dtype": "uint8", "conversion": CONVERSION}
 
+    def chunk_key(self, seeds: range) -> str:
+        return f"{self.job.sampler_key()}/seeds-{seeds.start}-{seeds.stop - 1}"
+
     def stored_chunks(self) -> dict[int, Any]:
-        """Chunk index -> stored chunk artifact holding exactly that chunk's seeds (one registry listing)."""
-        found = self.registry.find("samples", sampler_hash=self.base["sampler_hash"],
-                                   model_fingerprint=self.model.fingerprint)
+        """Chunk index -> stored chunk artifact holding exactly that chunk's seeds: found by each chunk's key in
+        the registry's key index (one listing of every manifest in a registry written before it)."""
+        sampler = {"sampler_hash": self.base["sampler_hash"], "model_fingerprint": self.model.fingerprint}
+        ranges = {c: self.job.chunk_seeds(c) for c in range(self.job.num_chunks)}
+        if self.registry.is_indexed():
+            found = [a for r in ranges.values() for a in self.registry.find("samples", self.chunk_key(r), **sampler)]
+        else:
+            found = self.registry.find("samples", **sampler)
         by_seeds = {tuple(a.params["seeds"]): a for a in reversed(found)  # a damaged chunk is recomputed
                     if "images.npy" in a.files and self.registry.file_problem(a, "images.npy") is None}
-        ranges = {c: self.job.chunk_seeds(c) for c in range(self.job.num_chunks)}
         return {c: by_seeds[(r.start, r.stop)] for c, r in ranges.items() if (r.start, r.stop) in by_seeds}
 
     def make_chunk(self, c: int) -> Any:
@@ -217,8 +224,7 @@ class _Run:
         x = generate_batch(self.model.denoiser, self.sigmas, self.job.solver, self.lambdas, seeds,
                            self.model.shape, self.device, self.first)
         params = {**self.base, "sampler": self.job.sampler(), "seeds": [seeds.start, seeds.stop]}
-        key = f"{self.job.sampler_key()}/seeds-{seeds.start}-{seeds.stop - 1}"
-        return self.registry.publish("samples", key, {"images.npy": _npy_bytes(to_uint8(x))},
+        return self.registry.publish("samples", self.chunk_key(seeds), {"images.npy": _npy_bytes(to_uint8(x))},
                                      params=params, parents=self.parents)
 
     def publish_index(self, key: str, chunks: list[int], arts: list[Any], **extra: Any) -> Any:

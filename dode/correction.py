@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
@@ -16,18 +15,10 @@ from .types import Evaluation, Tensor
 Correction = Literal["data", "noise"]
 CORRECTIONS: tuple[str, ...] = ("data", "noise")
 ALIGNMENTS: tuple[str, ...] = ("exact", "official")
-LAMBDAS_SCHEMA_VERSION = 3
-READABLE_SCHEMA_VERSIONS = (1, 2, 3)  # 2 added objective, options, fit and model; 3 first_step (defaults before)
 MAX_ABS_LAMBDA = 1e8  # far beyond any fitted weight (degenerate greedy fits reach ~1e4); larger values are corrupt input
 
 
-def _same_grid(a: Tensor, b: Tensor) -> bool:
-    """Two sigma grids equal up to float64 rounding."""
-    b = b.detach().to("cpu", torch.float64)
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-9, atol=1e-12))
-
-
-def _floats(values: Any, name: str) -> list[float]:
+def floats(values: Any, name: str) -> list[float]:
     """A list of floats from a JSON sequence of numbers; a ValueError naming the field otherwise."""
     if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
         raise ValueError(f"lambdas field {name!r} must be a list of numbers, got {values!r:.80}")
@@ -75,8 +66,8 @@ def fit_lambda(direction: Tensor, residual: Tensor) -> float:
 class Lambdas:
     """D-ODE weights: one scalar per network evaluation, fitted on one student grid and solver.
 
-    ``sigmas`` is the grid to sample on (the given one, or the learned one for objectives that move
-    the timesteps); ``teacher`` records how the targets were made (solver, factor, alignment, teacher
+    ``sigmas`` is the grid they were fitted on (the given one, or the learned one for objectives that move
+    the timesteps), the one they sample on (``dode.fitted``); ``teacher`` records how the targets were made (solver, factor, alignment, teacher
     steps); ``objective`` and ``options`` the distillation objective (``dode.objectives``) and its
     options; ``fit`` what the fit reported (iterations, held-out losses); ``guard`` what the held-out
     guard measured and chose (empty when the guard was off); ``model`` the fingerprint of the model
@@ -98,8 +89,8 @@ class Lambdas:
     first_step: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "values", tuple(_floats(self.values, "values")))
-        object.__setattr__(self, "sigmas", tuple(_floats(self.sigmas, "sigmas")))
+        object.__setattr__(self, "values", tuple(floats(self.values, "values")))
+        object.__setattr__(self, "sigmas", tuple(floats(self.sigmas, "sigmas")))
         if self.correction not in CORRECTIONS:
             raise ValueError(f"unknown correction {self.correction!r}; choose one of {list(CORRECTIONS)}")
         bad = [v for v in self.values if not math.isfinite(v) or abs(v) > MAX_ABS_LAMBDA]
@@ -124,73 +115,3 @@ class Lambdas:
     def first(self) -> FirstStep | None:
         """The analytic first step these weights were fitted with, or None (the network's); decoded once."""
         return FirstStep.from_dict(self.first_step)
-
-    def check_first(self, first: FirstStep | None) -> FirstStep | None:
-        """The first step to sample these weights with: their own; a different one passed with them is an error."""
-        own = self.first
-        same = own is not None and first is not None and (first.kind, first.gaussian.fingerprint) == (
-            own.kind, own.gaussian.fingerprint)
-        if first is not None and not same:
-            raise ValueError("these lambdas were fitted with " + (f"the {own.kind!r} first step of another Gaussian"
-                             if own else "the network's first step") + "; sample without passing a first step "
-                             "(the lambdas carry their own) or distill lambdas with this one")
-        return own
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": LAMBDAS_SCHEMA_VERSION, **asdict(self)}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Lambdas:
-        """Lambdas from their JSON object; one ValueError naming the problem for anything malformed."""
-        if not isinstance(data, dict):
-            raise ValueError(f"lambdas must be a JSON object, got a {type(data).__name__}")
-        data = dict(data)
-        version = data.pop("schema_version", None)
-        if version not in READABLE_SCHEMA_VERSIONS:
-            raise ValueError(
-                f"lambdas schema version {version!r}, this dode reads {list(READABLE_SCHEMA_VERSIONS)}; "
-                "re-distill with this version of dode"
-            )
-        known = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(data) - known), [k for k in ("values", "solver", "sigmas") if k not in data]
-        if unknown or missing:
-            raise ValueError(f"malformed lambdas: unknown fields {unknown}, missing fields {missing}")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> Lambdas:
-        try:
-            data = json.loads(text)
-        except ValueError as err:
-            raise ValueError(f"lambdas are not valid JSON: {err}") from None
-        return cls.from_dict(data)
-
-    def sampling_grid(self, sigmas: Tensor) -> Tensor:
-        """The grid to sample on when a job asks for ``sigmas``: these weights' own grid, where ``sigmas`` is it
-        or the start grid a learned grid was fitted from (``fit["start_sigmas"]``); otherwise ``sigmas``
-        (``check_matches`` then says why they do not fit)."""
-        start = self.fit.get("start_sigmas")
-        if start is not None and _same_grid(torch.tensor(_floats(start, "fit.start_sigmas"), dtype=torch.float64), sigmas):
-            return torch.tensor(self.sigmas, dtype=torch.float64, device=sigmas.device)
-        return sigmas
-
-    def check_matches(self, sigmas: Tensor, solver: str, correction: str) -> None:
-        """Raise a ValueError unless these weights were fitted for this grid, solver and flavour."""
-        if solver != self.solver:
-            raise ValueError(
-                f"these lambdas were fitted for solver {self.solver!r}, not {solver!r}; "
-                f"sample with solver={self.solver!r} or distill new lambdas"
-            )
-        if correction != self.correction:
-            raise ValueError(
-                f"these lambdas use the {self.correction!r} correction, not {correction!r}; "
-                f"pass correction={self.correction!r}"
-            )
-        if not _same_grid(torch.tensor(self.sigmas, dtype=torch.float64), sigmas):
-            raise ValueError(
-                f"these lambdas were fitted on a {len(self.sigmas) - 1}-step grid starting {list(self.sigmas[:3])}, "
-                f"not on the given {len(sigmas) - 1}-step grid; sample on the same grid or distill new lambdas"
-            )

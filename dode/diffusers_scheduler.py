@@ -36,6 +36,7 @@ from .correction import CORRECTIONS, Lambdas
 from .diffusers_flow import FlowSchedulerMixin
 from .diffusers_loading import write_loader
 from .diffusers_stock import StockGrid, is_stock, stock_grid, stock_solver
+from .fitted import fitted_grid, same_grid
 from .gaussian import FirstStep
 from .grids import GridSpec
 from .models.flow import is_flow_config
@@ -71,6 +72,14 @@ class DODESchedulerOutput(BaseOutput):
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor
+
+
+def _is_grid(grid: str | GridSpec | dict[str, Any], lambdas: Lambdas) -> bool:
+    """Whether ``grid`` is the lambdas' own: explicit, with their sigmas (a family's sigmas depend on the schedule,
+    so a family name is never taken for a fitted grid)."""
+    spec = grid if isinstance(grid, GridSpec) else GridSpec(**grid) if isinstance(grid, dict) else None
+    return (spec is not None and spec.family == "explicit"
+            and same_grid(torch.tensor(spec.values, dtype=torch.float64), fitted_grid(lambdas)))
 
 
 def _grid_for(grid: str | GridSpec | dict[str, Any], solver: str, nfe: int | None) -> GridSpec:
@@ -222,6 +231,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                     raise ValueError(
                         f"{name}={given!r} but the lambdas were fitted with {name}={fitted!r}; drop {name}="
                     )
+            if grid is not None and not _is_grid(grid, lambdas):
+                raise ValueError("grid= differs from the grid the lambdas were fitted on; drop grid= (the lambdas "
+                                 "imply theirs) or pass their own: grid=GridSpec.explicit(lambdas.sigmas)")
             first = {"first_step": dict(lambdas.first_step)} if lambdas.first_step else {}
             if first and kind is not cls:
                 raise ValueError("lambdas with an analytic first step are not supported in flow-matching pipelines "

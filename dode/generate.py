@@ -35,6 +35,7 @@ import torch
 
 from .correction import Lambdas
 from .devices import resolve_device
+from .fitted import check_sampler, implied_grid
 from .gaussian import FIRST_STEPS, FirstStep
 from .grids import GridSpec
 from .images import to_uint8, write_png
@@ -57,29 +58,36 @@ class SamplingJob:
     an analytic ``first_step`` with its 'gaussian' artifact (``gaussian_id``) for the base solver (lambdas
     fitted with a first step carry their own: pass neither with them).
 
+    With lambdas, ``grid`` is None: they imply the grid they were fitted on (learned or not). A grid given
+    with them must be that grid (older jobs carried one); any other is refused when the job runs
+    (``dode.fitted``), never replaced.
+
     Samples use seeds ``first_seed, ..., first_seed + n_samples - 1``; ``batch_size`` is both the forward
     batch and the chunk size (the unit of storage and of resumption).
     """
 
     model: str
     solver: str
-    grid: dict[str, Any]
+    grid: dict[str, Any] | None
     lambdas_id: str | None = None
     n_samples: int = 1000
     first_seed: int = 0
     batch_size: int = 256
     first_step: str = "network"
     gaussian_id: str | None = None
-    spec: GridSpec = field(init=False, repr=False, compare=False)
+    spec: GridSpec | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_model_name(self.model)
         get_solver(self.solver)
+        if self.grid is None and self.lambdas_id is None:
+            raise ValueError("a job without lambdas needs a grid (GridSpec.to_dict(), e.g. {'family': 'karras', "
+                             "'steps': 10}); only lambdas imply theirs")
         try:
-            object.__setattr__(self, "spec", GridSpec(**self.grid))
+            object.__setattr__(self, "spec", None if self.grid is None else GridSpec(**self.grid))
         except TypeError as err:
             raise ValueError(f"grid must be a GridSpec.to_dict(), e.g. {{'family': 'karras', 'steps': 10}}: {err}") from err
-        object.__setattr__(self, "grid", self.spec.to_dict())
+        object.__setattr__(self, "grid", None if self.spec is None else self.spec.to_dict())
         if self.first_step not in FIRST_STEPS:
             raise ValueError(f"unknown first step {self.first_step!r}; choose one of {list(FIRST_STEPS)}")
         if (self.first_step == "network") != (self.gaussian_id is None):
@@ -122,7 +130,8 @@ class SamplingJob:
     def sampler_key(self) -> str:
         lam = self.lambdas_id[:12] if self.lambdas_id else "base"
         lam += f"-{self.first_step}-{self.gaussian_id[:12]}" if self.gaussian_id else ""
-        return f"{self.model}/{self.solver}/{self.spec.family}-{self.spec.steps}/{lam}"
+        grid = "fitted-grid" if self.spec is None else f"{self.spec.family}-{self.spec.steps}"
+        return f"{self.model}/{self.solver}/{grid}/{lam}"
 
     def key(self) -> str:
         last = self.first_seed + self.n_samples - 1
@@ -176,11 +185,11 @@ class _Run:
             lambdas, job, parents = load_lambdas(registry, art), replace(job, lambdas_id=art.id), [art.id]
         self.job, self.lambdas = job, lambdas
         self.model = load_model(job.model, device=str(self.device))
-        self.sigmas = job.spec.sigmas(self.model.denoiser)
+        self.sigmas = None if job.spec is None else job.spec.sigmas(self.model.denoiser)
         if lambdas is not None:
             check_model(registry, art, lambdas, self.model.fingerprint, allow_other_model=allow_other_model)
-            self.sigmas = lambdas.sampling_grid(self.sigmas)  # a learned grid replaces the start grid it came from
-            lambdas.check_matches(self.sigmas, job.solver, lambdas.correction)
+            check_sampler(lambdas, job.solver, lambdas.correction)
+            self.sigmas = implied_grid(lambdas, self.sigmas)  # theirs; another grid given with them is refused
         self.first = None
         if job.gaussian_id:
             gauss = registry.get(job.gaussian_id)
@@ -194,13 +203,20 @@ class _Run:
                      "model_fingerprint": self.model.fingerprint, "shape": list(self.model.shape),
                      "dtype": "uint8", "conversion": CONVERSION}
 
+    def chunk_key(self, seeds: range) -> str:
+        return f"{self.job.sampler_key()}/seeds-{seeds.start}-{seeds.stop - 1}"
+
     def stored_chunks(self) -> dict[int, Any]:
-        """Chunk index -> stored chunk artifact holding exactly that chunk's seeds (one registry listing)."""
-        found = self.registry.find("samples", sampler_hash=self.base["sampler_hash"],
-                                   model_fingerprint=self.model.fingerprint)
+        """Chunk index -> stored chunk artifact holding exactly that chunk's seeds: found by each chunk's key in
+        the registry's key index (one listing of every manifest in a registry written before it)."""
+        sampler = {"sampler_hash": self.base["sampler_hash"], "model_fingerprint": self.model.fingerprint}
+        ranges = {c: self.job.chunk_seeds(c) for c in range(self.job.num_chunks)}
+        if self.registry.is_indexed():
+            found = [a for r in ranges.values() for a in self.registry.find("samples", self.chunk_key(r), **sampler)]
+        else:
+            found = self.registry.find("samples", **sampler)
         by_seeds = {tuple(a.params["seeds"]): a for a in reversed(found)  # a damaged chunk is recomputed
                     if "images.npy" in a.files and self.registry.file_problem(a, "images.npy") is None}
-        ranges = {c: self.job.chunk_seeds(c) for c in range(self.job.num_chunks)}
         return {c: by_seeds[(r.start, r.stop)] for c, r in ranges.items() if (r.start, r.stop) in by_seeds}
 
     def make_chunk(self, c: int) -> Any:
@@ -208,8 +224,7 @@ class _Run:
         x = generate_batch(self.model.denoiser, self.sigmas, self.job.solver, self.lambdas, seeds,
                            self.model.shape, self.device, self.first)
         params = {**self.base, "sampler": self.job.sampler(), "seeds": [seeds.start, seeds.stop]}
-        key = f"{self.job.sampler_key()}/seeds-{seeds.start}-{seeds.stop - 1}"
-        return self.registry.publish("samples", key, {"images.npy": _npy_bytes(to_uint8(x))},
+        return self.registry.publish("samples", self.chunk_key(seeds), {"images.npy": _npy_bytes(to_uint8(x))},
                                      params=params, parents=self.parents)
 
     def publish_index(self, key: str, chunks: list[int], arts: list[Any], **extra: Any) -> Any:

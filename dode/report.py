@@ -13,6 +13,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+from .cli.commands import get_command
 from .correction import Lambdas
 from .plots import GRID_TILES, plot_grids, plot_lambdas, plot_metrics, plot_samples
 from .store.lambdas import load_lambdas
@@ -158,7 +159,7 @@ def downloads(registry: Any, ids: list[str]) -> str:
              "```bash"]
     for art in (registry.get(i) for i in dict.fromkeys(ids)):
         lines.append(f"# {art.kind}: {art.key}" + ("" if registry.local else f" ({registry.url(art)})"))
-        lines.append(registry.get_command(art))
+        lines.append(get_command(registry, art))
     return "\n".join([*lines, "```"]) + "\n"
 
 

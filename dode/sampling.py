@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from .correction import CORRECTIONS, Lambdas, corrected_denoised, correction_basis
+from .fitted import check_sampler, fitted_grid, implied_first, implied_grid
 from .gaussian import FirstStep
 from .schedules import check_sigmas
 from .solvers import Solver, get_solver
@@ -132,8 +133,8 @@ def integrate(
 def sample(
     denoiser: Denoiser,
     noise: Tensor,
-    sigmas: Tensor,
-    solver: str = "euler",
+    sigmas: Tensor | None = None,
+    solver: str | None = None,
     lambdas: Lambdas | None = None,
     *,
     correction: str | None = None,
@@ -142,17 +143,22 @@ def sample(
 ) -> Tensor:
     """Sample x0 from unit ``noise`` (B, *shape) on the grid ``sigmas``, with D-ODE ``lambdas`` if given.
 
-    Without lambdas this is the base solver; with them, D~_k = D_k + lambda_k (D_k - D_{k-1}) at no
-    extra network evaluations. ``first``: an analytic first step (``dode.gaussian.FirstStep``); lambdas
+    Without lambdas this is the base solver (default euler) on ``sigmas``; with them, D~_k = D_k +
+    lambda_k (D_k - D_{k-1}) at no extra network evaluations, on the grid they were fitted on: ``sigmas``
+    may be omitted (they imply it) and must otherwise be that grid (``dode.fitted``); solver and correction
+    likewise default to theirs. ``first``: an analytic first step (``dode.gaussian.FirstStep``); lambdas
     fitted with one carry it and use it. Returns float64 (B, *shape).
     """
-    correction = correction or (lambdas.correction if lambdas is not None else "data")
     if lambdas is None:
-        return integrate(denoiser, noise, sigmas, solver, lambda k, update: 0.0, correction=correction,
-                         on_state=on_state, first=first)
-    first = lambdas.check_first(first)
-    _, sigmas64, _, nfe = prepare(noise, sigmas, solver, correction, first)
-    lambdas.check_matches(sigmas64.cpu(), solver, correction)
+        if sigmas is None:
+            raise ValueError("pass sigmas (the grid to sample on), or lambdas (which imply the grid they were fitted on)")
+        return integrate(denoiser, noise, sigmas, solver or "euler", lambda k, update: 0.0,
+                         correction=correction or "data", on_state=on_state, first=first)
+    solver, correction = solver or lambdas.solver, correction or lambdas.correction
+    check_sampler(lambdas, solver, correction)
+    first = implied_first(lambdas, first)
+    _, sigmas64, _, nfe = prepare(noise, fitted_grid(lambdas) if sigmas is None else sigmas, solver, correction, first)
+    sigmas = implied_grid(lambdas, sigmas64)
     if lambdas.nfe != nfe:
         raise ValueError(f"{lambdas.nfe} lambdas for a solver that makes {nfe} evaluations; distill new lambdas")
     values = lambdas.values

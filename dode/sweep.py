@@ -133,9 +133,7 @@ def sampling_jobs(model: str, cells: list[dict], sampling: SamplingConfig) -> tu
     n, seed, batch = sampling.n_samples, sampling.first_seed, sampling.batch_size
     for c in cells:
         base = SamplingJob(model, c["solver"], c["grid"], None, n, seed, batch).to_dict()
-        grids = c.get("grids", {})  # a first-step variant's grid differs from the cell's
-        jobs += [base, *({**base, "grid": grids.get(side, c["grid"]), "lambdas_id": lam}
-                         for side, lam in cell_fits(c).items())]
+        jobs += [base, *({**base, "grid": None, "lambdas_id": lam} for lam in cell_fits(c).values())]  # theirs
         jobs += [SamplingJob(model, c["solver"], f["grid"], None, n, seed, batch, f["first_step"],
                              c["gaussian"]).to_dict() for f in c.get("first_bases", {}).values()]
     return keys, jobs

@@ -127,13 +127,12 @@ def fit_cells(uri: str, model_id: str, cells: list[dict], config: PipelineRun,
          "trajectory_id": trajectories.get(grid["steps"]),
          "gaussian_id": gaussian if first.get(name, "network") != "network" else None}
         for (i, name), grid in zip(slots, grids)])
-    out = [{**c, "variants": {}, "grids": {}, "gaussian": gaussian, "first_bases": first_bases(c, variants)}
-           for c in cells]
-    for (i, name), lam, grid in zip(slots, fitted, grids):
+    out = [{**c, "variants": {}, "gaussian": gaussian, "first_bases": first_bases(c, variants)} for c in cells]
+    for (i, name), lam in zip(slots, fitted):
         if name is None:
             out[i]["lambdas"] = lam
         else:
-            out[i]["variants"][name], out[i]["grids"][name] = lam, grid
+            out[i]["variants"][name] = lam
     return [*trajectories.values(), *([gaussian] if gaussian else [])], out
 
 

@@ -84,7 +84,7 @@ def sample_flow(config: SampleRun, registry: str | None = None, dask: bool = Fal
         lam = reg.get(config.lambdas)
         if lam.kind != "lambdas":
             raise ValueError(f"artifact {lam.short} is a {lam.kind!r} artifact, not 'lambdas'")
-        solver, grid, lambdas = lam.params["solver"], lam.params["grid"], lam.id
+        solver, grid, lambdas = lam.params["solver"], None, lam.id  # the lambdas imply their grid
     else:
         solver, lambdas = config.solver, None
         grid = GridSpec.for_calls(config.family, solver, config.nfe, config.first_step).to_dict()

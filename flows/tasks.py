@@ -35,6 +35,7 @@ from pydantic_core import to_jsonable_python
 
 import dode
 from dode import steps
+from dode.cli.commands import get_command
 from dode.store.manifest import HEX64
 from dode.store.registry import Registry
 
@@ -118,7 +119,7 @@ def link_artifacts(reg: Registry, ids: list[str]) -> None:
     arts = [reg.get(id) for id in dict.fromkeys(ids)]
 
     def create(art: Any, client: Any) -> Any:
-        key, get = f"dode-{art.kind}-{art.id[:12]}", reg.get_command(art)
+        key, get = f"dode-{art.kind}-{art.id[:12]}", get_command(reg, art)
         if not reg.local:
             return acreate_link_artifact(link=reg.url(art), link_text=f"{art.kind}: {art.key}", key=key,
                                          description=f"registry {reg.uri}, artifact {art.id}: `{get}`", client=client)

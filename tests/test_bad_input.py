@@ -31,7 +31,7 @@ from dode.metrics.digits import digits_features, load_digits_classifier
 from dode.metrics.fid import FeatureStats, StreamingMoments, stats_from_images, stats_to_bytes
 from dode.models import check_unet_config, load_model
 from dode.schedules import karras_sigmas, refine, vp_sigmas
-from dode.store.lambdas import LAMBDAS_FILE
+from dode.store.lambdas import LAMBDAS_FILE, lambdas_to_dict
 from dode.store.registry import Registry
 from dode.training import sample_digits, train_digits_classifier, train_digits_model
 
@@ -89,7 +89,7 @@ def registry(tmp_path_factory) -> tuple[Registry, str]:
     reg = Registry(tmp_path_factory.mktemp("reg") / "registry")
     run_sampling(SamplingJob("mixture-smooth", "euler", GridSpec("karras", 5).to_dict(), n_samples=4, batch_size=2), reg)
     sigmas = GridSpec("karras", 5).sigmas(load_model("mixture-smooth").denoiser)
-    doc = {**Lambdas((0.0, 0.1, 0.2, 0.1, 0.0), "euler", tuple(sigmas.tolist())).to_dict(),
+    doc = {**lambdas_to_dict(Lambdas((0.0, 0.1, 0.2, 0.1, 0.0), "euler", tuple(sigmas.tolist()))),
            "values": [0.0, math.nan, 0.2, 0.1, 0.0]}
     art = reg.publish("lambdas", "tampered/nan", {LAMBDAS_FILE: json.dumps(doc).encode()},
                       params={"solver": "euler", "nfe": 5})

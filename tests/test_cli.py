@@ -61,13 +61,13 @@ def test_lambdas_imply_solver_nfe_and_grid(fitted, capsys):
     root, reg, with_grid, bare = fitted
     assert sample(root, "--lambdas", with_grid.id[:10]) == 0
     job = reg.get(capsys.readouterr().out.split()[-1]).params["job"]
-    assert (job["solver"], job["grid"], job["lambdas_id"]) == ("heun", GridSpec("karras", 3).to_dict(), with_grid.id)
+    assert (job["solver"], job["grid"], job["lambdas_id"]) == ("heun", None, with_grid.id)  # theirs, implied
     assert sample(root, "--lambdas", with_grid.id, "--solver", "heun", "--nfe", "5", "--grid", "karras") == 0
     art = reg.get(capsys.readouterr().out.split()[-1])
     assert art.params["job"]["grid"] == job["grid"] and len(load_samples(reg, art)) == 3  # agreeing: same job
     assert sample(root, "--lambdas", bare.id) == 0
     job = reg.get(capsys.readouterr().out.split()[-1]).params["job"]
-    assert job["grid"] == GridSpec.explicit([80.0, 1.0, 0.0]).to_dict() and job["solver"] == "euler"
+    assert job["grid"] is None and job["solver"] == "euler"
 
 
 @pytest.mark.parametrize("extra, message", [

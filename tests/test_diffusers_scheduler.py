@@ -28,6 +28,7 @@ from dode.diffusers_pipeline import DODEPipeline
 from dode.diffusers_scheduler import DODEScheduler
 from dode.models import VPDenoiser
 from dode.pipeline_distill import pipeline_denoiser
+from dode.store.lambdas import load_lambdas
 
 PROMPTS = ["a cat", "dog"]
 GUIDANCE = 3.0
@@ -372,7 +373,7 @@ def test_cli_distill_pipeline(sd_folder, tmp_path, capsys, monkeypatch):
     reg = Registry(str(registry))
     (art,) = reg.find("lambdas")
     assert art.params["n_prompts"] == 2 and art.params["guidance_scale"] == 2.0
-    lam = dode.Lambdas.from_json(reg.read_bytes(art, "lambdas.json").decode())
+    lam = load_lambdas(reg, art)
     assert lam.nfe == 3 and lam.n_fit == 2 and lam.guard["split"]["guard"] == 2
     assert f"guard: kept {lam.guard['chosen']}" in printed.out and "guard: off" not in printed.out
     sched = DODEScheduler.from_pretrained(out)

@@ -7,10 +7,12 @@ import torch
 from helpers import Counting
 
 import dode
+from dode.fitted import implied_grid
 from dode.guard import frechet, select
 from dode.models import GaussianDenoiser, digits_mixture
 from dode.objectives import OBJECTIVES, FitProblem, FitResult
 from dode.objectives.final import accumulate, final_sample, fit_final, grid_from_logits, logits_from_grid
+from dode.store.lambdas import lambdas_from_json, lambdas_to_json
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +105,9 @@ def test_learned_grids_are_valid_survive_json_and_cost_the_base_nfe(mixture):
     grid = torch.tensor(lam.sigmas, dtype=torch.float64)
     assert (grid[1:] < grid[:-1]).all() and grid[-1] == 0 and grid[0] == sigmas[0]
     assert lam.fit["sigma_lo"] <= float(grid[-2]) and not torch.allclose(grid, sigmas)
-    again = dode.Lambdas.from_json(lam.to_json())
+    again = lambdas_from_json(lambdas_to_json(lam))
     assert again == lam and again.objective == "final" and again.options["iterations"] == 20
-    assert json.loads(lam.to_json())["fit"]["iterations"] == lam.fit["iterations"]
+    assert json.loads(lambdas_to_json(lam))["fit"]["iterations"] == lam.fit["iterations"]
     base, corrected = Counting(mixture), Counting(mixture)
     dode.sample(base, noise(3), sigmas, "dpmpp_2m")
     dode.sample(corrected, noise(3), grid, "dpmpp_2m", again)
@@ -199,7 +201,7 @@ def test_teacher_spec_round_trips_and_bad_grids_are_refused():
             GridSpec("explicit", 2, values=values)
     lam = dode.Lambdas([0.0, 0.1], "euler", [80.0, 1.0, 0.0], fit={"start_sigmas": "80,2,0"})
     with pytest.raises(ValueError, match="fit.start_sigmas"):
-        lam.sampling_grid(torch.tensor([80.0, 2.0, 0.0], dtype=torch.float64))
+        implied_grid(lam, torch.tensor([80.0, 2.0, 0.0], dtype=torch.float64))
 
 
 def test_a_model_trained_down_to_sigma_zero_gets_a_positive_sigma_floor():

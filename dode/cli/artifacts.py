@@ -1,4 +1,4 @@
-"""``dode artifacts list|show|get|verify|gc``: browse, download, check and clean the artifact registry."""
+"""``dode artifacts list|show|get|verify|gc|reindex``: browse, download, check, clean and index the artifact registry."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ FORMATS = {"png": write_pngs, "npz": write_npz, "files": fetch_parts}  # how `ge
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
-        name, help="list, show, download (get), verify and clean (gc) registry artifacts",
+        name, help="list, show, download (get), verify, clean (gc) and index (reindex) registry artifacts",
         description="Artifacts are immutable and addressed by the sha256 of their content; any unique id "
         "prefix works. The registry is --registry URI, else $DODE_REGISTRY, else ./dode-registry "
         "(S3: s3://bucket/prefix, with AWS_ENDPOINT_URL or FSSPEC_S3_ENDPOINT_URL for other servers).",
@@ -64,6 +64,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     gc.add_argument("--out", action="append", default=[], metavar="DIR",
                     help="also remove what interrupted `get`s left in DIR (repeatable)")
     gc.set_defaults(func=run_gc)
+
+    reindex = actions.add_parser("reindex", parents=[registry],
+                                 help="give every artifact its key index entry (registries written before the index)",
+                                 description="Lookups by kind and key read only the manifests the key index names "
+                                 "(dode.store.key_index); a registry written by an older dode is listed whole "
+                                 "until this writes the missing entries. Safe to rerun and to run while others publish.")
+    reindex.set_defaults(func=run_reindex)
 
 
 def open_registry(args: argparse.Namespace) -> Registry:
@@ -137,4 +144,11 @@ def run_gc(args: argparse.Namespace) -> int:
     for entry in removed:
         print(printable(f"removed {entry.path} ({entry.size} bytes)"), file=sys.stderr)
     print(f"{len(removed)} stale partial file(s) removed, {sum(e.size for e in removed)} bytes")
+    return 0
+
+
+def run_reindex(args: argparse.Namespace) -> int:
+    reg = open_registry(args)
+    written = reg.reindex()
+    print(f"{written} key index entr{'y' if written == 1 else 'ies'} written; {reg.uri} is indexed")
     return 0

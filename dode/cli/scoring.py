@@ -124,10 +124,10 @@ def base_sampler(args: argparse.Namespace) -> tuple[str, dict]:
     return solver, GridSpec.for_calls(args.grid or "karras", solver, args.nfe, args.first_step or "network").to_dict()
 
 
-def implied_sampler(registry, args: argparse.Namespace) -> tuple[str, dict]:
-    """(solver, grid) of the lambdas: their solver, and the grid they were fitted on (the job samples on their
-    learned grid where they have one, ``Lambdas.sampling_grid``), else their own sigmas as an explicit grid.
-    --solver, --nfe and --grid may be given only when they agree."""
+def implied_sampler(registry, args: argparse.Namespace) -> tuple[str, None]:
+    """(solver, grid) of the lambdas: their solver, and no grid (the job samples on the grid they were fitted
+    on, learned or not: ``dode.fitted``). --solver, --nfe and --grid may be given only when they agree with
+    what the lambdas imply; --sigmas never (an explicit grid passed with lambdas is theirs or an error)."""
     from ..grids import GridSpec
     from ..sampling import network_calls
     from ..store.lambdas import load_lambdas
@@ -146,7 +146,7 @@ def implied_sampler(registry, args: argparse.Namespace) -> tuple[str, dict]:
     if clash:
         raise ValueError(f"lambdas {art.short} were fitted for solver {lam.solver}, NFE {calls} on a {grid.family} "
                          f"grid; drop {', '.join(clash)}: --lambdas implies them")
-    return lam.solver, grid.to_dict()
+    return lam.solver, None
 
 
 def _add_fid(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,8 @@
-"""Lambdas as registry artifacts: one ``lambdas.json`` (``Lambdas.to_json``) per artifact.
+"""Lambdas on disk: the ``lambdas.json`` format (its schema versions; this module owns it) and the registry
+artifact that holds one (``save_lambdas``, ``load_lambdas``).
+
+The JSON object is ``Lambdas``' fields plus ``schema_version``: version 2 added objective, options, fit and
+model; version 3 first_step. Every version is read (the fields it lacks take their defaults).
 
 Lambdas carry the fingerprint of the model they were fitted on (``Lambdas.model``, also recorded as
 the artifact's ``model_fingerprint`` param); ``load_lambdas(..., model=fingerprint)`` refuses weights
@@ -7,13 +11,50 @@ fitted on another model unless ``allow_other_model``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, fields
 from typing import Any
 
 from ..correction import Lambdas
 from .registry import Artifact, Registry
 
 LAMBDAS_FILE = "lambdas.json"
+LAMBDAS_SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
+
+
+def lambdas_to_dict(lambdas: Lambdas) -> dict[str, Any]:
+    """The JSON object of ``lambdas`` at the current schema version."""
+    return {"schema_version": LAMBDAS_SCHEMA_VERSION, **asdict(lambdas)}
+
+
+def lambdas_to_json(lambdas: Lambdas) -> str:
+    return json.dumps(lambdas_to_dict(lambdas), indent=2, sort_keys=True)
+
+
+def lambdas_from_dict(data: Any) -> Lambdas:
+    """Lambdas from their JSON object (any readable schema version); one ValueError naming the problem otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError(f"lambdas must be a JSON object, got a {type(data).__name__}")
+    data = dict(data)
+    version = data.pop("schema_version", None)
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise ValueError(f"lambdas schema version {version!r}, this dode reads {list(READABLE_SCHEMA_VERSIONS)}; "
+                         "re-distill with this version of dode")
+    known = {f.name for f in fields(Lambdas)}
+    unknown, missing = sorted(set(data) - known), [k for k in ("values", "solver", "sigmas") if k not in data]
+    if unknown or missing:
+        raise ValueError(f"malformed lambdas: unknown fields {unknown}, missing fields {missing}")
+    return Lambdas(**data)
+
+
+def lambdas_from_json(text: str) -> Lambdas:
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"lambdas are not valid JSON: {err}") from None
+    return lambdas_from_dict(data)
 
 
 def save_lambdas(
@@ -30,7 +71,7 @@ def save_lambdas(
             "correction": lambdas.correction, **(params or {})}
     if lambdas.model:
         info["model_fingerprint"] = lambdas.model
-    files = {LAMBDAS_FILE: lambdas.to_json().encode()}
+    files = {LAMBDAS_FILE: lambdas_to_json(lambdas).encode()}
     return reg.publish("lambdas", key, files, params=info, parents=parents, provenance=provenance)
 
 
@@ -54,7 +95,7 @@ def load_lambdas(
     art = reg.get(ref)
     if art.kind != "lambdas":
         raise ValueError(f"artifact {art.short} is a {art.kind!r} artifact ({art.key}), not 'lambdas'")
-    lambdas = Lambdas.from_json(reg.read_bytes(art, LAMBDAS_FILE).decode())
+    lambdas = lambdas_from_json(reg.read_bytes(art, LAMBDAS_FILE).decode())
     if model:
         check_model(reg, art, lambdas, model, allow_other_model=allow_other_model)
     return lambdas

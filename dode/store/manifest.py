@@ -60,6 +60,16 @@ class Artifact:
         return {"manifest_version": MANIFEST_VERSION, **asdict(self), "parents": list(self.parents)}
 
 
+def manifest_key(id: str) -> str:
+    """Where artifact ``id``'s manifest lives, relative to the registry root."""
+    return f"artifacts/{id}/{MANIFEST}"
+
+
+def file_key(id: str, name: str) -> str:
+    """Where file ``name`` of artifact ``id`` lives, relative to the registry root."""
+    return f"artifacts/{id}/files/{name}"
+
+
 def printable(text: str) -> str:
     """``text`` for a terminal: control characters, line separators and bidirectional overrides escaped
     (``\\x1b``, ``\\u202e``), so what a manifest or file name says is printed, never executed."""

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .manifest import Artifact, load_json
+from .manifest import HEX64, Artifact, file_key, load_json, manifest_key
 from .storage import CHUNK, Refused, chunks, local_tree
 
 VERIFIED: set[tuple[tuple[int, ...], str]] = set()  # (file state token, sha256) checked in this process
@@ -62,7 +62,8 @@ def local_token(path: Path) -> tuple[int, ...]:
 
 
 class VerifiedReads:
-    """The reading half of ``Registry`` (it provides ``storage``, ``uri``, ``cache_dir``, ``get``, ``load``)."""
+    """The reading half of ``Registry`` (it provides ``storage``, ``uri``, ``cache_dir``, ``get``, ``load``):
+    file contents, each verified, and whether an artifact is intact."""
 
     def entry(self, ref: str | Artifact, name: str) -> tuple[Artifact, dict[str, Any]]:
         art = self.get(ref)
@@ -79,7 +80,7 @@ class VerifiedReads:
         """One file's content, hashed as it is read and checked against its sha256 and size."""
         art, entry = self.entry(ref, name)
         try:
-            sha, size, data = hash_blocks(self.blocks(self.file_key(art.id, name)), entry["size"])
+            sha, size, data = hash_blocks(self.blocks(file_key(art.id, name)), entry["size"])
         except FileNotFoundError:
             raise self.corrupt(art, name, "is missing") from None
         except Refused as err:
@@ -102,7 +103,7 @@ class VerifiedReads:
 
         A match is remembered per file state (``VERIFIED``); ``fresh`` re-hashes regardless.
         """
-        key, sha = self.file_key(art.id, name), art.files[name]["sha256"]
+        key, sha = file_key(art.id, name), art.files[name]["sha256"]
         try:
             token = self.storage.token(key)
             if token is not None and not fresh and (token, sha) in VERIFIED:
@@ -121,10 +122,18 @@ class VerifiedReads:
             VERIFIED.add((token, sha))
         return why
 
+    def intact(self, id: str) -> bool:
+        """Whether artifact ``id`` is in the registry now, its manifest sound and every file verified (remembered
+        per file state): what a resumed run checks before trusting a cached result that names ``id``."""
+        if not (isinstance(id, str) and HEX64.fullmatch(id) and self.storage.exists(manifest_key(id))):
+            return False
+        art = self.load(id)
+        return art is not None and all(self.file_problem(art, name) is None for name in art.files)
+
     def local_path(self, ref: str | Artifact, name: str) -> Path:
         """A local read-only path to one verified file: the registry's own file, or a verified cached copy."""
         art, entry = self.entry(ref, name)
-        key = self.file_key(art.id, name)
+        key = file_key(art.id, name)
         try:
             path = self.storage.local_file(key)
         except (FileNotFoundError, Refused) as err:
@@ -162,7 +171,7 @@ class VerifiedReads:
         entry = art.files[name]
         try:
             with open(tmp, "xb") as out:
-                digest, size, _ = hash_blocks(tee(self.blocks(self.file_key(art.id, name)), out), -1)
+                digest, size, _ = hash_blocks(tee(self.blocks(file_key(art.id, name)), out), -1)
         except FileNotFoundError:
             tmp.unlink(missing_ok=True)
             raise self.corrupt(art, name, f"is missing from {self.uri}") from None

@@ -4,11 +4,14 @@ Layout under the registry root (a ``Storage``: a local directory or any fsspec U
 
     artifacts/<id>/files/<name>...   the artifact's files, byte for byte
     artifacts/<id>/manifest.json     kind, key, params, parents, provenance, files' sha256 and sizes
+    index/                           the key index: lookup by kind and key (``dode.store.key_index``)
     staging/                         partial files of live writers (``dode.store.staging``)
 
-Publishing writes every file first and the manifest last: an artifact exists exactly when its manifest
-does, so a crash leaves nothing visible, and concurrent publishers of the same artifact write identical
-bytes. Every read verifies: a manifest must hash to its id (else the artifact is refused), and every
+This module holds the layout and publishing; the other jobs live in their own modules, which ``Registry``
+composes: finding and lineage (``lookup``), verified reads (``reads``), downloads (``fetch``), checking
+(``verify``) and cleaning (``staging``). Publishing writes every file first, then the key index entry, and
+the manifest last: an artifact exists exactly when its manifest does, so a crash leaves nothing visible,
+and concurrent publishers of the same artifact write identical bytes. Every read verifies: a manifest must hash to its id (else the artifact is refused), and every
 file is checked against its sha256 and size (``dode.store.reads``). Provenance is what the caller passes (``Registry(provenance=...)`` and
 ``publish(provenance=...)``) plus the dode, Python and package versions; the registry reads no
 orchestrator state.
@@ -16,12 +19,10 @@ orchestrator state.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib.metadata
 import json
 import os
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -29,21 +30,22 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from . import key_index
+from .lookup import Lookup, check_kind
 from .manifest import (
     HEX64,
     KINDS,
-    MANIFEST,
-    MAX_JSON_BYTES,
     Artifact,
     artifact_id,
     canonical_json,
     expand_files,
-    parse_manifest,
+    file_key,
+    manifest_key,
     printable,
 )
 from .reads import VerifiedReads, file_sha256
 from .staging import StagingArea, Stale, collect, stale_entries
-from .storage import LocalStorage, Refused, Storage, open_storage, stage
+from .storage import LocalStorage, Storage, open_storage, stage
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dode" / "registry"
 PACKAGES = ("torch", "numpy", "pyarrow", "diffusers", "fsspec", "s3fs", "pytorch-fid")
@@ -63,7 +65,7 @@ def static_provenance() -> dict[str, Any]:
     return {"dode_version": __version__, "python": sys.version.split()[0], "packages": packages}
 
 
-class Registry(VerifiedReads):
+class Registry(Lookup, VerifiedReads):
     """Content-addressed artifacts in a ``Storage`` (a local directory or any fsspec URL).
 
     ``uri`` is required (entry points resolve the default with ``dode.store.location.registry_location``).
@@ -94,6 +96,8 @@ class Registry(VerifiedReads):
         self.manifests: dict[str, Artifact] = {}
         self.broken: dict[str, list[str]] = {}
         self.writable = False
+        self.indexed: bool | None = None  # whether the key index covers every artifact; None: not read yet
+        self.seen_artifacts = False  # whether an unindexed registry was seen holding a (complete) artifact
 
     def __repr__(self) -> str:
         return f"Registry({self.uri!r})"
@@ -104,13 +108,8 @@ class Registry(VerifiedReads):
         return isinstance(self.storage, LocalStorage)
 
     # Keys and places.
-    @staticmethod
-    def file_key(id: str, name: str) -> str:
-        return f"artifacts/{id}/files/{name}"
-
-    @staticmethod
-    def manifest_key(id: str) -> str:
-        return f"artifacts/{id}/{MANIFEST}"
+    file_key = staticmethod(file_key)
+    manifest_key = staticmethod(manifest_key)
 
     def manifest_path(self, id: str) -> str:
         return self.storage.path(self.manifest_key(id))
@@ -118,12 +117,6 @@ class Registry(VerifiedReads):
     def url(self, art: Artifact) -> str:
         """Where an artifact's manifest lives: a file:// URI, or the fsspec URL."""
         return self.storage.url(self.manifest_key(art.id))
-
-    def get_command(self, art: Artifact, out: str | None = None) -> str:
-        """The ``dode artifacts get`` command line that downloads ``art``, verified, into ``out`` (default: the
-        id's first 12 digits): works on any machine that reaches this registry, where a file:// URL does not."""
-        return (f"dode artifacts get {art.id} --registry {shlex.quote(self.uri)} "
-                f"--out {shlex.quote(out or art.id[:12])}")
 
     def staging(self) -> StagingArea:
         """A private local directory for partial files (``with reg.staging() as area: area.path``)."""
@@ -151,14 +144,14 @@ class Registry(VerifiedReads):
         An existing artifact with a damaged, missing or unlisted file, or a broken manifest, is repaired
         from the content being published (it hashes to the same id).
         """
-        if kind not in KINDS:
-            raise ValueError(f"unknown artifact kind {kind!r}; choose one of {list(KINDS)}")
+        check_kind(kind)
         if not isinstance(key, str) or not key.strip() or printable(key) != key:
             raise ValueError(f"artifact key must be a non-empty one-line string like 'digits-ddpm/euler/nfe5', got {key!r}")
         params = json.loads(canonical_json(dict(params or {})))
         parent_arts = [self.get(p.id if isinstance(p, Artifact) else p) for p in parents]
         files = expand_files(files)
         self.check_writable()
+        fresh = self.fresh()  # before anything of this artifact is written
 
         # Stage every file (hashed while copied), then files into place and the manifest last.
         with self.staging() as area:
@@ -169,6 +162,7 @@ class Registry(VerifiedReads):
                 if existing is None or self.file_problem(existing, name) is not None:
                     self.storage.commit(s.path, self.file_key(id, name))
             if existing is not None:
+                key_index.add_entry(self.storage, existing)
                 if not self.storage.exists(self.manifest_key(id)):  # known here, deleted there: restore it
                     self.storage.commit(json.dumps(existing.to_dict(), indent=2, sort_keys=True).encode(),
                                         self.manifest_key(id))
@@ -177,10 +171,27 @@ class Registry(VerifiedReads):
                            self.provenance(provenance, parent_arts),
                            {n: {"sha256": s.sha256, "size": s.size} for n, s in sorted(staged.items())},
                            datetime.now(timezone.utc).isoformat())
+            key_index.add_entry(self.storage, art)
             self.storage.commit(json.dumps(art.to_dict(), indent=2, sort_keys=True).encode(), self.manifest_key(id))
         self.manifests[id] = art
         self.broken.pop(id, None)
+        if fresh:
+            key_index.mark_indexed(self.storage)
+            self.indexed = True
         return art
+
+    def fresh(self) -> bool:
+        """Whether the registry holds no artifact and no key index yet: its first artifact marks it indexed
+        (``dode.store.key_index``); a registry written before the index is listed once per ``Registry``."""
+        if self.is_indexed() or self.seen_artifacts:
+            return False
+        self.seen_artifacts = any(self.storage.exists(manifest_key(d)) for d in self.storage.listdir("artifacts")
+                                  if HEX64.fullmatch(d))
+        return not self.seen_artifacts
+
+    def reindex(self) -> int:
+        """Give every artifact its key index entry and mark the registry indexed; returns the entries written."""
+        return key_index.reindex(self)
 
     def publish_json(
         self, kind: str, key: str, obj: Any, *, params: Mapping[str, Any] | None = None,
@@ -202,105 +213,6 @@ class Registry(VerifiedReads):
         out.update(json.loads(canonical_json(dict(extra or {}))))
         return out
 
-    # Manifests.
-    def load(self, id: str) -> Artifact | None:
-        """The artifact ``id`` when its manifest exists and is sound; None otherwise (problems in ``broken``)."""
-        if id in self.manifests:
-            return self.manifests[id]
-        try:
-            raw = self.storage.read(self.manifest_key(id), MAX_JSON_BYTES)
-        except FileNotFoundError:
-            return None
-        except (OSError, Refused) as err:
-            self.broken[id] = [f"manifest is unreadable ({err})"]
-            return None
-        return self.parsed(id, raw)
-
-    def parsed(self, id: str, raw: bytes) -> Artifact | None:
-        art, problems = parse_manifest(id, raw)
-        if art is None:
-            self.broken[id] = problems
-            return None
-        self.manifests[id] = art
-        self.broken.pop(id, None)
-        return art
-
-    def exists(self, id: str) -> bool:
-        return id in self.manifests or self.storage.exists(self.manifest_key(id))
-
-    def ids(self) -> list[str]:
-        """Ids of every complete, sound artifact (broken manifests are kept in ``broken``, see ``verify``)."""
-        dirs = [d for d in self.storage.listdir("artifacts") if HEX64.fullmatch(d)]
-        unknown = [d for d in dirs if d not in self.manifests]
-        if unknown:
-            for key, raw in self.storage.read_many((self.manifest_key(d) for d in unknown), MAX_JSON_BYTES).items():
-                self.parsed(key.split("/")[1], raw)
-        return sorted(d for d in dirs if d in self.manifests)
-
-    def list(self, kind: str | None = None) -> list[Artifact]:
-        """Every artifact (of ``kind``), oldest first."""
-        if kind is not None and kind not in KINDS:
-            raise ValueError(f"unknown artifact kind {kind!r}; choose one of {list(KINDS)}")
-        arts = [self.manifests[i] for i in self.ids()]
-        return sorted((a for a in arts if kind is None or a.kind == kind), key=lambda a: (a.created, a.id))
-
-    def find(self, kind: str, key: str | None = None, **params: Any) -> list[Artifact]:
-        """Artifacts of ``kind`` (with ``key``) whose params include ``params``, newest first."""
-        want = json.loads(canonical_json(params))
-        hits = [a for a in self.list(kind)
-                if (key is None or a.key == key) and all(a.params.get(k) == v for k, v in want.items())]
-        return hits[::-1]
-
-    def find_intact(self, kind: str, key: str | None = None, **params: Any) -> list[Artifact]:
-        """``find``, keeping only artifacts whose every file verifies (``intact``): what a step reuses instead of
-        computing, so a damaged result is computed again and republishing it repairs the registry."""
-        return [a for a in self.find(kind, key, **params) if self.intact(a.id)]
-
-    def refuse(self, id: str) -> ValueError:
-        return ValueError(f"artifact {id[:12]} in {self.uri} is refused: {'; '.join(self.broken[id])}; "
-                          "run `dode artifacts verify` (republishing the same content repairs it)")
-
-    def get(self, ref: str | Artifact) -> Artifact:
-        """The artifact with this id or unique id prefix, its manifest verified; a ValueError otherwise."""
-        if isinstance(ref, Artifact):
-            return ref
-        ref = str(ref).strip().lower()
-        if HEX64.fullmatch(ref):
-            if self.load(ref) is not None:
-                return self.manifests[ref]
-            if ref in self.broken:
-                raise self.refuse(ref)
-        ids = self.ids() if ref else []
-        hits = [i for i in ids if i.startswith(ref)] if ref else []
-        if len(hits) == 1:
-            return self.manifests[hits[0]]
-        if hits:
-            listing = "\n  ".join(self.manifests[i].line() for i in hits[:10])
-            raise ValueError(f"artifact id prefix {ref!r} is ambiguous in {self.uri}; give more characters:\n  {listing}")
-        bad = [i for i in self.broken if ref and i.startswith(ref)]
-        if bad:
-            raise self.refuse(bad[0])
-        close = difflib.get_close_matches(ref, [i[: len(ref)] for i in ids], n=5, cutoff=0.5)
-        near = [self.manifests[i] for i in ids if i[: len(ref)] in close]
-        near += [a for a in (self.manifests[i] for i in ids) if ref and ref in a.key.lower() and a not in near]
-        hint = "close matches:\n  " + "\n  ".join(a.line() for a in near[:5]) if near else "see `dode artifacts list`"
-        raise ValueError(f"no artifact {ref!r} in registry {self.uri}; {hint}")
-
-    def lineage(self, ref: str | Artifact) -> list[Artifact]:
-        """The artifact, then its parents, theirs, ... down to the model (depth first, each once)."""
-        out: list[Artifact] = []
-        todo = [self.get(ref)]
-        while todo:
-            art = todo.pop()
-            if any(a.id == art.id for a in out):
-                continue
-            out.append(art)
-            for parent in reversed(art.parents):
-                if not self.exists(parent):
-                    raise ValueError(f"artifact {art.short} names parent {parent[:12]}, which is not in {self.uri}")
-                todo.append(self.get(parent))
-        return out
-
     def fetch(self, ref: str | Artifact, out_dir: str | os.PathLike, *, force: bool = False) -> Path:
         """Download every file of an artifact into ``out_dir`` (only inside it), each verified; all or nothing.
 
@@ -311,14 +223,6 @@ class Registry(VerifiedReads):
         return fetch(self, self.get(ref), Path(out_dir), force=force)
 
     # Checking and cleaning.
-    def intact(self, id: str) -> bool:
-        """Whether artifact ``id`` is in the registry now, its manifest sound and every file verified (remembered
-        per file state): what a resumed run checks before trusting a cached result that names ``id``."""
-        if not (isinstance(id, str) and HEX64.fullmatch(id) and self.storage.exists(self.manifest_key(id))):
-            return False
-        art = self.load(id)
-        return art is not None and all(self.file_problem(art, name) is None for name in art.files)
-
     def check_readable(self) -> None:
         """A ValueError unless the registry exists and can be read (a missing path, a file, no credentials)."""
         self.storage.check_readable()

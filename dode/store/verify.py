@@ -5,7 +5,8 @@ not hash to its id; each file missing, a symbolic link, or failing its size or s
 re-hashed); entries under ``files/`` the manifest does not list; missing parents. For the whole
 registry also entries of ``artifacts/`` that are not ids, symbolic links where a folder belongs
 (``artifacts/`` itself, an artifact folder, ``staging/``: nothing behind them is read or counted as the
-registry's), and stale partial files in ``staging/``.
+registry's), the key index's gaps and stray entries (``dode.store.key_index.index_problems``), and stale
+partial files in ``staging/``.
 An artifact directory without a manifest is an unfinished publish: invisible, and not a problem.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .key_index import index_problems
 from .manifest import HEX64, Artifact, printable
 from .staging import staging_problem
 
@@ -76,5 +78,6 @@ def verify(reg: Any, ref: str | Artifact | None = None) -> list[str]:
         return verify_one(reg, target(reg, ref, ids))
     for id in ids:
         problems += verify_one(reg, id)
+    problems += index_problems(reg, ids)
     staging = [staging_problem(reg.storage.staging)] if staging_problem(reg.storage.staging) else []
     return problems + staging + [printable(s.line()) for s in reg.stale()]

@@ -23,9 +23,6 @@ from .sampling import prepare
 from .teacher import TeacherConfig, teacher_states
 from .types import Denoiser, Tensor
 
-HOLDOUT = FitConfig().holdout  # the guard's share of the distillation noise
-SELECTION = FitConfig().selection  # the selection split's share, for objectives that select iterations
-
 
 def distill(
     denoiser: Denoiser,
@@ -62,27 +59,25 @@ def distill(
     return fit_guarded(denoiser, noise, sigmas, solver, targets, plan.record(), fit, features=features, first=first)
 
 
-def split(n: int, guard: bool, holdout: float = HOLDOUT, selection: float = SELECTION,
-          selects: bool = False) -> tuple[int, int, int]:
-    """How n noise samples divide into (fit, selection, guard), in that order: the guard judges the last
-    round(holdout n), the selection split (only for an objective that ``selects``) is the round(selection n)
-    before them, each at least one, and at least one sample is fitted on. Without the guard every sample is
-    fitted on (and an objective selects on its fit split).
+def split(n: int, fit: FitConfig | Mapping[str, Any] | None = None) -> tuple[int, int, int]:
+    """How n noise samples divide into (fit, selection, guard), in that order, under ``fit``: the guard judges
+    the last round(holdout n), the selection split (only for an objective that selects its iterations) is the
+    round(selection n) before them, each at least one, and at least one sample is fitted on. Without the guard
+    every sample is fitted on (and an objective selects on its fit split).
 
-    The default gives the demo's 256 noises a 96 / 32 / 128 split: 128 guard samples measure the Frechet
-    distance in 32 dimensions (``dode.guard.projection``: at least 4 samples per dimension).
+    The defaults give the demo's 256 noises a 96 / 32 / 128 split for the final objective: 128 guard samples
+    measure the Frechet distance in 32 dimensions (``dode.guard.projection``: at least 4 samples per dimension).
     """
-    if not guard:
+    fit = build(FitConfig, fit)
+    if not fit.guard:
         return n, 0, 0
-    for name, value in (("holdout", holdout), ("selection", selection)):
-        if not 0 < value < 1:
-            raise ValueError(f"{name} must be a fraction in (0, 1), got {value!r}")
+    selects = fit.objective in SELECTING
     needed = 3 if selects else 2
     if n < needed:
         raise ValueError(f"the guard needs at least {needed} noise samples (one fitted on, "
                          f"{'one for selection, ' if selects else ''}one held out); pass more noise or guard=False")
-    n_guard = min(n - needed + 1, max(1, round(holdout * n)))
-    n_selection = min(n - n_guard - 1, max(1, round(selection * n))) if selects else 0
+    n_guard = min(n - needed + 1, max(1, round(fit.holdout * n)))
+    n_selection = min(n - n_guard - 1, max(1, round(fit.selection * n))) if selects else 0
     return n - n_selection - n_guard, n_selection, n_guard
 
 
@@ -127,7 +122,7 @@ def fit_split(
     if len(targets) != nfe or any(t.shape != noise.shape for t in targets):
         raise ValueError(f"need {nfe} teacher targets of shape {tuple(noise.shape)}, one per network evaluation")
     objective = get_objective(fit.objective)
-    n_fit, n_selection, _ = split(len(noise), fit.guard, fit.holdout, fit.selection, fit.objective in SELECTING)
+    n_fit, n_selection, _ = split(len(noise), fit)
     guarded = n_fit + n_selection
     targets = [t.to(noise.device, torch.float64) for t in targets]
     final = targets[-1]

@@ -21,7 +21,7 @@ from .metrics.scores import check_metrics
 from .models import check_model_name
 from .solvers import SOLVERS
 from .sweep import check_choice, plan_cells, plan_variants
-from .teacher import TeacherConfig
+from .teacher import TeacherConfig, check_official
 
 DEFAULT_MODEL = "mixture-smooth"
 ModelName = Annotated[str, checked(check_model_name)]
@@ -45,11 +45,9 @@ class ScoringConfig(Config):
 
 
 def check_alignment(teacher: TeacherConfig, solvers: list[str], family: str) -> None:
-    """``official`` alignment exists for the reference code's cases only: euler and heun on Karras grids."""
-    if teacher.alignment == "official" and (family != "karras" or set(solvers) - {"euler", "heun"}):
-        raise ValueError("official alignment (the reference code's Euler teacher) is defined for the solvers euler "
-                         "and heun on karras grids here; use alignment=exact for "
-                         f"{sorted(set(solvers) - {'euler', 'heun'}) or family}")
+    """``official`` alignment exists for the reference code's cases only (``dode.teacher.OFFICIAL``)."""
+    if teacher.alignment == "official":
+        check_official(solvers, family)
 
 
 class TeacherRun(Config):

@@ -28,6 +28,7 @@ from .schedules import is_karras, karras_sigmas, refine, vp_sigmas
 from .solvers import get_solver
 from .types import Denoiser, Evaluation, Tensor
 
+OFFICIAL = {"karras": ("euler", "heun"), "ddim": ("euler",)}  # the reference code's cases: grid family -> solvers
 StateSink = Callable[[int, Tensor, "Tensor | None"], None]  # (teacher grid index, state, raw D at that state)
 
 
@@ -111,11 +112,19 @@ class TeacherConfig(Config):
                 fine_steps = min(len(table), c * steps)
                 targets = tuple(min((k + 1) * c, fine_steps) for k in range(nfe - 1)) + (fine_steps,)
                 return TeacherPlan(self, vp_sigmas(abar, fine_steps, "ddim"), "euler", targets)
-        raise ValueError(
-            "official alignment is defined for 'euler' and 'heun' on Karras grids (dode.karras_sigmas) and for "
-            "'euler' on the DDIM integer grid of a discrete model (dode.vp_sigmas(..., 'ddim')); "
-            "use alignment='exact' for anything else"
-        )
+        raise ValueError(f"official alignment is defined for {official_cases()} (a ddim grid of a discrete model's "
+                         "training schedule, dode.vp_sigmas(..., 'ddim')); use alignment='exact' for anything else")
+
+
+def official_cases() -> str:
+    return "; ".join(f"{' and '.join(solvers)} on {family} grids" for family, solvers in OFFICIAL.items())
+
+
+def check_official(solvers: Iterable[str], family: str) -> None:
+    """One ValueError unless official alignment is defined for every solver on a ``family`` grid (``OFFICIAL``)."""
+    if set(solvers) - set(OFFICIAL.get(family, ())):
+        raise ValueError(f"official alignment (the reference code's Euler teacher) is defined for {official_cases()}; "
+                         f"use alignment=exact for {sorted(set(solvers))} on {family} grids")
 
 
 def check_lands(solver: str, steps: int, indices: Iterable[int]) -> None:

@@ -27,13 +27,8 @@ from dode import progress, runs
 from dode.config import build
 from dode.report import text_table
 
-STAGES: dict[str, str] = {  # stage -> its flow, as prefect.yaml's entrypoints name it (its config: dode.runs.STAGES)
-    "pipeline": "flows.pipeline:pipeline_flow",
-    "teacher": "flows.stages:teacher_flow",
-    "distill": "flows.stages:distill_flow",
-    "sample": "flows.stages:sample_flow",
-    "score": "flows.stages:score_flow",
-}
+STAGES = runs.STAGES  # stage -> its configuration; its flow is the one named "dode-<stage>" (``entrypoint``)
+FLOW_MODULES = ("flows.pipeline", "flows.stages")
 CONFIG = "config"  # the flows' configuration parameter
 SCALARS: dict[str, Callable[[str], Any]] = {"string": str, "integer": int, "number": float}  # JSON schema types
 
@@ -53,11 +48,23 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(func=main)
 
 
-def load_flow(stage: str) -> Any:
-    """The Prefect flow of a stage (imports the flow's module, and Prefect)."""
+def entrypoint(stage: str) -> str:
+    """The stage's flow as prefect.yaml's entrypoints name it ("module:attribute"): the flow of FLOW_MODULES
+    named "dode-<stage>" (imports the flow modules, and Prefect). A new stage needs no line here."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
-    module, name = STAGES[stage].split(":")
+    from prefect import Flow
+
+    for module in FLOW_MODULES:
+        for attribute, obj in vars(importlib.import_module(module)).items():
+            if isinstance(obj, Flow) and obj.name == f"dode-{stage}":
+                return f"{module}:{attribute}"
+    raise ValueError(f"no flow named 'dode-{stage}' in {list(FLOW_MODULES)}")
+
+
+def load_flow(stage: str) -> Any:
+    """The Prefect flow of a stage (imports the flow modules, and Prefect)."""
+    module, name = entrypoint(stage).split(":")
     return getattr(importlib.import_module(module), name)
 
 

@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 from .. import progress
+from ..config import SamplingConfig
 from ..gaussian import FIRST_STEPS
 from ..grids import FAMILIES
 from ..metrics.features import EXTRACTORS, INCEPTION_DIMS
+
+SAMPLING = SamplingConfig()  # the defaults of a sampling job, as the flows' (dode.config)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -54,12 +57,14 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    help="lambdas artifact id (or unique prefix); implies solver, NFE and grid (learned grids too)")
     p.add_argument("--allow-other-model", action="store_true",
                    help="use --lambdas even if they were fitted on another model (refused by default)")
-    p.add_argument("--n-samples", type=int, default=1000, help="samples in the job (default %(default)s)")
-    p.add_argument("--first-seed", type=int, default=0,
+    p.add_argument("--n-samples", type=int, default=SAMPLING.n_samples, help="samples in the job (default %(default)s)")
+    p.add_argument("--first-seed", type=int, default=SAMPLING.first_seed,
                    help="seed of the first sample; sample k uses seed first_seed + k (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per batch and per stored chunk")
+    p.add_argument("--batch-size", type=int, default=SAMPLING.batch_size,
+                   help="samples per batch and per stored chunk (default %(default)s)")
     p.add_argument("--shard", type=int, default=0, help="which shard this worker computes (0-based)")
-    p.add_argument("--num-shards", type=int, default=1, help="shards the job's chunks are split into (default 1)")
+    p.add_argument("--num-shards", type=int, default=SAMPLING.num_shards,
+                   help="shards the job's chunks are split into (default %(default)s)")
     p.add_argument("--png-dir", default=None,
                    help="also write the samples as <seed>.png here (a real folder outside the registry)")
     p.add_argument("--force", action="store_true", help="overwrite PNGs in --png-dir that hold other content")

@@ -49,7 +49,7 @@ from .store.samples import MAX_CHUNKS, SAMPLES_SCHEMA_VERSION, iter_samples
 from .types import Denoiser, Tensor
 
 CONVERSION = "uint8 = clip(round((x + 1) * 127.5), 0, 255) of model-space x in [-1, 1]"
-ChunkHook = Callable[[int, Any], None]  # (chunk index, chunk artifact) after each chunk is available
+ChunkHook = Callable[[int, Any, bool], None]  # (chunk index, chunk artifact, computed now) after each chunk
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ def run_sampling(
             arts.append(art)
             bar.update(len(job.chunk_seeds(c)))
             if on_chunk is not None:
-                on_chunk(c, art)
+                on_chunk(c, art, c not in stored)
     stored = run.stored_chunks() if num_shards > 1 else dict(zip(chunks, arts))
     if len(stored) == job.num_chunks:
         return run.publish_index(run.job.key(), list(range(job.num_chunks)), [stored[c] for c in range(job.num_chunks)])

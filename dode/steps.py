@@ -111,7 +111,7 @@ def register_model(registry: str, name: str) -> str:
     """The model as a "model" artifact (its diffusers folder, or a JSON description of an in-memory model):
     the root of every lineage."""
     reg, m = open_registry(registry), model(name)
-    found = reg.find_intact("model", fingerprint=m.fingerprint)
+    found = reg.find_intact("model", m.name, fingerprint=m.fingerprint)
     if found:
         return found[0].id
     info = {"name": m.name, "fingerprint": m.fingerprint, "shape": list(m.shape), "type": type(m.denoiser).__name__}
@@ -232,12 +232,11 @@ def sample(registry: str, job: dict, shard: int = 0, num_shards: int = 1) -> str
     sampling = SamplingJob.from_dict(job)
     model(sampling.model)  # loaded once per process (run_sampling loads it again, from the OS cache)
     chunks = sampling.shard_chunks(shard, num_shards)
-    stored = {a.id for a in reg.find("samples", sampler_hash=sampling.sampler_hash())}
     computed = []
     progress = HOOKS[0].progress(f"sampling shard {shard}/{num_shards} of {sampling.key()}")
 
-    def done(c: int, art: Artifact) -> None:
-        if art.id not in stored:
+    def done(c: int, art: Artifact, now: bool) -> None:
+        if now:
             computed.append(c)
         progress(c - chunks.start + 1, len(chunks))
 

@@ -122,7 +122,7 @@ def test_an_interrupted_job_resumes_without_recomputing_finished_chunks(counting
     nfe = 5  # euler on a 5-step grid
     interrupted = job(model="counting-mixture", batch_size=3)  # chunks of 3, 3, 3, 1 samples
 
-    def crash_after_chunk_1(c, art):
+    def crash_after_chunk_1(c, art, now):
         if c == 1:
             raise KeyboardInterrupt
 

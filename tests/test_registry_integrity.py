@@ -323,7 +323,7 @@ def test_a_corrupted_sample_chunk_is_recomputed_on_rerun(tmp_path):
     with pytest.raises(ValueError, match="fails its sha256 check"):
         list(iter_samples(reg, art))
     computed = []
-    again = run_sampling(job, Registry(reg.uri), device="cpu", on_chunk=lambda c, a: computed.append(a.id))
+    again = run_sampling(job, Registry(reg.uri), device="cpu", on_chunk=lambda c, a, now: computed.append(a.id))
     assert again.id == art.id and computed[0] == first.id and path.read_bytes() == good
     assert Registry(reg.uri).verify() == []
 

@@ -161,7 +161,7 @@ def test_guard_features_and_timesteps_only_baseline(mixture):
 
 def test_objective_options_are_checked(mixture):
     sigmas = dode.karras_sigmas(4, 0.002, 80.0)
-    assert set(OBJECTIVES) == {"step", "final"}
+    assert set(OBJECTIVES) >= {"step", "final"}  # a superset: a new objective is tested unedited (test_objectives.py)
     with pytest.raises(ValueError, match="no option.*learn_sigmas"):
         dode.distill(mixture, noise(8), sigmas, "euler", learn_sigmas=True)
     with pytest.raises(ValueError, match="unknown objective 'global'.*final"):

@@ -52,6 +52,11 @@ def interleaved_times(fns, repeats: int) -> list[list[float]]:
     return times
 
 
+def best_times(fns, repeats: int) -> list[float]:
+    """The minimum of each function's interleaved wall times (bench/gpu.py's sampling columns)."""
+    return [min(ts) for ts in interleaved_times(fns, repeats)]
+
+
 def spread(values: list[float], fmt: str) -> str:
     """Median (min-max) of ``values``, each formatted with ``fmt``."""
     return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)} to {format(max(values), fmt)})"

@@ -30,8 +30,8 @@ from dode.first_step import from_model
 from dode.gaussian import FirstStep
 from dode.grids import GridSpec
 from dode.images import to_model, to_uint8
-from dode.metrics.guard_features import guard_features
 from dode.metrics.fid import frechet_distance
+from dode.metrics.guard_features import guard_features
 
 COLUMNS = ("plain", "plain t", "analytic", "analytic λ+t", "flowmap", "flowmap λ+t", "teacher")
 

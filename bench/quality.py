@@ -11,6 +11,7 @@ under "testbed/solver/nfe".
     .venv/bin/python bench/quality.py --testbeds digits-ddpm --n-eval 1000 --ref-steps 100
     .venv/bin/python bench/quality.py --testbeds mixture-smooth --solvers euler --nfe 4 5
     .venv/bin/python bench/quality.py --plot-only          # redraw bench/results/quality-*.png from the JSON
+    .venv/bin/python bench/quality.py --summary-only --testbeds mixture-smooth mixture-digits digits-ddpm
 """
 
 from __future__ import annotations
@@ -106,6 +107,25 @@ def plot(results: dict, out_dir: Path) -> None:
         plt.close(fig)
 
 
+def summary(results: dict, testbed: str) -> str:
+    """The counts the text quotes, computed from the stored cells of ``testbed``: where D-ODE (exact, guarded)
+    lowers RMSE and FD against the base, and `official` vs `exact` alignment like with like (both guard off)."""
+    cells = [v for k, v in results.items() if k.startswith(testbed + "/")]
+    official = [c for c in cells if "dode-official" in c]
+
+    def lower(variant: str, than: str, metric: str, among: list) -> int:
+        return sum(c[variant][metric] < c[than][metric] for c in among)
+
+    return (f"{testbed}: {len(cells)} cells; D-ODE (guarded) lowers RMSE to the ODE solution in "
+            f"{lower('dode', 'base', 'rmse', cells)} of {len(cells)}, FD in {lower('dode', 'base', 'fd', cells)}; "
+            f"without the guard RMSE in {lower('dode-noguard', 'base', 'rmse', cells)}, FD in "
+            f"{lower('dode-noguard', 'base', 'fd', cells)}. Official vs exact alignment, both guard off "
+            f"({len(official)} Euler/Heun cells): official has the lower FD in "
+            f"{lower('dode-official', 'dode-noguard', 'fd', official)}, the lower RMSE in "
+            f"{lower('dode-official', 'dode-noguard', 'rmse', official)}; official above the base in FD in "
+            f"{sum(c['dode-official']['fd'] > c['base']['fd'] for c in official)}.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--testbeds", nargs="+", default=["mixture-smooth", "mixture-digits"])
@@ -117,9 +137,14 @@ def main() -> None:
     parser.add_argument("--ref-steps", type=int, default=400, help="Heun steps of the reference ODE solve")
     parser.add_argument("--json", type=Path, default=Path("bench/results/quality.json"))
     parser.add_argument("--plot-only", action="store_true", help="only redraw the plots from --json")
+    parser.add_argument("--summary-only", action="store_true", help="only print --testbeds' summaries from --json")
     args = parser.parse_args()
     if args.plot_only:
         plot(json.loads(args.json.read_text()), args.json.parent)
+        return
+    if args.summary_only:
+        results = json.loads(args.json.read_text())
+        print("\n".join(summary(results, name) for name in args.testbeds))
         return
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
     for name in args.testbeds:
@@ -147,6 +172,7 @@ def main() -> None:
                 cols = [f"{cell[v]['fd']:.3f} / {cell[v]['rmse']:.3f}" if v in cell else "–" for v in VARIANTS]
                 print(f"| {solver} | {nfe} | " + " | ".join(cols) + f" |  <!-- {time.perf_counter() - t0:.1f}s -->",
                       flush=True)
+        print("\n" + summary(results, name))
     plot(results, args.json.parent)
 
 

@@ -1,14 +1,17 @@
 """Core speed ratios, measured in one run: D-ODE vs base sampling at equal NFE, distillation vs teacher.
 
-    .venv/bin/python bench/speed.py [--model digits-ddpm] [--batch 64] [--repeats 5]
+    .venv/bin/python bench/speed.py [--model digits-ddpm] [--batch 64] [--repeats 15] [--distill-repeats 5]
 
 Uses a real UNet (the embedded digits model, or a 1 M-parameter random UNet2DModel at 8x8 when the
-embedded model is absent). Times are the minimum over interleaved repeats; ratios are what to read.
+embedded model is absent). Base and D-ODE sampling, and teacher and distillation, run interleaved
+(A, B, A, B, ...); each ratio is taken within a round and printed as median (min to max) over the rounds.
+Network calls count batched forward passes (one call evaluates the whole batch).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -37,22 +40,38 @@ def random_unet_denoiser() -> VPDenoiser:
     return VPDenoiser(unet.eval(), DDPMScheduler().alphas_cumprod)
 
 
-def best_times(fns, repeats: int) -> list[float]:
-    """Minimum wall time of each function, the runs interleaved so machine noise hits all alike."""
+def interleaved_times(fns, repeats: int) -> list[list[float]]:
+    """Wall times of each function in each of ``repeats`` rounds, run A, B, A, B, ... so machine noise hits
+    all alike; ratios are taken within a round."""
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, ts in zip(fns, times):
             t0 = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t0)
-    return [min(ts) for ts in times]
+    return times
+
+
+def best_times(fns, repeats: int) -> list[float]:
+    """The minimum of each function's interleaved wall times (bench/gpu.py's sampling columns)."""
+    return [min(ts) for ts in interleaved_times(fns, repeats)]
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """Median (min-max) of ``values``, each formatted with ``fmt``."""
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)} to {format(max(values), fmt)})"
+
+
+def ratios(num: list[float], den: list[float]) -> list[float]:
+    return [a / b for a, b in zip(num, den)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="digits-ddpm" if EMBEDDED_MODEL_DIR.exists() else "random-unet")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds of base vs D-ODE sampling")
+    parser.add_argument("--distill-repeats", type=int, default=5, help="interleaved rounds of teacher vs distill")
     parser.add_argument("--nfe", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable timings on shared cores)")
     args = parser.parse_args()
@@ -62,28 +81,41 @@ def main() -> None:
     noise = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(0))
     torch.set_grad_enabled(False)
 
-    print(f"model: {args.model}, batch {args.batch}, torch threads {torch.get_num_threads()}\n")
-    print("| solver | NFE | base s | D-ODE s | overhead | distill calls / teacher calls | distill s / teacher s |")
+    print(f"model: {args.model}, batch {args.batch}, torch threads {torch.get_num_threads()}, "
+          f"{args.repeats} interleaved rounds of base / D-ODE sampling, {args.distill_repeats} of teacher / distill "
+          "(guard off); median (min to max) of the per-round ratios\n")
+    print("| solver | NFE | base s | D-ODE s | overhead % | distill calls / teacher calls, guard off / on "
+          "| distill s / teacher s, guard off |")
     print("|---|---|---|---|---|---|---|")
+    all_overheads, all_costs = [], []
     for solver in sorted(dode.SOLVERS):
         nfe = args.nfe if solver != "heun" else args.nfe - 1
         sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas(den)
         lam = dode.Lambdas([0.1] * nfe, solver, sigmas.tolist())
-        base, corrected = best_times(
+        base, corrected = interleaved_times(
             [lambda s=sigmas, v=solver: dode.sample(den, noise, s, v),
              lambda s=sigmas, v=solver, m=lam: dode.sample(den, noise, s, v, m)],
             args.repeats,
         )
+        overhead = [100 * (r - 1) for r in ratios(corrected, base)]
         plan = TeacherSpec(None, 10, "exact").plan(sigmas, solver, den)
-        teacher_calls, distill_calls = Counting(den), Counting(den)
-        t0 = time.perf_counter()
+        teacher_s, distill_s = interleaved_times(
+            [lambda p=plan: teacher_states(den, noise, p),
+             lambda s=sigmas, v=solver: dode.distill(den, noise, s, v, guard=False)],
+            args.distill_repeats,
+        )
+        cost = ratios(distill_s, teacher_s)
+        teacher_calls, off_calls, on_calls = Counting(den), Counting(den), Counting(den)
         teacher_states(teacher_calls, noise, plan)
-        teacher_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        dode.distill(distill_calls, noise, sigmas, solver, guard=False)
-        distill_s = time.perf_counter() - t0
-        print(f"| {solver} | {nfe} | {base:.3f} | {corrected:.3f} | {100 * (corrected / base - 1):+.2f} % | "
-              f"{distill_calls.calls / teacher_calls.calls:.3f} | {distill_s / teacher_s:.3f} |", flush=True)
+        dode.distill(off_calls, noise, sigmas, solver, guard=False)
+        dode.distill(on_calls, noise, sigmas, solver)
+        all_overheads += overhead
+        all_costs += cost
+        print(f"| {solver} | {nfe} | {statistics.median(base):.3f} | {statistics.median(corrected):.3f} | "
+              f"{spread(overhead, '+.2f')} | {off_calls.calls / teacher_calls.calls:.3f} / "
+              f"{on_calls.calls / teacher_calls.calls:.3f} | {spread(cost, '.3f')} |", flush=True)
+    print(f"\nall solvers: D-ODE overhead {spread(all_overheads, '+.2f')} % over {len(all_overheads)} rounds; "
+          f"distill s / teacher s {spread(all_costs, '.3f')} over {len(all_costs)} rounds")
 
 
 if __name__ == "__main__":

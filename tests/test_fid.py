@@ -1,7 +1,8 @@
 """FID exactly as pytorch-fid, FD on other features, streaming statistics, reference stats (issue 4).
 
-Inception runs on random weights (pytorch-fid's own architecture, written to a temporary TORCH_HOME) and
-64-d features: values are meaningless as image quality, but every code path is pytorch-fid's.
+Inception runs on random weights (pytorch-fid's own architecture, written to a temporary TORCH_HOME), mostly
+at 64-d features (parity at all four of pytorch-fid's 64, 192, 768, 2048): values are meaningless as image
+quality, but every code path is pytorch-fid's.
 """
 
 import contextlib
@@ -76,11 +77,12 @@ def printed_value(stdout: str, label: str) -> float:
 
 
 def run_pytorch_fid(torch_home, *invocations) -> list[str]:
-    """Run ``python -m pytorch_fid`` argument lists in ONE subprocess (one interpreter start-up), same TORCH_HOME."""
+    """Run ``python -m pytorch_fid`` argument lists (each naming its ``--dims``) in ONE subprocess (one interpreter
+    start-up), same TORCH_HOME."""
     script = (
         "import sys\nfrom pytorch_fid import fid_score\n"
         f"for argv in {[list(map(str, i)) for i in invocations]!r}:\n"
-        "    sys.argv = ['pytorch_fid', *argv, '--dims', '64', '--device', 'cpu', '--num-workers', '0']\n"
+        "    sys.argv = ['pytorch_fid', *argv, '--device', 'cpu', '--num-workers', '0']\n"
         "    fid_score.main()\n    print('END', flush=True)\n"
     )
     env = {"TORCH_HOME": str(torch_home), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
@@ -93,7 +95,7 @@ def run_pytorch_fid(torch_home, *invocations) -> list[str]:
 def test_parity_with_pytorch_fid_on_folders_and_npz(inception_env, folders, tmp_path):
     a, b = folders
     theirs_npz = tmp_path / "theirs_a.npz"
-    fid_ab, _ = run_pytorch_fid(inception_env, [a, b], ["--save-stats", a, theirs_npz])
+    fid_ab, _ = run_pytorch_fid(inception_env, [a, b, "--dims", 64], ["--save-stats", a, theirs_npz, "--dims", 64])
     reference = printed_value(fid_ab, "FID")
     assert reference > 1.0  # random features still separate noise from stripes clearly
 
@@ -112,6 +114,15 @@ def test_parity_with_pytorch_fid_on_folders_and_npz(inception_env, folders, tmp_
         rc, out, _ = dode_cli("fid", theirs_npz, b, "--dims", 64)
     assert printed_value(out, "FID") == pytest.approx(reference, rel=1e-6)
     assert dode_cli("fid", "--save-stats", a, ours_npz, "--dims", 64)[0] == 2  # never overwrites
+
+
+@pytest.mark.parametrize("dims", [192, 768, 2048])
+def test_parity_with_pytorch_fid_at_its_other_feature_blocks(inception_env, folders, dims):
+    a, b = folders
+    (theirs,) = run_pytorch_fid(inception_env, [a, b, "--dims", dims])
+    with pytest.warns(UnreliableEstimateWarning):
+        rc, out, _ = dode_cli("fid", a, b, "--dims", dims, "--device", "cpu")
+    assert rc == 0 and printed_value(out, "FID") == pytest.approx(printed_value(theirs, "FID"), rel=1e-6)
 
 
 def test_fid_of_a_set_with_itself_is_zero(inception_env, folders):

@@ -17,6 +17,7 @@ MAX_HISTORY = 4
 
 class Solver(Protocol):
     name: str
+    order: int  # the method's order (its highest; warm starts and final steps use lower ones)
     evals_per_step: int  # network evaluations per grid step, diffusers' scheduler ``order`` (Heun: 2)
 
     def nfe(self, steps: int) -> int:

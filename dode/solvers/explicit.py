@@ -18,6 +18,7 @@ class Euler(OneEvalPerStep):
     """Euler / DDIM (Song et al., 2021): x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (x_i - D_i) / sigma_i."""
 
     name: str = "euler"
+    order: int = 1
 
     def advance(self, sigmas: Tensor, state: SolverState, ev: Evaluation, denoised: Tensor) -> SolverState:
         return push(state, ev, euler_update(ev.x, denoised, ev.sigma, sigmas[state.k + 1]))
@@ -33,6 +34,7 @@ class Heun:
     """
 
     name: str = "heun"
+    order: int = 2
     evals_per_step = 2
 
     def nfe(self, steps: int) -> int:

@@ -37,6 +37,7 @@ class IPNDM(OneEvalPerStep):
     """
 
     name: str = "ipndm"
+    order: int = 4
 
     def advance(self, sigmas: Tensor, state: SolverState, ev: Evaluation, denoised: Tensor) -> SolverState:
         coeffs = IPNDM_COEFFS[min(state.k, 3)]

@@ -8,7 +8,7 @@ from dode.distill_stored import distill_from_states
 from dode.grids import GridSpec
 from dode.models import digits_mixture
 from dode.store.trajectory import read_steps
-from dode.teacher import TeacherSpec, teacher_states
+from dode.teacher import TeacherConfig, teacher_states
 from dode.teacher_parquet import write_teacher
 
 
@@ -23,7 +23,7 @@ def noise(n: int, seed: int = 0) -> torch.Tensor:
 
 def student_states(den, x, sigmas, factor, teacher_solver):
     """The teacher's states at every student grid index, keyed by the student index."""
-    plan = TeacherSpec(teacher_solver, factor, "exact").plan(sigmas, "euler", den)
+    plan = TeacherConfig(solver=teacher_solver, factor=factor).plan(sigmas, "euler", den)
     steps = len(sigmas) - 1
     held = teacher_states(den, x, plan, keep={i * factor for i in range(steps + 1)})
     return {i: held[i * factor] for i in range(steps + 1)}, plan
@@ -36,8 +36,8 @@ def test_equals_distill_with_the_same_teacher(mixture, solver, guard):
     sigmas = GridSpec("karras", 3).sigmas()
     x = noise(24)
     states, plan = student_states(mixture, x, sigmas, 4, "dpmpp_2m")
-    got = distill_from_states(mixture, x, sigmas, states, solver, teacher=plan.record(), guard=guard)
-    want = dode.distill(mixture, x, sigmas, solver, teacher_factor=4, guard=guard, teacher_solver="dpmpp_2m")
+    got = distill_from_states(mixture, x, sigmas, states, solver, teacher=plan.record(), fit={"guard": guard})
+    want = dode.distill(mixture, x, sigmas, solver, {"factor": 4, "solver": "dpmpp_2m"}, {"guard": guard})
     assert got == want
 
 
@@ -50,8 +50,8 @@ def test_from_a_parquet_trajectory_matches_to_float32(mixture, tmp_path):
     traj = read_steps(path)
     stored = {s // 5: traj.at(s) for s in traj.steps}
     exact, _ = student_states(mixture, x, sigmas, 5, "dpmpp_2m")
-    got = distill_from_states(mixture, x, sigmas, stored, "ipndm", guard=False)
-    want = distill_from_states(mixture, x, sigmas, exact, "ipndm", guard=False)
+    got = distill_from_states(mixture, x, sigmas, stored, "ipndm", fit={"guard": False})
+    want = distill_from_states(mixture, x, sigmas, exact, "ipndm", fit={"guard": False})
     assert got.values == pytest.approx(want.values, rel=1e-4, abs=1e-5)
     assert got.values != pytest.approx([0.0] * len(got.values))
 

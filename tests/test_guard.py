@@ -5,6 +5,7 @@ import torch
 
 import dode
 from dode import guard
+from dode.config import FitConfig
 from dode.distill import fit_guarded, split
 from dode.guard import frechet, frechet_weighted, resample_weights, select
 from dode.models import digits_mixture
@@ -52,14 +53,15 @@ class RowRecorder:
 
 
 def test_split_sizes_follow_the_stated_rule():
-    assert split(256, True, selects=True) == (96, 32, 128)  # the demo's noises
-    assert split(256, True) == (128, 0, 128)  # no selection split for an objective that does not select
-    assert split(256, False, selects=True) == (256, 0, 0)
-    assert split(3, True, selects=True) == (1, 1, 1) and split(2, True) == (1, 0, 1)
+    final = {"objective": "final"}  # an objective that selects its iterations
+    assert split(256, final) == (96, 32, 128)  # the demo's noises
+    assert split(256) == (128, 0, 128)  # no selection split for an objective that does not select
+    assert split(256, {**final, "guard": False}) == (256, 0, 0)
+    assert split(3, final) == (1, 1, 1) and split(2) == (1, 0, 1)
     with pytest.raises(ValueError, match="at least 3 noise samples"):
-        split(2, True, selects=True)
-    with pytest.raises(ValueError, match="selection must be a fraction"):
-        split(64, True, 0.5, 1.5, True)
+        split(2, final)
+    with pytest.raises(ValueError, match="FitConfig: selection: Input should be less than 1"):
+        split(64, {**final, "selection": 1.5})
 
 
 def test_fit_selection_and_guard_see_disjoint_noise(mixture, monkeypatch):
@@ -70,9 +72,9 @@ def test_fit_selection_and_guard_see_disjoint_noise(mixture, monkeypatch):
     recorder = RowRecorder(mixture, x, float(sigmas[0]))
     monkeypatch.setattr(final, "final_error", recorder.during("selection", final.final_error))
     monkeypatch.setattr(guard, "held_out_samples", recorder.during("guard", guard.held_out_samples))
-    lam = fit_guarded(recorder, x, sigmas, SOLVER, [teacher] * 4, {}, objective="final",
-                      options={"iterations": 3, "eval_every": 1})
-    n_fit, n_selection, n_guard = split(32, True, selects=True)
+    lam = fit_guarded(recorder, x, sigmas, SOLVER, [teacher] * 4, {},
+                      FitConfig(objective="final", options={"iterations": 3, "eval_every": 1}))
+    n_fit, n_selection, n_guard = split(32, {"objective": "final"})
     assert lam.guard["split"] == {"fit": n_fit, "selection": n_selection, "guard": n_guard} and lam.n_fit == n_fit
     assert recorder.rows == {"fit": set(range(n_fit)), "selection": set(range(n_fit, n_fit + n_selection)),
                              "guard": set(range(n_fit + n_selection, 32))}

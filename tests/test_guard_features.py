@@ -73,12 +73,16 @@ def test_models_declare_their_guard_features_by_registered_name():
 
 
 def test_the_flows_distill_step_guards_digits_in_the_declared_features(tmp_path):
-    from flows.steps import distill, register_model, teacher
+    from dode.config import FitConfig
+    from dode.steps import distill, register_model, teacher
+    from dode.teacher import TeacherConfig
 
-    uri = str(tmp_path / "reg")
+    uri, grid = str(tmp_path / "reg"), {"family": "karras", "steps": 3}
     model_id = register_model(uri, "digits-ddpm")
-    traj = teacher(uri, model_id, {"family": "karras", "steps": 3}, 2, "dpmpp_2m", 16, 1_000_000, 16)
-    art_id = distill(uri, traj, "euler", True, 0.5, "data", "final", {"iterations": 2})
+    spec = TeacherConfig(factor=2, n_samples=16, batch_size=16)
+    traj = teacher(uri, model_id, grid, spec)
+    art_id = distill(uri, model_id, grid, "euler", spec, FitConfig(objective="final", options={"iterations": 2}),
+                     trajectory_id=traj)
     reg = Registry(uri)
     lam = load_lambdas(reg, art_id)
     assert lam.guard["feature_map"] == "digits-guard" and lam.guard["criterion"] == "fd"

@@ -64,8 +64,8 @@ def test_gradient_matches_finite_differences(mixture, solver):
 def test_learned_grid_and_lambdas_beat_the_start_grid_on_a_gaussian(learn_lambdas):
     den = GaussianDenoiser(torch.full((1, 8, 8), 0.2), 0.5)
     sigmas = dode.karras_sigmas(3, 0.01, 80.0)
-    lam = dode.distill(den, noise(32), sigmas, "euler", guard=False, objective="final", iterations=60,
-                       lr_sigmas=0.1, learn_lambdas=learn_lambdas)
+    lam = dode.distill(den, noise(32), sigmas, "euler", fit={"guard": False, "objective": "final", "options": {
+        "iterations": 60, "lr_sigmas": 0.1, "learn_lambdas": learn_lambdas}})
     fresh = noise(64, seed=5)
     exact = den.mu + (0.5 / (0.5**2 + 80.0**2) ** 0.5) * 80.0 * fresh  # the ODE's closed-form solution at sigma 0
     base = (dode.sample(den, fresh, sigmas, "euler") - exact).square().mean()
@@ -100,8 +100,8 @@ def test_micro_batches_give_the_parameters_of_one_full_batch(mixture):
 
 def test_learned_grids_are_valid_survive_json_and_cost_the_base_nfe(mixture):
     sigmas = dode.karras_sigmas(5, 0.02, 80.0)
-    lam = dode.distill(mixture, noise(24), sigmas, "dpmpp_2m", objective="final", guard=False, iterations=20,
-                       lr_sigmas=0.3, lr_lambdas=0.3)
+    lam = dode.distill(mixture, noise(24), sigmas, "dpmpp_2m", fit={"objective": "final", "guard": False, "options": {
+        "iterations": 20, "lr_sigmas": 0.3, "lr_lambdas": 0.3}})
     grid = torch.tensor(lam.sigmas, dtype=torch.float64)
     assert (grid[1:] < grid[:-1]).all() and grid[-1] == 0 and grid[0] == sigmas[0]
     assert lam.fit["sigma_lo"] <= float(grid[-2]) and not torch.allclose(grid, sigmas)
@@ -129,8 +129,9 @@ def test_guard_rejects_a_result_further_than_the_base_in_distribution(mixture):
 def test_guard_takes_an_overfit_final_only_when_it_clearly_helps_on_fresh_noise(mixture):
     # Five fit samples, aggressive steps, no early stop: "final" overfits; the guard judges on 41 others.
     sigmas = dode.karras_sigmas(4, 0.002, 80.0)
-    lam = dode.distill(mixture, noise(48), sigmas, "dpmpp_2m", holdout=0.85, selection=0.05, objective="final",
-                       iterations=80, lr_lambdas=1.0, lr_sigmas=1.0, eval_every=80)
+    lam = dode.distill(mixture, noise(48), sigmas, "dpmpp_2m", fit={"holdout": 0.85, "selection": 0.05,
+                       "objective": "final", "options": {"iterations": 80, "lr_lambdas": 1.0, "lr_sigmas": 1.0,
+                                                         "eval_every": 80}})
     report, chosen = lam.guard, lam.guard["chosen"]
     assert report["split"] == {"fit": 5, "selection": 2, "guard": 41} and set(report["fd"]) == {"final", "timesteps", "greedy", "base"}
     assert chosen != "base" and report["minus_base"][chosen][1] < 0
@@ -152,8 +153,8 @@ def test_guard_features_and_timesteps_only_baseline(mixture):
         seen.append(x.shape)
         return x.reshape(len(x), -1)[:, :8]
 
-    lam = dode.distill(mixture, noise(40), sigmas, "euler", objective="final", learn_lambdas=False, iterations=10,
-                       features=features)
+    lam = dode.distill(mixture, noise(40), sigmas, "euler", fit={"objective": "final", "options": {
+        "learn_lambdas": False, "iterations": 10}}, features=features)
     assert seen and all(s[1:] == (1, 8, 8) for s in seen)
     # 20 guard samples: the 8 features are projected to 20 / 4 = 5 principal directions
     assert lam.guard["criterion"] == "fd" and lam.guard["features"] == 5
@@ -165,15 +166,16 @@ def test_objective_options_are_checked(mixture):
     sigmas = dode.karras_sigmas(4, 0.002, 80.0)
     assert set(OBJECTIVES) >= {"step", "final"}  # a superset: a new objective is tested unedited (test_objectives.py)
     with pytest.raises(ValueError, match="no option.*learn_sigmas"):
-        dode.distill(mixture, noise(8), sigmas, "euler", learn_sigmas=True)
+        dode.distill(mixture, noise(8), sigmas, "euler", fit={"options": {"learn_sigmas": True}})
     with pytest.raises(ValueError, match="unknown objective 'global'.*final"):
-        dode.distill(mixture, noise(8), sigmas, "euler", objective="global")
+        dode.distill(mixture, noise(8), sigmas, "euler", fit={"objective": "global"})
     with pytest.raises(ValueError, match="learn_lambdas=True and/or learn_sigmas"):
-        dode.distill(mixture, noise(8), sigmas, "euler", objective="final", learn_lambdas=False, learn_sigmas=False)
+        dode.distill(mixture, noise(8), sigmas, "euler", fit={"objective": "final", "options": {
+            "learn_lambdas": False, "learn_sigmas": False}})
     with pytest.raises(ValueError, match="iterations must be an integer"):
-        dode.distill(mixture, noise(8), sigmas, "euler", objective="final", iterations=-1)
+        dode.distill(mixture, noise(8), sigmas, "euler", fit={"objective": "final", "options": {"iterations": -1}})
     with pytest.raises(ValueError, match="unknown optimizer"):
-        dode.distill(mixture, noise(8), sigmas, "euler", objective="final", optimizer="sgd")
+        dode.distill(mixture, noise(8), sigmas, "euler", fit={"objective": "final", "options": {"optimizer": "sgd"}})
 
 
 def test_guard_frechet_equals_pytorch_fids_distance():
@@ -187,14 +189,15 @@ def test_guard_frechet_equals_pytorch_fids_distance():
     assert frechet(a, a) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_teacher_spec_round_trips_and_bad_grids_are_refused():
+def test_teacher_config_round_trips_and_bad_grids_are_refused():
+    from dode.config import build
     from dode.grids import GridSpec
-    from dode.teacher import TeacherSpec
+    from dode.teacher import TeacherConfig
 
-    spec = TeacherSpec("dpmpp_2m", 5, "exact")
-    assert TeacherSpec.from_dict(spec.to_dict()) == spec
-    with pytest.raises(ValueError, match="a teacher spec is a JSON object"):
-        TeacherSpec.from_dict({**spec.to_dict(), "steps": 3})
+    spec = TeacherConfig(solver="dpmpp_2m", factor=5)
+    assert build(TeacherConfig, spec.model_dump()) == spec
+    with pytest.raises(ValueError, match="TeacherConfig: steps: Extra inputs are not permitted"):
+        build(TeacherConfig, {**spec.model_dump(), "steps": 3})
     for values, message in (([80.0, "x", 0.0], "must be numbers"), ("80,1,0", "needs a list of 3"),
                             ([80.0, 1.0], "needs a list of 3"), ([1.0, 80.0, 0.0], "strictly decreasing")):
         with pytest.raises(ValueError, match=message):

@@ -5,6 +5,7 @@ import torch
 from helpers import one_thread  # noqa: F401  (autouse: one thread)
 
 import dode
+from dode.config import FitConfig
 from dode.distill import fit_guarded
 from dode.models import digits_mixture
 from dode.objectives import OBJECTIVES
@@ -32,7 +33,7 @@ def states(den, x, values):
 
 
 def fit(den, x, targets, objective):
-    return fit_guarded(den, x, SIGMAS, SOLVER, targets, {}, guard=False, objective=objective)
+    return fit_guarded(den, x, SIGMAS, SOLVER, targets, {}, FitConfig(guard=False, objective=objective))
 
 
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))

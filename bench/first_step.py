@@ -44,14 +44,14 @@ def run_cell(model, gauss, solver, calls, fit_noise, eval_noise, stats, data_sta
     den = model.denoiser
     plain = GridSpec.for_calls("karras", solver, calls).sigmas(den)
     grids = {kind: GridSpec.for_calls("karras", solver, calls, kind).sigmas(den) for kind in ("analytic", "flowmap")}
-    options = {"objective": "final", "iterations": args.iterations, "max_fit": args.max_fit,
-               "micro_batch": args.max_fit, "teacher_solver": "dpmpp_2m",
-               "features": guard_features(model.guard_features)}  # the guard's features, as the flows pass them
+    options = {"iterations": args.iterations, "max_fit": args.max_fit, "micro_batch": args.max_fit}
+    features = guard_features(model.guard_features)  # the guard's features, as the flows pass them
     out, info = {}, {}
 
     def fitted(name, sigmas, first, **extra):
         t0 = time.perf_counter()
-        lam = dode.distill(den, fit_noise, sigmas, solver, first=first, **options, **extra)
+        lam = dode.distill(den, fit_noise, sigmas, solver, {"solver": "dpmpp_2m"},
+                           {"objective": "final", "options": {**options, **extra}}, features=features, first=first)
         info[name] = {"seconds": round(time.perf_counter() - t0, 1), "guard": lam.guard.get("chosen"),
                       "sigmas": [round(s, 4) for s in lam.sigmas]}
         out[name] = dode.sample(den, eval_noise, torch.tensor(lam.sigmas, dtype=torch.float64), solver, lam)

@@ -55,8 +55,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 for dtype, runs in seconds.items():
                     t0 = time.perf_counter()
-                    fits[dtype] = dode.distill(den, fit_noise, sigmas, solver, teacher_solver="dpmpp_2m", first=first,
-                                               objective="final", dtype=dtype, **BUDGETS[budget])
+                    fits[dtype] = dode.distill(den, fit_noise, sigmas, solver, {"solver": "dpmpp_2m"}, {
+                        "objective": "final", "options": {"dtype": dtype, **BUDGETS[budget]}}, first=first)
                     runs.append(time.perf_counter() - t0)
             for dtype, lam in fits.items():
                 x = dode.sample(den, eval_noise, torch.tensor(lam.sigmas, dtype=torch.float64), solver, lam)

@@ -38,7 +38,7 @@ from dode.diffusers_scheduler import DODEScheduler
 from dode.grids import GridSpec
 from dode.models import EMBEDDED_MODEL_DIR, VPDenoiser, load_model
 from dode.rng import seeded_noise
-from dode.teacher import TeacherSpec, teacher_states
+from dode.teacher import TeacherConfig, teacher_states
 from dode.teacher_parquet import write_teacher
 
 LINES: list[str] = []
@@ -78,8 +78,8 @@ def correctness(device: str, n: int) -> None:
     for solver, nfe in (("euler", 6), ("dpmpp_2m", 5), ("ipndm", 4)):
         sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas(cpu)
         noise = seeded_noise(range(n), (1, 8, 8))
-        lam_cpu = dode.distill(cpu, noise, sigmas, solver, guard=False)
-        lam_gpu = dode.distill(gpu, noise.to(device), sigmas, solver, guard=False)
+        lam_cpu = dode.distill(cpu, noise, sigmas, solver, fit={"guard": False})
+        lam_gpu = dode.distill(gpu, noise.to(device), sigmas, solver, fit={"guard": False})
         x_cpu = dode.sample(cpu, noise, sigmas, solver, lam_cpu)
         x_gpu = dode.sample(gpu, noise.to(device), sigmas, solver, lam_gpu).cpu()
         dl = max(abs(a - b) for a, b in zip(lam_cpu.values, lam_gpu.values))
@@ -126,14 +126,15 @@ def speed(device: str, batch: int, repeats: int, nfe: int) -> None:
             synced(partial(dode.sample, den, noise, sigmas, solver, lam)),
             synced(partial(pipe, batch_size=batch, latents=noise, output_type="latent")),
         ], repeats)
-        plan = TeacherSpec(None, 10, "exact").plan(sigmas, solver, den)
+        teacher = TeacherConfig.own(solver)  # the paper's: the student's own solver, 10x the steps
+        plan = teacher.plan(sigmas, solver, den)
         teacher_calls, distill_calls = Counting(den), Counting(den)
         t0 = time.perf_counter()
         teacher_states(teacher_calls, noise, plan)
         sync()
         teacher_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        dode.distill(distill_calls, noise, sigmas, solver, guard=False)
+        dode.distill(distill_calls, noise, sigmas, solver, teacher, {"guard": False})
         sync()
         distill_s = time.perf_counter() - t0
         say(f"| {solver} | {base:.3f} | {corrected:.3f} | {100 * (corrected / base - 1):+.1f} % | "

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import dode
+from dode.config import FitConfig
 from dode.distill import fit_split
 from dode.grids import GridSpec
 from dode.guard import candidates, select
@@ -31,7 +32,7 @@ from dode.metrics.digits import fd_digits, load_digits_images
 from dode.metrics.guard_features import load_guard_features
 from dode.models import load_model
 from dode.rng import seeded_noise
-from dode.teacher import TeacherSpec, teacher_states
+from dode.teacher import TeacherConfig, teacher_states
 
 OBJECTIVES = {"step": {}, "final": {"iterations": 40, "max_fit": 96, "micro_batch": 96}}
 GUARDS = ("pixels", "digits-guard")
@@ -49,13 +50,13 @@ def fd_of(den, eval_noise, values, sigmas, solver, real, cache):
 
 def run_cell(den, solver, nfe, noise, eval_noise, real, features):
     sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas(den)
-    plan = TeacherSpec("dpmpp_2m", 10, "exact").plan(sigmas, solver, den)
+    plan = TeacherConfig().plan(sigmas, solver, den)
     states = teacher_states(den, noise, plan)
     targets = [states[i] for i in plan.targets]
     cache, rows = {}, {}
     for objective, options in OBJECTIVES.items():
-        problem, result, _ = fit_split(den, noise, sigmas, solver, targets, plan.record(), objective=objective,
-                                       options=options)
+        problem, result, _ = fit_split(den, noise, sigmas, solver, targets, plan.record(),
+                                       FitConfig(objective=objective, options=options))
         fd = {name: fd_of(den, eval_noise, v, s, solver, real, cache) for name, v, s in candidates(problem, result)}
         judged = result if result.criterion == "fd" else replace(result, criterion="fd")
         picks = {name: select(problem, judged, features[name])[0] for name in GUARDS}

@@ -26,10 +26,10 @@ from dode.grids import GridSpec
 from dode.images import to_model, to_uint8
 from dode.metrics.fid import frechet_distance
 
-FITS = {  # variant -> distill keyword arguments (besides the teacher settings)
+FITS = {  # variant -> its fit (dode.config.FitConfig fields; the final objective's budget added from the options)
     "greedy": {},
-    "timesteps": {"objective": "final", "learn_lambdas": False},
-    "lambdas": {"objective": "final", "learn_sigmas": False},
+    "timesteps": {"objective": "final", "options": {"learn_lambdas": False}},
+    "lambdas": {"objective": "final", "options": {"learn_sigmas": False}},
     "lam+timesteps": {"objective": "final"},
 }
 VARIANTS = ("base", *FITS, "teacher")
@@ -49,9 +49,9 @@ class Counting:
         return self.den(x, sigma)
 
 
-def timed_fit(den, fit_noise, sigmas, solver, factor, options):
+def timed_fit(den, fit_noise, sigmas, solver, factor, fit):
     counting, t0 = Counting(den), time.perf_counter()
-    lam = dode.distill(counting, fit_noise, sigmas, solver, factor, teacher_solver="dpmpp_2m", **options)
+    lam = dode.distill(counting, fit_noise, sigmas, solver, {"solver": "dpmpp_2m", "factor": factor}, fit)
     return lam, time.perf_counter() - t0, counting.calls
 
 
@@ -66,7 +66,8 @@ def run_cell(model, solver, nfe, fit_noise, eval_noise, exact, stats, data_stats
     outs, cost = {"base": dode.sample(den, eval_noise, sigmas, solver), "teacher": teacher}, {}
     final_opts = {"iterations": args.iterations, **({"max_fit": args.max_fit} if args.max_fit else {})}
     for name, options in FITS.items():
-        opts = {**options, **(final_opts if options.get("objective") == "final" else {})}
+        final = options.get("objective") == "final"
+        opts = {**options, "options": {**options.get("options", {}), **(final_opts if final else {})}}
         lam, seconds, calls = timed_fit(den, fit_noise, sigmas, solver, args.teacher_factor, opts)
         grid = torch.tensor(lam.sigmas, dtype=torch.float64)
         outs[name] = dode.sample(den, eval_noise, grid, solver, lam)

@@ -28,7 +28,7 @@ from dode.grids import GridSpec
 from dode.metrics.digits import digits_features, load_digits_images
 from dode.metrics.fid import StreamingMoments, frechet_distance
 from dode.models import load_model
-from dode.teacher import TeacherSpec, teacher_states
+from dode.teacher import TeacherConfig, teacher_states
 
 VARIANTS = ("base", "dode", "dode-noguard", "dode-official", "teacher")
 
@@ -64,14 +64,16 @@ def run_cell(model, solver, nfe, fit_noise, eval_noise, exact, stats, data_stats
     den = model.denoiser
     sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas(den)
     outs = {"base": dode.sample(den, eval_noise, sigmas, solver)}
-    outs["dode"] = dode.sample(den, eval_noise, sigmas, solver, dode.distill(den, fit_noise, sigmas, solver, factor))
+    teacher = TeacherConfig.own(solver, factor=factor)  # the paper's: the student's own solver
+    outs["dode"] = dode.sample(den, eval_noise, sigmas, solver, dode.distill(den, fit_noise, sigmas, solver, teacher))
     outs["dode-noguard"] = dode.sample(
-        den, eval_noise, sigmas, solver, dode.distill(den, fit_noise, sigmas, solver, factor, guard=False)
+        den, eval_noise, sigmas, solver, dode.distill(den, fit_noise, sigmas, solver, teacher, {"guard": False})
     )
     if solver in ("euler", "heun"):
-        lam = dode.distill(den, fit_noise, sigmas, solver, factor, alignment="official", guard=False)
+        lam = dode.distill(den, fit_noise, sigmas, solver, {"factor": factor, "alignment": "official"},
+                           {"guard": False})
         outs["dode-official"] = dode.sample(den, eval_noise, sigmas, solver, lam)
-    plan = TeacherSpec(None, factor, "exact").plan(sigmas, solver, den)
+    plan = teacher.plan(sigmas, solver, den)
     outs["teacher"] = teacher_states(den, eval_noise, plan, keep={len(plan.sigmas) - 1})[len(plan.sigmas) - 1]
     return {
         name: {

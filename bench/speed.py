@@ -19,7 +19,7 @@ import torch
 import dode
 from dode.grids import GridSpec
 from dode.models import EMBEDDED_MODEL_DIR, VPDenoiser, load_model
-from dode.teacher import TeacherSpec, teacher_states
+from dode.teacher import TeacherConfig, teacher_states
 
 
 class Counting:
@@ -98,17 +98,18 @@ def main() -> None:
             args.repeats,
         )
         overhead = [100 * (r - 1) for r in ratios(corrected, base)]
-        plan = TeacherSpec(None, 10, "exact").plan(sigmas, solver, den)
+        teacher = TeacherConfig.own(solver)  # the paper's: the student's own solver, 10x the steps
+        plan = teacher.plan(sigmas, solver, den)
         teacher_s, distill_s = interleaved_times(
             [lambda p=plan: teacher_states(den, noise, p),
-             lambda s=sigmas, v=solver: dode.distill(den, noise, s, v, guard=False)],
+             lambda s=sigmas, v=solver, t=teacher: dode.distill(den, noise, s, v, t, {"guard": False})],
             args.distill_repeats,
         )
         cost = ratios(distill_s, teacher_s)
         teacher_calls, off_calls, on_calls = Counting(den), Counting(den), Counting(den)
         teacher_states(teacher_calls, noise, plan)
-        dode.distill(off_calls, noise, sigmas, solver, guard=False)
-        dode.distill(on_calls, noise, sigmas, solver)
+        dode.distill(off_calls, noise, sigmas, solver, teacher, {"guard": False})
+        dode.distill(on_calls, noise, sigmas, solver, teacher)
         all_overheads += overhead
         all_costs += cost
         print(f"| {solver} | {nfe} | {statistics.median(base):.3f} | {statistics.median(corrected):.3f} | "

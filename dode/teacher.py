@@ -28,6 +28,7 @@ from .schedules import is_karras, karras_sigmas, refine, vp_sigmas
 from .solvers import get_solver
 from .types import Denoiser, Evaluation, Tensor
 
+OWN_TEACHER = {"dpm_solver_3": "dpmpp_3m"}  # ``TeacherConfig.own``: a student whose own solver cannot teach
 OFFICIAL = {"karras": ("euler", "heun"), "ddim": ("euler",)}  # the reference code's cases: grid family -> solvers
 StateSink = Callable[[int, Tensor, "Tensor | None"], None]  # (teacher grid index, state, raw D at that state)
 
@@ -71,6 +72,13 @@ class TeacherConfig(Config):
         if self.first_seed > MAX_SEED - self.n_samples:
             raise ValueError(f"the teacher's seeds first_seed .. first_seed + n_samples must stay within 0 .. {MAX_SEED}")
         return self
+
+    @classmethod
+    def own(cls, student: str, **fields: Any) -> TeacherConfig:
+        """The paper's teacher for ``student``: its own solver (Kim et al., 2024, Sec. 4), except where its states
+        on the refined grid would be lower-order stages (DPM-Solver-3 groups three steps: DPM-Solver++(3M)
+        instead); ``fields`` as the constructor's."""
+        return cls(solver=OWN_TEACHER.get(student, student), **fields)
 
     @property
     def seeds(self) -> range:

@@ -75,7 +75,7 @@ def test_installed_dode_samples_and_runs_a_stage_outside_the_checkout(installed,
     sampled = run([*dode, "sample", "--model", "digits-ddpm", "--solver", "euler", "--nfe", "3", "--n-samples", "8",
                    "--batch-size", "8", "--quiet"], work, env)
     run([*dode, "run", "teacher", "--model", "mixture-smooth", "--steps", "2", "--teacher-factor", "2",
-         "--n-distill", "8"], work, env)
+         "--teacher-n-samples", "8"], work, env)
     kinds = {a.kind for a in Registry(work / "dode-registry").list()}
     assert {"samples", "trajectory"} <= kinds, (kinds, sampled)
     assert not any(site.rglob("dode-registry")) and not (ROOT / "dode-registry").exists()

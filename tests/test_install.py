@@ -68,8 +68,8 @@ def test_installed_dode_samples_and_runs_a_stage_outside_the_checkout(installed,
     dode = [site / "bin" / "dode"]
     where = run([sys.executable, "-c", "import dode, flows; print(dode.__file__); print(flows.__file__)"], work, env)
     assert all(Path(line).is_relative_to(site) for line in where.split()), where
-    demo = run([sys.executable, "-c", "from flows.demo import sweep_parameters; print(sweep_parameters('digits-sweep')['model'])"],
-               work, env)
+    show_model = "from flows.demo import sweep_parameters; print(sweep_parameters('digits-sweep')['config']['model'])"
+    demo = run([sys.executable, "-c", show_model], work, env)
     assert demo.split() == ["digits-ddpm"]  # the deployments' prefect.yaml travels in the wheel
 
     sampled = run([*dode, "sample", "--model", "digits-ddpm", "--solver", "euler", "--nfe", "3", "--n-samples", "8",

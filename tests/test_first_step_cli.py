@@ -59,7 +59,7 @@ def test_lambdas_imply_their_first_step(gaussian, capsys):
     first = FirstStep("analytic", load_gaussian(reg, gid))
     sigmas = GridSpec.for_calls("karras", "euler", 2, "analytic").sigmas(model.denoiser)
     noise = torch.randn(16, *model.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    lam = dode.distill(model.denoiser, noise, sigmas, "euler", guard=False, first=first)
+    lam = dode.distill(model.denoiser, noise, sigmas, "euler", fit={"guard": False}, first=first)
     art = save_lambdas(reg, lam, "cli/first", params={"grid": GridSpec.explicit(lam.sigmas).to_dict()})
     code, out, err = run(capsys, "sample", "--model", "mixture-smooth", "--lambdas", art.id, "--nfe", "2",
                          "--n-samples", "8", "--batch-size", "8", "--registry", reg.uri, "--quiet")

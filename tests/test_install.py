@@ -68,14 +68,14 @@ def test_installed_dode_samples_and_runs_a_stage_outside_the_checkout(installed,
     dode = [site / "bin" / "dode"]
     where = run([sys.executable, "-c", "import dode, flows; print(dode.__file__); print(flows.__file__)"], work, env)
     assert all(Path(line).is_relative_to(site) for line in where.split()), where
-    demo = run([sys.executable, "-c", "from flows.demo import sweep_parameters; print(sweep_parameters('digits-sweep')['model'])"],
-               work, env)
+    show_model = "from flows.demo import sweep_parameters; print(sweep_parameters('digits-sweep')['config']['model'])"
+    demo = run([sys.executable, "-c", show_model], work, env)
     assert demo.split() == ["digits-ddpm"]  # the deployments' prefect.yaml travels in the wheel
 
     sampled = run([*dode, "sample", "--model", "digits-ddpm", "--solver", "euler", "--nfe", "3", "--n-samples", "8",
                    "--batch-size", "8", "--quiet"], work, env)
     run([*dode, "run", "teacher", "--model", "mixture-smooth", "--steps", "2", "--teacher-factor", "2",
-         "--n-distill", "8"], work, env)
+         "--teacher-n-samples", "8"], work, env)
     kinds = {a.kind for a in Registry(work / "dode-registry").list()}
     assert {"samples", "trajectory"} <= kinds, (kinds, sampled)
     assert not any(site.rglob("dode-registry")) and not (ROOT / "dode-registry").exists()

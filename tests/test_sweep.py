@@ -1,4 +1,5 @@
-"""The orchestration's domain logic, in the library: sweep cells, stage checks, metrics, reference data, tables."""
+"""The orchestration's domain logic, in the library: sweep cells, stage configurations, metrics, reference data,
+tables."""
 
 import math
 from dataclasses import replace
@@ -6,18 +7,21 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from dode.checks import check_pipeline, check_sample, check_score
+from dode.config import SamplingConfig, build
 from dode.grids import GridSpec
 from dode.metrics.reference import reference_images
 from dode.metrics.scores import METRICS, auto_metrics, resolve_metrics, rmse
 from dode.models import load_model
 from dode.report import markdown_tables, text_table
+from dode.runs import PipelineRun, SampleRun, ScoreRun
 from dode.sweep import plan_cells, plan_variants, sampling_jobs, score_items, variant_applies, with_samples
 
-PIPELINE = {"model": "mixture-smooth", "solvers": ["euler"], "nfes": [3], "nfes_by_solver": None, "family": "karras",
-            "teacher_factor": 10, "teacher_solver": "dpmpp_2m", "n_distill": 256, "batch_size": 250,
-            "n_samples": 100, "num_shards": 1, "holdout": 0.25, "correction": "data", "objective": "step",
-            "objective_options": None, "variants": None, "metrics": ["auto"]}
+PIPELINE = {"model": "mixture-smooth", "solvers": ["euler"], "nfes": [3], "family": "karras",
+            "teacher": {"factor": 10, "solver": "dpmpp_2m", "n_samples": 256, "batch_size": 250},
+            "sampling": {"n_samples": 100, "num_shards": 1}, "fit": {"holdout": 0.25, "correction": "data",
+                                                                    "objective": "step"}, "scoring": {"metrics": ["auto"]}}
+TEACHER = {"solver": "dpmpp_2m", "factor": 4}
+SAMPLING = SamplingConfig(n_samples=8, first_seed=0, batch_size=4)
 
 
 def test_cells_skip_nfes_a_solver_cannot_make_unless_asked_for():
@@ -33,63 +37,88 @@ def test_cells_skip_nfes_a_solver_cannot_make_unless_asked_for():
 
 
 def test_sampling_jobs_and_scores_pair_each_cell_with_its_teacher():
-    cells = [{**c, "lambdas": f"lam{i}"} for i, c in enumerate(plan_cells(["euler", "dpmpp_2m"], [3, 5], None, "karras"))]
-    families, jobs = sampling_jobs("gaussian", cells, {"solver": "dpmpp_2m", "factor": 4}, 8, 0, 4)
-    assert families == ["karras"] and len(jobs) == 1 + 2 * len(cells)
+    cells = [{**c, "lambdas": f"lam{i}", "teacher": TEACHER}
+             for i, c in enumerate(plan_cells(["euler", "dpmpp_2m"], [3, 5], None, "karras"))]
+    keys, jobs = sampling_jobs("gaussian", cells, SAMPLING)
+    assert keys == ["karras/dpmpp_2m-x4"] and len(jobs) == 1 + 2 * len(cells)
     assert jobs[0]["solver"] == "dpmpp_2m" and jobs[0]["grid"]["steps"] == 4 * 5  # the finest student grid, refined
     assert [j["lambdas_id"] for j in jobs[1:]] == [None, "lam0", None, "lam1", None, "lam2", None, "lam3"]
     ids = [f"s{i}" for i in range(len(jobs))]
-    cells, teachers = with_samples(cells, families, ids)
-    assert teachers == {"karras": "s0"} and (cells[1]["base"], cells[1]["dode"]) == ("s3", "s4")
+    cells, teachers = with_samples(cells, keys, ids)
+    assert teachers == {"karras/dpmpp_2m-x4": "s0"} and (cells[1]["base"], cells[1]["dode"]) == ("s3", "s4")
     items = score_items(cells, teachers, {"fd-pixels": "ref"}, ["fd-pixels", "rmse"])
     assert items[0] == ("s0", "fd-pixels", "ref") and ("s4", "rmse", "s0") in items and len(items) == 1 + 4 * 4
 
 
 def test_variants_are_sampled_and_scored_beside_base_and_dode():
     plan = plan_variants({"timesteps": {"objective": "final", "options": {"learn_lambdas": False}, "nfes": [5]}})
-    cells = [{**c, "lambdas": f"lam{i}", "variants": {n: f"v{i}" for n, v in plan.items() if variant_applies(v, c)}}
+    cells = [{**c, "lambdas": f"lam{i}", "teacher": TEACHER,
+              "variants": {n: f"v{i}" for n, v in plan.items() if variant_applies(v, c)}}
              for i, c in enumerate(plan_cells(["euler"], [3, 5], None, "karras"))]
     assert [c["variants"] for c in cells] == [{}, {"timesteps": "v1"}]
-    families, jobs = sampling_jobs("gaussian", cells, {"solver": "dpmpp_2m", "factor": 4}, 8, 0, 4)
+    keys, jobs = sampling_jobs("gaussian", cells, SAMPLING)
     assert [j["lambdas_id"] for j in jobs[1:]] == [None, "lam0", None, "lam1", "v1"]
-    cells, teachers = with_samples(cells, families, [f"s{i}" for i in range(len(jobs))])
+    cells, teachers = with_samples(cells, keys, [f"s{i}" for i in range(len(jobs))])
     assert cells[1]["samples"] == {"base": "s3", "dode": "s4", "timesteps": "s5"}
     assert len(score_items(cells, teachers, {}, ["rmse"])) == 5
 
 
+def test_each_cell_is_compared_with_its_own_teacher():
+    # Re-evaluated lambdas fitted to different teachers: each teacher sampled once, each cell scored against its own.
+    grids = plan_cells(["euler"], [3, 5], None, "karras")
+    cells = [{**grids[0], "lambdas": "lam0", "teacher": TEACHER},
+             {**grids[1], "lambdas": "lam1", "teacher": {"solver": "euler", "factor": 10}},
+             {**grids[0], "solver": "dpmpp_2m", "lambdas": "lam2", "teacher": TEACHER}]
+    keys, jobs = sampling_jobs("gaussian", cells, SAMPLING)
+    assert keys == ["karras/dpmpp_2m-x4", "karras/euler-x10"]
+    assert [(j["solver"], j["grid"]["steps"]) for j in jobs[:2]] == [("dpmpp_2m", 4 * 3), ("euler", 10 * 5)]
+    cells, teachers = with_samples(cells, keys, [f"s{i}" for i in range(len(jobs))])
+    assert teachers == {"karras/dpmpp_2m-x4": "s0", "karras/euler-x10": "s1"}
+    rmse_refs = {sid: ref for sid, m, ref in score_items(cells, teachers, {}, ["rmse"])}
+    assert [rmse_refs[c["dode"]] for c in cells] == ["s0", "s1", "s0"]
+
+
 @pytest.mark.parametrize(("change", "message"), [
-    ({"model": "sd-turbo"}, "unknown model 'sd-turbo'"),
-    ({"teacher_solver": "rk4"}, "unknown teacher solver 'rk4'"),
-    ({"teacher_factor": 0}, "teacher_factor must be >= 1"),
-    ({"correction": "both"}, "unknown correction 'both'"),
-    ({"objective": "adamw"}, "unknown objective 'adamw'"),
-    ({"objective_options": {"learn_sigmas": True}}, r"objective 'step' has no option\(s\) \['learn_sigmas'\]"),
+    ({"model": "sd-turbo"}, "model: unknown model 'sd-turbo'"),
+    ({"teacher": {"solver": "rk4"}}, "teacher: unknown solver 'rk4'"),
+    ({"teacher": {"factor": 0}}, "teacher.factor: Input should be greater than or equal to 1"),
+    ({"fit": {"correction": "both"}}, "fit.correction: Input should be 'data' or 'noise'"),
+    ({"fit": {"objective": "adamw"}}, "fit: unknown objective 'adamw'"),
+    ({"fit": {"options": {"learn_sigmas": True}}}, r"fit: objective 'step' has no option\(s\) \['learn_sigmas'\]"),
+    ({"fit": {"objective": "final", "options": {"iterations": -1}}}, "iterations must be an integer >= 0, got -1"),
     ({"variants": {"fast": {"objective": "final", "options": {"iters": 3}}}}, r"no option\(s\) \['iters'\]"),
     ({"variants": {"fast": {"options": {}}}}, "must be a mapping with 'objective'"),
     ({"variants": {"base": {"objective": "final"}}}, "variant name 'base' is taken"),
-    ({"alignment": "roughly"}, "unknown alignment 'roughly'"),
-    ({"alignment": "official", "solvers": ["euler", "dpmpp_2m"]}, r"use alignment=exact for \['dpmpp_2m'\]"),
+    ({"teacher": {"alignment": "roughly"}}, "teacher.alignment: Input should be 'exact' or 'official'"),
+    ({"teacher": {"alignment": "official"}, "solvers": ["euler", "dpmpp_2m"]}, r"use alignment=exact for \['dpmpp_2m'\]"),
+    ({"teacher": {"alignment": "official", "solver": "dpmpp_2m"}}, "official alignment uses the reference code's Euler"),
     ({"variants": {"v": {"objective": "final", "solvers": ["rk4"]}}}, "unknown solver 'rk4'"),
-    ({"holdout": 1.0}, r"holdout must be a fraction in \(0, 1\)"),
-    ({"metrics": ["fid", "lpips"]}, r"unknown metric\(s\) \['lpips'\]"),
+    ({"fit": {"holdout": 1.0}}, "fit.holdout: Input should be less than 1"),
+    ({"scoring": {"metrics": ["fid", "lpips"]}}, r"scoring: unknown metric\(s\) \['lpips'\]"),
     ({"solvers": ["heun"], "nfes": [4]}, "heun makes odd NFEs only"),
+    ({"n_distill": 64}, "n_distill: Extra inputs are not permitted"),
 ])
 def test_a_bad_pipeline_parameter_is_one_clear_error(change, message):
-    check_pipeline(PIPELINE)
-    with pytest.raises(ValueError, match=message):
-        check_pipeline({**PIPELINE, **change})
+    build(PipelineRun, PIPELINE)
+    with pytest.raises(ValueError, match=message) as err:
+        build(PipelineRun, {**PIPELINE, **change})
+    assert err.value.args[0].startswith("PipelineRun: ") and "\n" not in err.value.args[0]
 
 
-def test_sample_and_score_checks_catch_contradictions():
-    sample = {"model": "gaussian", "solver": None, "nfe": None, "family": "karras", "lambdas": None, "n_samples": 4,
-              "batch_size": 2, "num_shards": 1}
+def test_official_alignment_defaults_its_teacher_to_euler():
+    config = build(PipelineRun, {**PIPELINE, "teacher": {"alignment": "official"}})
+    assert config.teacher.solver == "euler" and build(PipelineRun, PIPELINE).teacher.solver == "dpmpp_2m"
+
+
+def test_sample_and_score_configurations_catch_contradictions():
+    sample = {"model": "gaussian", "sampling": {"n_samples": 4, "batch_size": 2}}
     with pytest.raises(ValueError, match="give solver and nfe"):
-        check_sample(sample)
+        build(SampleRun, sample)
     with pytest.raises(ValueError, match="drop solver/nfe"):
-        check_sample({**sample, "lambdas": "abc", "solver": "euler"})
-    check_sample({**sample, "solver": "euler", "nfe": 3})
+        build(SampleRun, {**sample, "lambdas": "abc", "solver": "euler"})
+    assert build(SampleRun, {**sample, "solver": "euler", "nfe": 3}).sampling.batch_size == 2
     with pytest.raises(ValueError, match="not both"):
-        check_score({**sample, "metrics": ["auto"], "samples": ["a"], "lambdas": ["b"]})
+        build(ScoreRun, {"model": "gaussian", "samples": ["a"], "lambdas": ["b"]})
 
 
 def test_metrics_come_from_the_model():

@@ -5,16 +5,17 @@ import numpy as np
 from dode.store.registry import Registry
 from dode.store.samples import load_samples
 
-CONFIG = {"model": "mixture-smooth", "solvers": ("euler", "dpmpp_2m"), "nfes": (3,), "teacher_factor": 4,
-          "n_distill": 32, "n_samples": 96, "batch_size": 32, "num_shards": 3}
+CONFIG = {"model": "mixture-smooth", "solvers": ("euler", "dpmpp_2m"), "nfes": (3,),
+          "teacher": {"factor": 4, "n_samples": 32, "batch_size": 32},
+          "sampling": {"n_samples": 96, "batch_size": 32, "num_shards": 3}}
 
 
 def test_dask_local_cluster_equals_the_sequential_run(prefect_harness, tmp_path):
     from flows.pipeline import pipeline_flow
 
     seq, par = Registry(tmp_path / "sequential"), Registry(tmp_path / "dask")
-    a = pipeline_flow(**CONFIG, registry=seq.uri)
-    b = pipeline_flow(**CONFIG, registry=par.uri, dask=True)
+    a = pipeline_flow(config=CONFIG, registry=seq.uri)
+    b = pipeline_flow(config=CONFIG, registry=par.uri, dask=True)
     assert b["rows"] == a["rows"]
     # Every artifact but the report (it names its registry) and the per-shard indexes (which shard finds the
     # job complete depends on timing) is the same, id for id.

@@ -1,5 +1,6 @@
-"""prefect.yaml and `dode run` without a server: every deployment loads, its parameters validate, its
-schedules parse; every flow parameter is a `dode run` option, read from the flow (declared once)."""
+"""prefect.yaml and `dode run` without a server: every deployment loads, its parameters build its stage's
+configuration, its schedules parse; every configuration field is a `dode run` option, derived from the
+configuration (declared once, in dode.runs)."""
 
 import inspect
 import re
@@ -8,25 +9,40 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from dode.checks import check_distill, check_pipeline
+from dode import runs
+from dode.config import build
+from dode.teacher import TeacherConfig
 from flows import cli
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
 DEPLOYMENTS = SPEC["deployments"]
-STAGE_OF = {entrypoint: stage for stage, (entrypoint, _) in cli.STAGES.items()}
+STAGE_OF = {entrypoint: stage for stage, entrypoint in cli.STAGES.items()}
+
+
+def config_fields(config: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every field of a configuration, its parts' as ``part.field``, recursively."""
+    out = set()
+    for name, field in config.model_fields.items():
+        part = field.annotation
+        nested = isinstance(part, type) and issubclass(part, BaseModel)
+        out |= config_fields(part, f"{prefix}{name}.") if nested else {f"{prefix}{name}"}
+    return out
 
 
 @pytest.mark.parametrize("dep", DEPLOYMENTS, ids=lambda d: d["name"])
-def test_deployment_loads_and_its_parameters_validate(dep, monkeypatch, root):
+def test_deployment_loads_and_builds_its_stage_configuration(dep, monkeypatch, root):
     from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
     from prefect.flows import load_flow_from_entrypoint
 
     monkeypatch.chdir(root)
     flow = load_flow_from_entrypoint(dep["entrypoint"])
+    stage = runs.STAGES[STAGE_OF[dep["entrypoint"]]]
     params = dep.get("parameters", {})
-    flow.validate_parameters(params)  # types, as the server checks them
-    cli.STAGES[STAGE_OF[dep["entrypoint"]]][1](_bound(flow, params))  # choices and ranges, as `dode run` checks
+    assert set(params) <= set(inspect.signature(flow.fn).parameters)
+    config = build(stage, params["config"])  # rules and defaults, as `dode run` builds it
+    assert flow.validate_parameters(params)["config"] == config  # as the server checks the deployment's parameters
     assert dep["work_pool"]["name"] == "dode-process"
     for s in dep.get("schedules", []):
         if "cron" in s:
@@ -40,9 +56,16 @@ def test_prefect_yaml_matches_the_cli_schema_and_covers_every_stage():
     from prefect.cli.deploy._models import PrefectYamlModel  # private model of prefect 3.9's `prefect deploy`
 
     PrefectYamlModel.model_validate(SPEC)
-    assert {STAGE_OF[d["entrypoint"]] for d in DEPLOYMENTS} == set(cli.STAGES)
+    assert {STAGE_OF[d["entrypoint"]] for d in DEPLOYMENTS} == set(cli.STAGES) == set(runs.STAGES)
     kinds = {k for d in DEPLOYMENTS for s in d.get("schedules", []) for k in ("cron", "interval") if k in s}
     assert kinds == {"cron", "interval"}
+
+
+def test_every_deployment_fits_with_the_libraries_default_teacher_solver():
+    # One teacher per student grid serves every solver: its solver is the library's default everywhere.
+    configs = [build(runs.STAGES[STAGE_OF[d["entrypoint"]]], d["parameters"]["config"]) for d in DEPLOYMENTS]
+    teachers = [c.teacher for c in configs if "teacher" in type(c).model_fields]
+    assert len(teachers) == 5 and {t.solver for t in teachers} == {TeacherConfig().solver} == {"dpmpp_2m"}
 
 
 def test_a_bad_parameter_is_rejected_before_any_run(monkeypatch, root):
@@ -52,37 +75,71 @@ def test_a_bad_parameter_is_rejected_before_any_run(monkeypatch, root):
     monkeypatch.chdir(root)
     flow = load_flow_from_entrypoint("flows.pipeline:pipeline_flow")
     with pytest.raises(ParameterTypeError):
-        flow.validate_parameters({"nfes": "many"})
+        flow.validate_parameters({"config": {"nfes": "many"}})
     with pytest.raises(ValueError, match="unknown solver 'rk45'; choose one of"):
-        check_pipeline(_bound(flow, {"solvers": ["rk45"]}))
+        build(runs.PipelineRun, {"solvers": ["rk45"]})
     with pytest.raises(ValueError, match="heun makes odd NFEs only"):
-        check_pipeline(_bound(flow, {"solvers": ["heun"], "nfes": [4]}))
+        build(runs.PipelineRun, {"solvers": ["heun"], "nfes": [4]})
     with pytest.raises(ValueError, match="unknown objective 'adamw'; choose one of"):
-        check_distill(_bound(cli.load_flow("distill"), {"objective": "adamw"}))
-    with pytest.raises(ValueError, match=r"pipeline: .*nfes"):
-        cli.run_stage("pipeline", {"nfes": "many"})  # Prefect's type check, as one error, before any run
+        build(runs.DistillRun, {"fit": {"objective": "adamw"}})
+    with pytest.raises(ValueError, match=r"PipelineRun: nfes: Input should be a valid tuple"):
+        cli.run_stage("pipeline", {"config": {"nfes": "many"}})  # one error, before any run
+    with pytest.raises(ValueError, match=r"pipeline: .*dask"):
+        cli.run_stage("pipeline", {"config": {}, "dask": "often"})  # Prefect's type check of the other parameters
+
+
+@pytest.mark.parametrize(("config", "argv", "message"), [
+    ({"fit": {"holdout": 2}}, ["--fit-holdout", "2"], "DistillRun: fit.holdout: Input should be less than 1"),
+    ({"teacher": {"alignment": "official", "solver": "dpmpp_2m"}},
+     ["--teacher-alignment", "official", "--teacher-solver", "dpmpp_2m"],
+     "DistillRun: teacher: official alignment uses the reference code's Euler teacher; drop the teacher solver"),
+    ({"fit": {"objective": "final", "options": {"iterationz": 3}}},
+     ["--fit-objective", "final", "--fit-options", "iterationz=3"],
+     "DistillRun: fit: objective 'final' has no option(s) ['iterationz']"),
+])
+def test_bad_configuration_is_one_value_error_before_any_run(config, argv, message, tmp_path, capsys):
+    from dode.cli import main
+
+    registry = tmp_path / "registry"
+    with pytest.raises(ValueError) as err:
+        cli.run_stage("distill", {"config": config, "registry": str(registry)})
+    assert err.value.args[0].startswith(message) and "\n" not in err.value.args[0]
+    assert main(["run", "distill", *argv, "--registry", str(registry)]) == 2
+    out, err_text = capsys.readouterr()
+    assert err_text.strip().splitlines() == [f"dode run: error: {err.value.args[0]}"] and out == ""
+    assert not registry.exists()  # nothing ran
 
 
 @pytest.mark.parametrize("stage", sorted(cli.STAGES))
-def test_every_flow_parameter_is_a_described_cli_option(stage):
+def test_every_configuration_field_is_a_described_cli_option(stage):
     flow = cli.load_flow(stage)
     parser = cli.stage_parser(stage, flow)
     options = {a.dest: a for a in parser._actions if a.dest != "help"}
-    assert set(options) == set(inspect.signature(flow.fn).parameters)
+    own = set(inspect.signature(flow.fn).parameters) - {cli.CONFIG}
+    assert set(options) == config_fields(runs.STAGES[stage]) | own  # one option per field, derived
     assert all(a.help.strip() and not a.help.startswith(" (default") for a in options.values()), stage
+    for dest, action in options.items():
+        if "." in dest:
+            assert f"--{dest.replace('.', '-').replace('_', '-')}" in action.option_strings
 
 
 def test_cli_options_parse_to_the_flow_parameters():
     flow = cli.load_flow("pipeline")
     args = ["--solver", "euler", "heun", "--nfe", "3", "5", "--nfes-by-solver", "heun=3,5", '{"euler": [4]}',
-            "--nfes-by-solver", "ipndm=5", "--objective", "final", "--objective-options", "iterations=3", "optimizer=adam",
-            "--no-guard", "--holdout", "0.5", "--metrics", "rmse"]
-    params = vars(cli.stage_parser("pipeline", flow).parse_args(args))
-    assert params == {"solvers": ["euler", "heun"], "nfes": [3, 5], "guard": False, "holdout": 0.5,
-                      "nfes_by_solver": {"heun": [3, 5], "euler": [4], "ipndm": [5]}, "metrics": ["rmse"],
-                      "objective": "final", "objective_options": {"iterations": 3, "optimizer": "adam"}}
-    flow.validate_parameters(params)
-    check_pipeline(_bound(flow, params))
+            "--nfes-by-solver", "ipndm=5", "--fit-objective", "final", "--fit-options", "iterations=3",
+            "optimizer=adam", "--no-fit-guard", "--fit-holdout", "0.5", "--scoring-metrics", "rmse",
+            "--teacher-n-samples", "64", "--teacher-first-seed", "7", "--sampling-n-samples", "32", "--dask"]
+    params = cli.nested(vars(cli.stage_parser("pipeline", flow).parse_args(args)), flow)
+    assert params == {"config": {"solvers": ["euler", "heun"], "nfes": [3, 5],
+                                 "nfes_by_solver": {"heun": [3, 5], "euler": [4], "ipndm": [5]},
+                                 "fit": {"objective": "final", "options": {"iterations": 3, "optimizer": "adam"},
+                                         "guard": False, "holdout": 0.5},
+                                 "scoring": {"metrics": ["rmse"]}, "teacher": {"n_samples": 64, "first_seed": 7},
+                                 "sampling": {"n_samples": 32}}, "dask": True}
+    config = build(runs.PipelineRun, params["config"])
+    assert (config.teacher.n_samples, config.teacher.factor, config.fit.guard, config.sampling.batch_size) == (
+        64, 10, False, 250)  # options left out take the configuration's defaults
+    flow.validate_parameters({**params, "config": config})
     with pytest.raises(SystemExit):
         cli.stage_parser("pipeline", flow).parse_args(["--nfes-by-solver", "heun"])
 
@@ -92,7 +149,8 @@ def test_dode_run_rejects_bad_input_with_one_line(capsys):
 
     assert main(["run", "pipeline", "--solvers", "heun", "--nfe", "4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["dode run: error: no solver in ['heun'] can make exactly the NFEs [4]; heun makes odd NFEs only"]
+    assert err == [("dode run: error: PipelineRun: value: no solver in ['heun'] can make exactly the NFEs [4]; "
+                    "heun makes odd NFEs only")]
 
 
 def test_results_are_shown_by_their_shape():
@@ -103,12 +161,6 @@ def test_results_are_shown_by_their_shape():
     assert cli.show([{"samples": "ab" * 32, "label": "FD-pixels", "value": 1.5, "n": 8}]) == (
         "abababababab  FD-pixels: 1.5  (n=8)")
     assert cli.show("0123abcd") == "0123abcd"
-
-
-def _bound(flow, params):
-    bound = inspect.signature(flow.fn).bind(**params)
-    bound.apply_defaults()
-    return bound.arguments
 
 
 def test_the_deploy_commands_in_the_header_name_real_deployments():

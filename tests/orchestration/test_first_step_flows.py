@@ -12,8 +12,8 @@ from dode.store.lambdas import load_lambdas
 from dode.store.registry import Registry
 from dode.store.samples import load_samples
 
-SMALL = {"model": "mixture-smooth", "solvers": ("dpmpp_2m",), "nfes": (3,), "teacher_factor": 4, "n_distill": 48,
-         "n_samples": 64, "batch_size": 32,
+SMALL = {"model": "mixture-smooth", "solvers": ("dpmpp_2m",), "nfes": (3,),
+         "teacher": {"factor": 4, "n_samples": 48, "batch_size": 32}, "sampling": {"n_samples": 64, "batch_size": 32},
          "variants": {"analytic λ": {"objective": "step", "first_step": "analytic"},
                       "flowmap λ": {"objective": "step", "first_step": "flowmap"}}}
 
@@ -22,7 +22,7 @@ def test_pipeline_fits_and_samples_first_step_variants_at_the_cells_network_call
     from flows.pipeline import pipeline_flow
 
     reg = Registry(tmp_path / "registry")
-    result = pipeline_flow(**SMALL, registry=reg.uri)
+    result = pipeline_flow(config=SMALL, registry=reg.uri)
     (row,) = [r for r in result["rows"] if r["metric"] == "fd-pixels"]
     assert set(row["variants"]) == {"analytic λ", "flowmap λ", "base+analytic", "base+flowmap"}
     (gauss,) = reg.list("gaussian")
@@ -45,14 +45,15 @@ def test_distill_and_sample_stages_take_a_first_step(prefect_harness, tmp_path):
     from flows.stages import distill_flow, sample_flow
 
     uri = str(tmp_path / "registry")
-    out = distill_flow(model="mixture-smooth", solver="euler", nfe=2, first_step="analytic", teacher_factor=4,
-                       n_distill=32, batch_size=32, registry=uri)
+    teacher = {"factor": 4, "n_samples": 32, "batch_size": 32}
+    out = distill_flow(config={"solver": "euler", "nfe": 2, "first_step": "analytic", "teacher": teacher}, registry=uri)
     reg = Registry(uri)
     lam = load_lambdas(reg, out["lambdas"])
     assert lam.nfe == 3 and lam.first.kind == "analytic" and len(lam.sigmas) == 4
     assert reg.get(out["trajectory"]).params["grid"] == GridSpec.for_calls("karras", "euler", 2, "analytic").to_dict()
-    base = sample_flow(model="mixture-smooth", solver="euler", nfe=2, first_step="analytic", gaussian=out["gaussian"],
-                       n_samples=32, batch_size=32, registry=uri)
+    sampling = {"n_samples": 32, "batch_size": 32}
+    base = sample_flow(config={"solver": "euler", "nfe": 2, "first_step": "analytic", "gaussian": out["gaussian"],
+                               "sampling": sampling}, registry=uri)
     assert reg.get(base).params["job"]["grid"]["steps"] == 3
-    with_lambdas = sample_flow(model="mixture-smooth", lambdas=out["lambdas"], n_samples=32, batch_size=32, registry=uri)
+    with_lambdas = sample_flow(config={"lambdas": out["lambdas"], "sampling": sampling}, registry=uri)
     assert reg.get(with_lambdas).params["job"]["lambdas_id"] == out["lambdas"]

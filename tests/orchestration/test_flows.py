@@ -6,14 +6,17 @@ from pathlib import Path
 import pytest
 
 import dode
+from dode.config import build
 from dode.grids import GridSpec
 from dode.models import load_model
-from dode.rng import seeded_noise
+from dode.runs import DistillRun
 from dode.store.lambdas import load_lambdas
 from dode.store.registry import Registry
+from dode.teacher import TeacherConfig
 
-SMALL = {"model": "mixture-smooth", "solvers": ("euler", "heun", "dpmpp_2m"), "nfes": (3, 5), "teacher_factor": 4,
-         "n_distill": 48, "n_samples": 96, "batch_size": 48}
+TEACHER = {"factor": 4, "n_samples": 48, "batch_size": 48}
+SMALL = {"model": "mixture-smooth", "solvers": ("euler", "heun", "dpmpp_2m"), "nfes": (3, 5), "teacher": TEACHER,
+         "sampling": {"n_samples": 96, "batch_size": 48}}
 
 
 def task_states(flow_run_id):
@@ -42,7 +45,7 @@ def swept(prefect_harness, tmp_path_factory):
     reg = Registry(tmp_path_factory.mktemp("registry"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        state = pipeline_flow(**SMALL, registry=reg.uri, return_state=True)
+        state = pipeline_flow(config=SMALL, registry=reg.uri, return_state=True)
     return reg, state.result(), state.state_details.flow_run_id, caught
 
 
@@ -68,9 +71,10 @@ def test_lambdas_equal_a_direct_distillation(swept, solver, nfe):
     (art,) = [a for a in reg.list("lambdas") if (a.params["solver"], a.params["nfe"]) == (solver, nfe)]
     stored = load_lambdas(reg, art)
     m = load_model("mixture-smooth")
-    noise = seeded_noise(range(1_000_000, 1_000_048), m.shape)
+    teacher = TeacherConfig(**TEACHER)
+    assert teacher.solver == "dpmpp_2m" and teacher.seeds == range(1_000_000, 1_000_048)
     sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas(m.denoiser)
-    direct = dode.distill(m.denoiser, noise, sigmas, solver, teacher_factor=4, teacher_solver="dpmpp_2m")
+    direct = dode.distill(m.denoiser, teacher.noise(m.shape), sigmas, solver, teacher)
     assert stored.values == pytest.approx(direct.values, rel=1e-4, abs=1e-5)
     decision = [{k: g[k] for k in ("scale", "chosen", "changed") if k in g} for g in (stored.guard, direct.guard)]
     assert decision[0] and decision[0] == decision[1]  # the guard decided alike
@@ -108,7 +112,7 @@ def test_unchanged_rerun_is_cached_and_adds_nothing(swept):
 
     reg, out, _, _ = swept
     before = {a.id for a in reg.list()}
-    state = pipeline_flow(**SMALL, registry=reg.uri, return_state=True)
+    state = pipeline_flow(config=SMALL, registry=reg.uri, return_state=True)
     assert state.result()["rows"] == out["rows"]
     assert {a.id for a in Registry(reg.uri).list()} == before
     states = task_states(state.state_details.flow_run_id)
@@ -119,16 +123,15 @@ def test_stage_flows_reuse_the_pipeline_artifacts(swept):
     from flows.stages import distill_flow, sample_flow, score_flow, teacher_flow
 
     reg, out, _, _ = swept
-    common = {"model": "mixture-smooth", "teacher_factor": 4, "n_distill": 48, "batch_size": 48, "registry": reg.uri}
     row = next(r for r in out["rows"] if (r["solver"], r["nfe"], r["metric"]) == ("euler", 3, "fd-pixels"))
     lam = reg.get(row["lambdas"])
-    assert teacher_flow(steps=3, **common) == lam.parents[0]
-    assert distill_flow(solver="euler", nfe=3, **common)["lambdas"] == lam.id
-    samples = sample_flow(model="mixture-smooth", lambdas=lam.id[:16], n_samples=96, batch_size=48,
-                          registry=reg.uri, num_shards=2)
-    (score,) = score_flow(model="mixture-smooth", samples=[samples], n_samples=96, registry=reg.uri)
+    assert teacher_flow(config={"steps": 3, "teacher": TEACHER}, registry=reg.uri) == lam.parents[0]
+    assert distill_flow(config={"solver": "euler", "nfe": 3, "teacher": TEACHER}, registry=reg.uri)["lambdas"] == lam.id
+    samples = sample_flow(config={"lambdas": lam.id[:16], "sampling": {**SMALL["sampling"], "num_shards": 2}},
+                          registry=reg.uri)
+    (score,) = score_flow(config={"samples": [samples], "sampling": {"n_samples": 96}}, registry=reg.uri)
     assert score["value"] == row["dode"]
-    again = score_flow(model="mixture-smooth", n_samples=96, batch_size=48, registry=reg.uri)
+    again = score_flow(config={"sampling": SMALL["sampling"]}, registry=reg.uri)
     assert sorted(again, key=str) == sorted(out["rows"], key=str)
 
 
@@ -157,49 +160,74 @@ def test_library_loggers_reach_the_flow_run_logs(prefect_harness):
 
 
 def test_registry_damage_beats_the_prefect_cache(prefect_harness, tmp_path):
-    """Issue: a rerun after deleting one sample chunk (or wiping the registry) used to report every task
-    "Cached" while the registry lacked the artifacts. The registry is the source of truth: recompute."""
+    """Issue: a rerun after deleting a job's samples (or wiping the registry) used to report every task "Cached"
+    while the registry lacked the artifacts. The registry is the source of truth: recompute. (What the cache
+    checks of a samples job is its index: a damaged chunk is refused when read, test_cache_repair.py.)"""
     import shutil
 
     from flows.pipeline import pipeline_flow
     from flows.stages import distill_flow
 
-    tiny = {"model": "mixture-smooth", "solvers": ("euler",), "nfes": (3,), "teacher_factor": 2, "n_distill": 16,
-            "n_samples": 32, "batch_size": 16}
+    teacher = {"factor": 2, "n_samples": 16, "batch_size": 16}
+    tiny = {"model": "mixture-smooth", "solvers": ("euler",), "nfes": (3,), "teacher": teacher,
+            "sampling": {"n_samples": 32, "batch_size": 16}}
     reg = Registry(tmp_path / "registry")
-    first = pipeline_flow(**tiny, registry=reg.uri)
-    chunk = min(a.id for a in reg.list("samples") if "images.npy" in a.files)
-    shutil.rmtree(tmp_path / "registry" / "artifacts" / chunk)
-    again = pipeline_flow(**tiny, registry=reg.uri, return_state=True)
+    first = pipeline_flow(config=tiny, registry=reg.uri)
+    index = min(a.id for a in reg.list("samples") if "images.npy" not in a.files)
+    shutil.rmtree(tmp_path / "registry" / "artifacts" / index)
+    again = pipeline_flow(config=tiny, registry=reg.uri, return_state=True)
     states = task_states(again.state_details.flow_run_id)
     again = again.result()
     assert again["rows"] == first["rows"]
-    assert Registry(reg.uri).intact(chunk) and Registry(reg.uri).verify() == []
+    assert Registry(reg.uri).intact(index) and Registry(reg.uri).verify() == []
     assert ("sample", "Completed") in states  # the damaged job ran again; the rest stayed cached
     assert {s for _, s in states} == {"Completed", "Cached"}
 
-    common = {"model": "mixture-smooth", "solver": "euler", "nfe": 3, "teacher_factor": 2, "n_distill": 16,
-              "batch_size": 16}
-    lam = distill_flow(**common, registry=reg.uri)["lambdas"]
+    common = {"model": "mixture-smooth", "solver": "euler", "nfe": 3, "teacher": teacher}
+    lam = distill_flow(config=common, registry=reg.uri)["lambdas"]
     shutil.rmtree(tmp_path / "registry")  # a wiped registry
-    assert distill_flow(**common, registry=reg.uri)["lambdas"] == lam  # recomputed, same content, same id
+    assert distill_flow(config=common, registry=reg.uri)["lambdas"] == lam  # recomputed, same content, same id
     assert Registry(reg.uri).intact(lam)
 
 
 def test_official_alignment_through_the_distill_flow(swept):
-    """`alignment=official` (the reference code's Euler teacher) through the flow equals the library's."""
+    """`alignment=official` (the reference code's Euler teacher) through the flow equals the library's; it stores
+    no teacher (its grid is the solver's own): the lambdas' parent is the model."""
     from flows.stages import distill_flow
 
     reg = swept[0]
-    common = {"model": SMALL["model"], "teacher_factor": SMALL["teacher_factor"], "n_distill": SMALL["n_distill"],
-              "batch_size": SMALL["batch_size"], "registry": reg.uri}
-    out = distill_flow(solver="euler", nfe=3, alignment="official", **common)
-    lam = load_lambdas(reg, out["lambdas"])
+    trajectories = {a.id for a in reg.list("trajectory")}
+    config = build(DistillRun, {"solver": "euler", "nfe": 3, "teacher": {**TEACHER, "alignment": "official"}})
+    assert config.teacher.solver == "euler"  # the official teacher's default
+    out = distill_flow(config=config, registry=reg.uri)
+    lam, art = load_lambdas(reg, out["lambdas"]), reg.get(out["lambdas"])
     m = load_model(SMALL["model"])
-    sigmas = GridSpec.for_nfe("karras", "euler", 3).sigmas(m.denoiser)
-    direct = dode.distill(m.denoiser, seeded_noise(list(range(1_000_000, 1_000_000 + SMALL["n_distill"])), m.shape),
-                          sigmas, "euler", SMALL["teacher_factor"], "official")
+    direct = dode.distill(m.denoiser, config.teacher.noise(m.shape), config.grid.sigmas(m.denoiser), "euler",
+                          config.teacher, config.fit)
     assert lam.values == direct.values and lam.teacher["alignment"] == "official"
-    assert reg.get(out["lambdas"]).params["alignment"] == "official"
-    exact = load_lambdas(reg, distill_flow(solver="euler", nfe=3, **common)["lambdas"])
+    assert out["trajectory"] is None and {a.id for a in Registry(reg.uri).list("trajectory")} == trajectories
+    assert list(art.parents) == [reg.find("model", fingerprint=m.fingerprint)[0].id]
+    assert art.params["teacher"] == config.teacher.model_dump() and art.params["fit"] == config.fit.model_dump()
+    exact = load_lambdas(reg, distill_flow(config={"solver": "euler", "nfe": 3, "teacher": TEACHER},
+                                           registry=reg.uri)["lambdas"])
     assert exact.values != lam.values
+
+
+def test_reevaluation_compares_each_lambdas_with_its_own_teacher(swept):
+    """Re-evaluating lambdas fitted to different teachers (exact dpmpp_2m x4, official Euler x4): each is scored
+    against the samples of its own teacher, not the first lambdas' teacher."""
+    from flows.stages import distill_flow, score_flow
+
+    reg = swept[0]
+    ids = [distill_flow(config={"solver": "euler", "nfe": 3, "teacher": teacher}, registry=reg.uri)["lambdas"]
+           for teacher in (TEACHER, {**TEACHER, "alignment": "official"})]
+    rows = score_flow(config={"lambdas": ids, "sampling": SMALL["sampling"]}, registry=reg.uri)
+    assert sorted({r["lambdas"] for r in rows}) == sorted(ids)
+    reg = Registry(reg.uri)
+    for lam_id, solver in zip(ids, ("dpmpp_2m", "euler")):
+        (dode_samples,) = [a for a in reg.list("samples") if a.params.get("job", {}).get("lambdas_id") == lam_id
+                           and "shard" not in a.params and "images.npy" not in a.files]
+        teachers = {(job["solver"], job["grid"]["steps"], job["lambdas_id"])
+                    for job in (reg.get(a.params["reference"]).params["job"] for a in reg.list("score")
+                                if a.params["samples"] == dode_samples.id and a.params["metric"] == "rmse")}
+        assert (solver, 4 * 3, None) in teachers and {t[0] for t in teachers} == {solver}  # its own teacher only

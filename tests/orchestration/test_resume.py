@@ -12,7 +12,7 @@ import time
 from dode.store.registry import Registry
 
 ARGS = ["--model", "mixture-smooth", "--solvers", "euler", "dpmpp_2m", "--nfe", "3", "4",
-        "--teacher-factor", "4", "--n-distill", "64", "--n-samples", "600", "--batch-size", "30"]
+        "--teacher-factor", "4", "--teacher-n-samples", "64", "--sampling-n-samples", "600", "--sampling-batch-size", "30"]
 CHUNKS_PER_JOB = 600 // 30
 JOBS = 1 + 2 * 4  # the teacher's samples, then base and D-ODE for 2 solvers x 2 NFEs
 
@@ -64,7 +64,8 @@ def test_a_killed_pipeline_resumes_without_recomputing(prefect_harness, tmp_path
     assert "report: " in log
 
     # The results are those of an uninterrupted run.
-    clean = pipeline_flow(model="mixture-smooth", solvers=("euler", "dpmpp_2m"), nfes=(3, 4), teacher_factor=4,
-                          n_distill=64, n_samples=600, batch_size=30, registry=str(tmp_path / "clean"))
+    clean = pipeline_flow(config={"model": "mixture-smooth", "solvers": ("euler", "dpmpp_2m"), "nfes": (3, 4),
+                                  "teacher": {"factor": 4, "n_samples": 64},
+                                  "sampling": {"n_samples": 600, "batch_size": 30}}, registry=str(tmp_path / "clean"))
     resumed = next(a for a in after.list("report"))
     assert after.read_json(resumed, "results.json")["rows"] == clean["rows"]

@@ -80,9 +80,9 @@ def test_deployed_pipeline_runs_on_a_process_worker(server, tmp_path, root):
     for name in ("digits-sweep", "smoke", "nightly-reevaluation", "teacher", "distill", "sample", "score"):
         assert name in out
     job_env = {"DODE_REGISTRY": str(registry), "PREFECT_LOGGING_EXTRA_LOGGERS": "dode", "OMP_NUM_THREADS": "1"}
-    out = prefect(env, "deployment", "run", "dode-pipeline/smoke", "--param", 'solvers=["euler"]',
-                  "--param", "nfes=[3]", "--param", "n_samples=64", "--param", "batch_size=32",
-                  "--param", "n_distill=16", "--param", "teacher_factor=4",
+    config = {"model": "mixture-smooth", "solvers": ["euler"], "nfes": [3], "teacher": {"factor": 4, "n_samples": 16},
+              "sampling": {"n_samples": 64, "batch_size": 32}}
+    out = prefect(env, "deployment", "run", "dode-pipeline/smoke", "--param", f"config={json.dumps(config)}",
                   "--job-variable", f"env={json.dumps(job_env)}")
     run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
 

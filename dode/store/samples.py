@@ -65,10 +65,17 @@ def load_images(data: bytes, what: str) -> np.ndarray:
 
 
 def iter_samples(registry: Any, art_or_id: Any) -> Iterator[tuple[range, np.ndarray]]:
-    """(seeds, uint8 (B, C, H, W) images) chunk by chunk: memory bounded by one chunk."""
+    """(seeds, uint8 (B, C, H, W) images) chunk by chunk: memory bounded by one chunk. A missing or damaged
+    chunk raises one ValueError saying how to recompute it."""
     for chunk_id, seeds in chunk_list(registry, art_or_id):
-        images = load_images(registry.read_bytes(chunk_id, "images.npy"), f"samples {chunk_id[:12]}: images.npy")
-        yield seeds, images
+        try:
+            data = registry.read_bytes(chunk_id, "images.npy")
+        except ValueError as err:
+            raise ValueError(f"samples chunk {chunk_id[:12]} (seeds {seeds.start}..{seeds.stop - 1}) cannot be read: "
+                             f"{err}. Rerun the sampling job to recompute it (only missing or damaged chunks are "
+                             "computed again): `dode sample` with the same settings, or the flow with "
+                             "PREFECT_TASKS_REFRESH_CACHE=true (its cached result trusts the job's index)") from None
+        yield seeds, load_images(data, f"samples {chunk_id[:12]}: images.npy")
 
 
 def load_samples(registry: Any, art_or_id: Any) -> np.ndarray:

@@ -2,6 +2,7 @@
 the check costs the same whatever the size of the job (issue 18)."""
 
 import os
+import re
 import shutil
 
 import pytest
@@ -55,5 +56,12 @@ def test_the_cache_check_of_a_sharded_job_reads_its_index_only(tmp_path, monkeyp
     shutil.rmtree(tmp_path / "registry" / "artifacts" / chunks[3])
     steps.open_registry.cache_clear()
     assert registry_holds(uri, index)  # the cached index is still trusted ...
-    with pytest.raises(ValueError):
-        load_samples(Registry(uri), index)  # ... and reading the damaged job refuses it
+    with pytest.raises(ValueError, match=f"chunk {chunks[3][:12]} .* Rerun the sampling job to recompute it"):
+        load_samples(Registry(uri), index)  # ... and reading the damaged job refuses it, saying how to mend it
+    lines = []
+    monkeypatch.setattr(steps.log, "info", lambda message, *args: lines.append(message % args))
+    for shard in range(4):  # the rerun the message asks for: only the missing chunk is computed again
+        steps.sample(uri, job, shard, 4)
+    computed = [int(m) for m in re.findall(r"computed (\d+) chunk", "\n".join(lines))]
+    assert sorted(computed) == [0, 0, 0, 1]
+    assert load_samples(Registry(uri), index).shape == (32, 1, 8, 8) and Registry(uri).verify() == []

@@ -18,7 +18,7 @@ from flows import cli
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
 DEPLOYMENTS = SPEC["deployments"]
-STAGE_OF = {entrypoint: stage for stage, entrypoint in cli.STAGES.items()}
+STAGE_OF = {cli.entrypoint(stage): stage for stage in cli.STAGES}  # the flow named "dode-<stage>"
 
 
 def config_fields(config: type[BaseModel], prefix: str = "") -> set[str]:

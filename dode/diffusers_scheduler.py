@@ -208,7 +208,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if hasattr(scheduler, "config"):  # a scheduler's config names its class only once saved
             base.setdefault("_class_name", type(scheduler).__name__)
         if is_flow_config(base):  # FlowMatchEulerDiscreteScheduler: SD3, FLUX and other flow-matching models
-            kind, training, grid = DODEFlowScheduler, DODEFlowScheduler.training_config(base), grid or "flow"
+            kind, training = DODEFlowScheduler, DODEFlowScheduler.training_config(base)
         elif "beta_schedule" not in base:
             raise ValueError(
                 f"{base.get('_class_name', 'this scheduler')} has no DDPM training schedule (beta_schedule); "
@@ -257,7 +257,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         if solver is None:
             raise ValueError("name solver= and nfe= (or pass lambdas=dode.Lambdas, which carries both, or a stock "
                              "Euler / Heun / DPM-Solver++ / UniPC / DDIM scheduler to reproduce)")
-        spec = _grid_for("karras" if grid is None else grid, solver, nfe)
+        family = "flow" if kind is DODEFlowScheduler else "karras"  # the default grid family
+        spec = _grid_for(family if grid is None else grid, solver, nfe)
         placed = {"sigmas": list(spec.values)} if spec.family == "explicit" else {"grid": spec.to_dict()}
         return kind(
             **training,

@@ -306,14 +306,14 @@ def test_a_model_returning_nan_is_one_line_and_exit_2(tmp_path, capsys, monkeypa
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--objective", "final", "--objective-options", "iterations=-1"], "iterations must be an integer >= 0"),
-    (["--objective", "final", "--objective-options", "lr_lambdas=nan"], "lr_lambdas must be a positive number"),
-    (["--objective", "final", "--objective-options", "init=best"], "unknown init 'best'"),
-    (["--objective", "step", "--objective-options", "iterations=3"], "has no option(s) ['iterations']"),
-    (["--distill-seed", "-1"], "distill_seed must be in"),
+    (["--fit-objective", "final", "--fit-options", "iterations=-1"], "iterations must be an integer >= 0"),
+    (["--fit-objective", "final", "--fit-options", "lr_lambdas=nan"], "lr_lambdas must be a positive number"),
+    (["--fit-objective", "final", "--fit-options", "init=best"], "unknown init 'best'"),
+    (["--fit-objective", "step", "--fit-options", "iterations=3"], "has no option(s) ['iterations']"),
+    (["--teacher-first-seed", "-1"], "teacher.first_seed: Input should be greater than or equal to 0"),
 ])
 def test_dode_run_refuses_bad_options_before_any_work(options, message, tmp_path, capsys):
-    rc, _, err = run_cli(capsys, "run", "distill", "--teacher-factor", "2", "--n-distill", "4", *options,
+    rc, _, err = run_cli(capsys, "run", "distill", "--teacher-factor", "2", "--teacher-n-samples", "4", *options,
                          "--registry", tmp_path / "registry")
     assert rc == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "registry").exists()  # no teacher computed, nothing published

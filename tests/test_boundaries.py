@@ -103,3 +103,25 @@ def test_dode_and_its_cli_do_not_import_prefect():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
+
+
+COMPUTE = ("dode.sampling", "dode.teacher", "dode.generate", "dode.distill", "dode.distill_stored", "dode.models",
+           "dode.solvers", "dode.objectives", "dode.guard", "dode.sweep", "dode.steps")
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others (``dode`` itself, the package, left out: a
+    submodule's ``from .. import __version__`` reads a constant, not the package's imports)."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen - {"dode"}:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(n for n in modules() if n.startswith("dode.store")))
+def test_storage_sits_below_compute(name):
+    # Issue 18: the store owns formats and reads; no sampler, teacher runner, model or fitting code under it.
+    bad = sorted(m for m in reachable(import_graph(), name) if m.startswith(COMPUTE))
+    assert not bad, f"{name} reaches {bad}"

@@ -25,3 +25,7 @@ def test_dask_local_cluster_equals_the_sequential_run(prefect_harness, tmp_path)
     for x in seq.list("samples"):
         if "index.json" in x.files and "shard" not in x.params:
             assert np.array_equal(load_samples(seq, x), load_samples(par, x.id))
+    # The steps ran as Prefect tasks in the Dask workers too: each artifact names the task run that made it.
+    made = [x for x in par.list() if x.kind in ("trajectory", "lambdas", "samples", "score")]
+    assert made and all(x.provenance.get("prefect_task_run_id") and x.provenance.get("prefect_flow_run_id")
+                        for x in made)

@@ -154,8 +154,11 @@ def settled_task_runs(flow_run_id: Any, timeout: float = 30.0) -> list[TaskRun]:
 
 def progress_artifact(description: str) -> steps.Progress:
     """A sampling shard's progress as a Prefect progress artifact, once it has run for PROGRESS_EVERY_S seconds,
-    updated at most that often (and at the end)."""
+    updated at most that often (and at the end); nothing when the step runs outside a Prefect task run (a plain
+    call in a process that imported the flows)."""
     artifact, last = [], [time.monotonic()]
+    if TaskRunContext.get() is None:
+        return lambda done, total: None
 
     def advance(done: int, total: int) -> None:
         if time.monotonic() - last[0] < PROGRESS_EVERY_S and not (artifact and done == total):

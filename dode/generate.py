@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -176,8 +176,8 @@ class _Run:
     """One job resolved against a model, its grid, its lambdas and a registry."""
 
     def __init__(self, job: SamplingJob, registry: Any, device: str | torch.device | None,
-                 allow_other_model: bool = False) -> None:
-        self.registry, self.device = registry, resolve_device(device)
+                 allow_other_model: bool = False, provenance: Mapping[str, Any] | None = None) -> None:
+        self.registry, self.device, self.provenance = registry, resolve_device(device), dict(provenance or {})
         registry.check_writable()  # fail before any sampling, not after the first chunk
         lambdas, parents = None, []
         if job.lambdas_id:
@@ -197,7 +197,7 @@ class _Run:
                                                                  allow_other_model=allow_other_model))
             job, parents = replace(job, gaussian_id=gauss.id), [*parents, gauss.id]
             self.job = job
-        parents += [a.id for a in registry.find("model", fingerprint=self.model.fingerprint)[:1]]
+        parents += [a.id for a in registry.find("model", self.model.name, fingerprint=self.model.fingerprint)[:1]]
         self.parents = parents
         self.base = {"schema_version": SAMPLES_SCHEMA_VERSION, "sampler_hash": job.sampler_hash(),
                      "model_fingerprint": self.model.fingerprint, "shape": list(self.model.shape),
@@ -225,7 +225,7 @@ class _Run:
                            self.model.shape, self.device, self.first)
         params = {**self.base, "sampler": self.job.sampler(), "seeds": [seeds.start, seeds.stop]}
         return self.registry.publish("samples", self.chunk_key(seeds), {"images.npy": _npy_bytes(to_uint8(x))},
-                                     params=params, parents=self.parents)
+                                     params=params, parents=self.parents, provenance=self.provenance)
 
     def publish_index(self, key: str, chunks: list[int], arts: list[Any], **extra: Any) -> Any:
         ranges = [self.job.chunk_seeds(c) for c in chunks]
@@ -234,24 +234,26 @@ class _Run:
                  "chunks": [{"id": a.id, "seeds": [r.start, r.stop]} for r, a in zip(ranges, arts)]}
         params = {**self.base, "job": self.job.to_dict(), "seeds": seeds, "n": seeds[1] - seeds[0], **extra}
         return self.registry.publish("samples", key, {"index.json": json.dumps(index, indent=1).encode()},
-                                     params=params, parents=[*self.parents, *(a.id for a in arts)])
+                                     params=params, parents=[*self.parents, *(a.id for a in arts)],
+                                     provenance=self.provenance)
 
 
 def run_sampling(
     job: SamplingJob, registry: Any, *, shard: int = 0, num_shards: int = 1, device: str | torch.device | None = None,
     progress: bool = False, on_chunk: ChunkHook | None = None, allow_other_model: bool = False,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Any:
     """Compute (or find) this shard's chunks and publish them; return a "samples" artifact.
 
     Returns the whole job's artifact when every chunk of the job exists after this shard (always so for
     ``num_shards=1``), else this shard's. Chunks already in the registry are not recomputed (unless their file
     fails its check: then they are recomputed and the stored copy repaired). Lambdas fitted on another model
-    are refused unless ``allow_other_model``.
+    are refused unless ``allow_other_model``. ``provenance``: who is sampling, recorded in what it publishes.
     """
     from tqdm import tqdm
 
     chunks = job.shard_chunks(shard, num_shards)
-    run = _Run(job, registry, device, allow_other_model)
+    run = _Run(job, registry, device, allow_other_model, provenance)
     stored, arts = run.stored_chunks(), []
     with tqdm(total=sum(len(job.chunk_seeds(c)) for c in chunks), unit="sample", disable=not progress,
               desc=f"shard {shard}/{num_shards}") as bar:

@@ -240,7 +240,7 @@ def sample(registry: str, job: dict, shard: int = 0, num_shards: int = 1) -> str
             computed.append(c)
         progress(c - chunks.start + 1, len(chunks))
 
-    art = run_sampling(sampling, reg, shard=shard, num_shards=num_shards, on_chunk=done)
+    art = run_sampling(sampling, reg, shard=shard, num_shards=num_shards, on_chunk=done, provenance=provenance())
     log.info("samples %s shard %d/%d: computed %d chunk(s), %d found in the registry -> %s", sampling.key(), shard,
              num_shards, len(computed), len(chunks) - len(computed), art.short)
     return art.id
@@ -248,7 +248,7 @@ def sample(registry: str, job: dict, shard: int = 0, num_shards: int = 1) -> str
 
 def gather_samples(registry: str, job: dict) -> str:
     """The whole job's samples artifact (an index over its chunks), once every shard has run."""
-    return run_sampling(SamplingJob.from_dict(job), open_registry(registry)).id
+    return run_sampling(SamplingJob.from_dict(job), open_registry(registry), provenance=provenance()).id
 
 
 def reference_stats(registry: str, model_id: str, metric: str, n_samples: int, first_seed: int) -> str:

@@ -42,8 +42,6 @@ class ScoringConfig(Config):
         return self
 
 
-
-
 def check_alignment(teacher: TeacherConfig, solvers: list[str], family: str) -> None:
     """``official`` alignment exists for the reference code's cases only (``dode.teacher.OFFICIAL``)."""
     if teacher.alignment == "official":
@@ -173,12 +171,11 @@ class PipelineRun(Config):
 
     @model_validator(mode="after")
     def _plan(self) -> PipelineRun:
-        cells = plan_cells(list(self.solvers), list(self.nfes), self.nfes_by_solver or None, self.family)
-        check_alignment(self.teacher, [c["solver"] for c in cells], self.family)
-        variants = plan_variants(self.variants)
+        check_alignment(self.teacher, [c["solver"] for c in self.cells], self.family)
+        variants = self.planned_variants
         if self.teacher.alignment != "exact" and any(v["first_step"] != "network" for v in variants.values()):
             raise ValueError("an analytic first step needs alignment=exact")
-        _ = self.variant_fits
+        _ = self.variant_fits  # each variant's fit builds (its objective's option values checked)
         return self
 
     @property

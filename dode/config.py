@@ -36,8 +36,9 @@ def build(cls: type[C], value: C | Mapping[str, Any] | None) -> C:
 
 
 def describe(err: ValidationError) -> str:
-    """A pydantic ValidationError as one line: ``field.path: message`` per error."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
+    """A pydantic ValidationError as one line: ``field.path: message`` per error (a rule spanning fields names
+    none)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: " * bool(e["loc"]) + e["msg"].removeprefix("Value error, ")
                      for e in err.errors())
 
 

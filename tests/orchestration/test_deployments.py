@@ -149,7 +149,7 @@ def test_dode_run_rejects_bad_input_with_one_line(capsys):
 
     assert main(["run", "pipeline", "--solvers", "heun", "--nfe", "4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [("dode run: error: PipelineRun: value: no solver in ['heun'] can make exactly the NFEs [4]; "
+    assert err == [("dode run: error: PipelineRun: no solver in ['heun'] can make exactly the NFEs [4]; "
                     "heun makes odd NFEs only")]
 
 

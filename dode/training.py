@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .images import to_uint8
 from .metrics.digits import (
@@ -196,6 +197,23 @@ def train_digits_model(
     }
 
 
+def fit_classifier(model: nn.Module, images: Tensor, labels: Tensor, train: Tensor, gen: torch.Generator, *,
+                   steps: int, batch: int, lr: float, weight_decay: float, warmup: int) -> Tensor:
+    """Cross-entropy training of ``model`` on the ``train`` rows, ``batch`` at a time from ``gen``'s permutations:
+    AdamW, linear warm-up over ``warmup`` steps, then cosine decay to 0. Returns the last batch's loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps, warmup, 0.0))
+    batches = _batches(len(train), batch, gen)
+    for _ in range(steps):
+        idx = train[next(batches)]
+        loss = F.cross_entropy(model(images[idx]), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+    return loss
+
+
 def train_digits_classifier(
     out: str | Path,
     *,
@@ -215,18 +233,8 @@ def train_digits_classifier(
     start = time.perf_counter()
     with _deterministic(seed) as gen:
         model = DigitsClassifier()
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-        lr_sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, _warmup_cosine(steps, min(100, steps // 10 + 1), 0.0)
-        )
-        batches = _batches(len(train), batch, gen)
-        for _ in range(steps):
-            idx = train[next(batches)]
-            loss = F.cross_entropy(model(images[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            lr_sched.step()
+        loss = fit_classifier(model, images, labels, train, gen, steps=steps, batch=batch, lr=lr, weight_decay=1e-4,
+                              warmup=min(100, steps // 10 + 1))
     model.eval()
     accuracy = classifier_accuracy(model, images[test], labels[test])
     save_digits_classifier(

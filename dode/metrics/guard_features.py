@@ -23,12 +23,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..images import to_model, to_uint8
 from ..packaged import MODELS_DIR
-from ..training import _batches, _check_counts, _deterministic, _warmup_cosine
+from ..training import _check_counts, _deterministic, fit_classifier
 from ..types import Tensor
 from .digits import IMAGE_SHAPE, classifier_accuracy, digits_split, load_digits_images, read_classifier
 
@@ -88,16 +87,8 @@ def train_guard_features(out: str | Path | None = None, **settings: float) -> tu
     try:
         with _deterministic(opts["seed"]) as gen:
             model = GuardClassifier()
-            opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=opts["weight_decay"])
-            schedule = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(opts["steps"], opts["steps"] // 10, 0.0))
-            batches = _batches(len(train), opts["batch"], gen)
-            for _ in range(opts["steps"]):
-                idx = train[next(batches)]
-                loss = F.cross_entropy(model(images[idx]), labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                schedule.step()
+            fit_classifier(model, images, labels, train, gen, steps=opts["steps"], batch=opts["batch"], lr=opts["lr"],
+                           weight_decay=opts["weight_decay"], warmup=opts["steps"] // 10)
     finally:
         torch.set_num_threads(threads)
     model.eval().requires_grad_(False)

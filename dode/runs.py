@@ -59,8 +59,7 @@ class TeacherRun(Config):
 
     @model_validator(mode="after")
     def _exact(self) -> TeacherRun:
-        if self.teacher.alignment != "exact":
-            raise ValueError("a stored teacher uses exact alignment (an official fit runs its own teacher)")
+        self.teacher.check_stored()
         return self
 
     @property

@@ -149,8 +149,7 @@ def teacher(registry: str, model_id: str, grid: dict, teacher: TeacherConfig) ->
     """The teacher on the ``teacher.factor``-fold refinement of a student grid, from the teacher's seeded noise;
     only its states on the student grid are stored (a "trajectory" artifact). Every solver on that grid
     reuses it (exact alignment: an official fit runs its own teacher)."""
-    if teacher.alignment != "exact":
-        raise ValueError("a stored teacher uses exact alignment; an official fit runs its own teacher")
+    teacher.check_stored()
     reg = open_registry(registry)
     m = model(reg.get(model_id).params["name"])
     spec = GridSpec(**grid)

@@ -80,6 +80,12 @@ class TeacherConfig(Config):
         instead); ``fields`` as the constructor's."""
         return cls(solver=OWN_TEACHER.get(student, student), **fields)
 
+    def check_stored(self) -> None:
+        """A teacher stored once per student grid (for every solver on it) uses exact alignment: the reference
+        code's indexing (``official``) depends on the student, so an official fit runs its own teacher."""
+        if self.alignment != "exact":
+            raise ValueError("a stored teacher uses exact alignment (an official fit runs its own teacher)")
+
     @property
     def seeds(self) -> range:
         """The seeds of the distillation noise."""
@@ -167,8 +173,7 @@ class TeacherPlan:
     def on_student_grid(self) -> TeacherPlan:
         """This plan keeping the teacher's state at every student grid point (exact alignment only), so that
         one stored teacher serves every solver on the grid (``distill_from_states``)."""
-        if self.spec.alignment != "exact":
-            raise ValueError("a teacher stored on the student grid needs alignment='exact'")
+        self.spec.check_stored()
         c = self.spec.factor
         return TeacherPlan(self.spec, self.sigmas, self.solver, self.targets, frozenset(range(0, len(self.sigmas), c)))
 

@@ -302,3 +302,20 @@ def test_euler_and_dpmpp_2m_span_the_same_corrected_family(mixture):
     lam_2m, x_2m = fit(mixture, noise(16), sigmas, "dpmpp_2m", targets)
     torch.testing.assert_close(x_euler, x_2m, rtol=1e-9, atol=1e-9)
     assert lam_euler[1:4] != pytest.approx(lam_2m[1:4])
+
+
+def test_only_an_exact_teacher_is_stored(tmp_path):
+    # One rule (TeacherConfig.check_stored) for the stage config, the step and the plan: an official teacher
+    # depends on the student, so it is never stored for a grid.
+    from dode.config import build
+    from dode.runs import TeacherRun
+    from dode.steps import teacher
+
+    official = TeacherConfig(factor=2, alignment="official")
+    with pytest.raises(ValueError, match="TeacherRun: a stored teacher uses exact alignment"):
+        build(TeacherRun, {"teacher": official.model_dump()})
+    with pytest.raises(ValueError, match="a stored teacher uses exact alignment"):
+        teacher(str(tmp_path / "reg"), "0" * 64, {"family": "karras", "steps": 3}, official)
+    assert not (tmp_path / "reg").exists()  # refused before the registry is touched
+    with pytest.raises(ValueError, match="a stored teacher uses exact alignment"):
+        official.plan(dode.karras_sigmas(3), "euler").on_student_grid()

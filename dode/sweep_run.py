@@ -18,6 +18,7 @@ from .grids import GridSpec
 from .metrics.scores import FEATURES, resolve_metrics
 from .runs import PipelineRun
 from .store.lambdas import load_lambdas
+from .store.manifest import printable
 from .sweep import (
     cell_fits,
     first_bases,
@@ -28,6 +29,7 @@ from .sweep import (
     variant_grid,
     with_samples,
 )
+from .teacher import TeacherConfig
 
 
 class Executor(Protocol):
@@ -189,8 +191,14 @@ def reevaluation_cells(uri: str, model_name: str, lambdas: tuple[str, ...]) -> l
         if a.kind != "lambdas":
             raise ValueError(f"artifact {a.short} is a {a.kind!r} artifact, not 'lambdas'")
         record, p = load_lambdas(reg, a).teacher, a.params
+        try:  # a stored record (untrusted): its solver and factor pass TeacherConfig's rules before any sampling
+            teacher = TeacherConfig(solver=record["solver"], factor=record["factor"],
+                                    alignment=record.get("alignment", "exact"))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"lambdas {a.short} record no valid teacher ({printable(str(record))[:120]}); "
+                             "re-evaluate other lambdas or distill these again") from None
         first = {} if p.get("first_step", "network") == "network" else {"gaussian": p["gaussian"], "first_bases": {
             f"base+{p['first_step']}": {"grid": p["grid"], "first_step": p["first_step"]}}}
         cells.append({"solver": p["solver"], "nfe": p["nfe"], "grid": p["grid"], "lambdas": a.id,
-                      "teacher": {"solver": record["solver"], "factor": record["factor"]}, **first})
+                      "teacher": {"solver": teacher.solver, "factor": teacher.factor}, **first})
     return cells

@@ -183,3 +183,26 @@ def test_few_step_summary_judges_each_variant_against_its_own_base_and_sibling()
                                "the base by the guard: 6 of 8")
     assert "dpmpp_2m 3 jt: 850 (own base 900, t 800)" in lines[2] and "unipc 3 a t: 50 (own base 35)" in lines[2]
     assert lines[3].endswith("changed the base in 5 variant cells; fd agreed (no worse than the own base) in 4 of them")
+
+
+@pytest.mark.parametrize("record", [{"solver": "euler", "factor": 10**9}, {"solver": "rk45", "factor": 10},
+                                    {"factor": 10}, {"solver": "euler", "factor": 2.5}])
+def test_a_stored_teacher_record_is_checked_before_its_reevaluation_samples(tmp_path, record):
+    # A shared registry is untrusted: the teacher a lambdas artifact records decides the teacher job's grid
+    # (factor x steps), so it passes TeacherConfig's rules before any sampling.
+    import dode
+    from dode.store.lambdas import save_lambdas
+    from dode.store.registry import Registry
+    from dode.sweep_run import reevaluation_cells
+
+    reg = Registry(tmp_path / "reg")
+    grid = GridSpec("karras", 3)
+    lam = dode.Lambdas([0.0, 0.1, 0.2], "euler", grid.sigmas().tolist(), teacher=record)
+    art = save_lambdas(reg, lam, "tampered", params={"model": "mixture-smooth", "grid": grid.to_dict()})
+    with pytest.raises(ValueError, match=f"lambdas {art.short} record no valid teacher"):
+        reevaluation_cells(reg.uri, "mixture-smooth", (art.id,))
+    good = save_lambdas(reg, dode.Lambdas([0.0, 0.1, 0.2], "euler", grid.sigmas().tolist(),
+                                          teacher={"solver": "dpmpp_2m", "factor": 4}), "good",
+                        params={"model": "mixture-smooth", "grid": grid.to_dict()})
+    (cell,) = reevaluation_cells(reg.uri, "mixture-smooth", (good.id,))
+    assert cell["teacher"] == {"solver": "dpmpp_2m", "factor": 4} and cell["nfe"] == 3

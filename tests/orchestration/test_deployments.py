@@ -123,6 +123,26 @@ def test_every_configuration_field_is_a_described_cli_option(stage):
             assert f"--{dest.replace('.', '-').replace('_', '-')}" in action.option_strings
 
 
+@pytest.mark.parametrize("stage", sorted(cli.STAGES))
+def test_the_ui_form_of_a_flow_is_its_stage_configuration(stage):
+    # Prefect's UI draws a run's form from the flow's parameter schema: the configuration and each of its parts,
+    # every field described, the configuration's defaults prefilled.
+    from prefect.utilities.callables import parameter_schema
+
+    config = runs.STAGES[stage]
+    schema = parameter_schema(cli.load_flow(stage).fn).model_dump()
+    assert schema["properties"][cli.CONFIG]["$ref"] == f"#/definitions/{config.__name__}"
+    models = [config, *(f.annotation for f in config.model_fields.values()
+                        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel))]
+    for model in models:
+        form = schema["definitions"][model.__name__]["properties"]
+        assert set(form) == set(model.model_fields), model.__name__
+        assert all(p.get("description") for p in form.values() if "$ref" not in p), model.__name__  # parts: forms
+    default = schema["properties"][cli.CONFIG].get("default")
+    if default is not None:  # SampleRun has none: it needs a solver and nfe, or lambdas
+        assert config.model_validate(default) == config()
+
+
 def test_cli_options_parse_to_the_flow_parameters():
     flow = cli.load_flow("pipeline")
     args = ["--solver", "euler", "heun", "--nfe", "3", "5", "--nfes-by-solver", "heun=3,5", '{"euler": [4]}',

@@ -10,7 +10,7 @@ Per solver x network calls: FD-digits (2,000 samples quantised to uint8, against
   flowmap λ+t  the same fit with that first step
 (each fit column is the guard's choice among the fit, its timesteps-only sub-fit, greedy D-ODE and the base)
 and the teacher (the 10x refined grid, DPM-Solver++(2M), from the same noise), with each fit's seconds and the
-guard's choice (the guard in the model's guard features, as the flows run it). The Gaussian is fitted to 2,000 of the model's own 25-step samples (dode.first_step.from_model).
+guard's choice (the guard in the model's guard features, as the flows run it). The Gaussian is fitted to 2,000 of the model's own 25-step samples (dode.distillation.first_step.from_model).
 
     .venv/bin/python bench/first_step.py --solvers dpmpp_2m --calls 3 4 5
 """
@@ -26,10 +26,10 @@ import torch
 from quality import testbed
 
 import dode
-from dode.first_step import from_model
-from dode.gaussian import FirstStep
-from dode.grids import GridSpec
-from dode.images import to_model, to_uint8
+from dode.common.images import to_model, to_uint8
+from dode.core.gaussian import FirstStep
+from dode.core.grids import GridSpec
+from dode.distillation.first_step import from_model
 from dode.metrics.fid import frechet_distance
 from dode.metrics.guard_features import guard_features
 

@@ -19,10 +19,10 @@ import torch
 from quality import testbed
 
 import dode
-from dode.first_step import from_model
-from dode.gaussian import first_step
-from dode.grids import GridSpec
-from dode.images import to_model, to_uint8
+from dode.common.images import to_model, to_uint8
+from dode.core.gaussian import first_step
+from dode.core.grids import GridSpec
+from dode.distillation.first_step import from_model
 from dode.metrics.fid import frechet_distance
 
 BUDGETS = {"demo": {"iterations": 40, "max_fit": 96, "micro_batch": 96}, "full": {}}

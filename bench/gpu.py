@@ -33,13 +33,13 @@ from sampling import sync
 from speed import Counting, best_times
 
 import dode
-from dode.diffusers_pipeline import DODEPipeline
-from dode.diffusers_scheduler import DODEScheduler
-from dode.grids import GridSpec
+from dode.core.grids import GridSpec
+from dode.core.rng import seeded_noise
+from dode.distillation.teacher import TeacherConfig, teacher_states
+from dode.distillation.teacher_parquet import write_teacher
+from dode.integrations.diffusers.pipeline import DODEPipeline
+from dode.integrations.diffusers.scheduler import DODEScheduler
 from dode.models import EMBEDDED_MODEL_DIR, VPDenoiser, load_model
-from dode.rng import seeded_noise
-from dode.teacher import TeacherConfig, teacher_states
-from dode.teacher_parquet import write_teacher
 
 LINES: list[str] = []
 DIGITS_SCHEDULE = json.loads((EMBEDDED_MODEL_DIR / "scheduler" / "scheduler_config.json").read_text())

@@ -23,16 +23,16 @@ from pathlib import Path
 import torch
 
 import dode
-from dode.config import FitConfig
-from dode.distill import fit_split
-from dode.grids import GridSpec
-from dode.guard import candidates, select
-from dode.images import to_model, to_uint8
+from dode.common.images import to_model, to_uint8
+from dode.core.grids import GridSpec
+from dode.core.rng import seeded_noise
+from dode.distillation.config import FitConfig
+from dode.distillation.fit import fit_split
+from dode.distillation.guard import candidates, select
+from dode.distillation.teacher import TeacherConfig, teacher_states
 from dode.metrics.digits import fd_digits, load_digits_images
 from dode.metrics.guard_features import load_guard_features
 from dode.models import load_model
-from dode.rng import seeded_noise
-from dode.teacher import TeacherConfig, teacher_states
 
 OBJECTIVES = {"step": {}, "final": {"iterations": 40, "max_fit": 96, "micro_batch": 96}}
 GUARDS = ("pixels", "digits-guard")

@@ -21,8 +21,8 @@ CHILD = """
 import resource, sys, dode
 from functools import partial
 from dode.models import load_model
-from dode.rng import seeded_noise
-from dode.teacher_parquet import write_teacher
+from dode.core.rng import seeded_noise
+from dode.distillation.teacher_parquet import write_teacher
 n, batch, path, name = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 model = load_model(name)
 sigmas = dode.refine(dode.karras_sigmas(5), 10)

@@ -74,7 +74,7 @@ def newcomer_flow(config: NewcomerRun = NewcomerRun(), registry: str | None = No
     """A newcomer's stage: the model's artifact id.
 
     Args:
-        config: the newcomer stage (dode.runs.NewcomerRun): the model
+        config: the newcomer stage (dode.pipeline.runs.NewcomerRun): the model
         registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
     """
     return tasks.register_model(registry_uri(registry), config.model)
@@ -110,7 +110,7 @@ def add_stage(copy: Path) -> None:
     text = text[:at] + STAGE_CONFIG + text[at:]
     end = text.index("}", text.index("STAGES: dict"))
     runs.write_text(text[:end] + ', "newcomer": NewcomerRun' + text[end:])
-    text = stages.read_text().replace("from dode.runs import ", "from dode.runs import NewcomerRun, ", 1)
+    text = stages.read_text().replace("from dode.pipeline.runs import ", "from dode.pipeline.runs import NewcomerRun, ", 1)
     stages.write_text(text + STAGE_FLOW)
     deployments.write_text(deployments.read_text() + STAGE_DEPLOYMENT)
 

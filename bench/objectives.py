@@ -22,11 +22,11 @@ import torch
 from quality import METRICS, testbed
 
 import dode
-from dode.grids import GridSpec
-from dode.images import to_model, to_uint8
+from dode.common.images import to_model, to_uint8
+from dode.core.grids import GridSpec
 from dode.metrics.fid import frechet_distance
 
-FITS = {  # variant -> its fit (dode.config.FitConfig fields; the final objective's budget added from the options)
+FITS = {  # variant -> its fit (dode.distillation.config.FitConfig fields; the final objective's budget added from the options)
     "greedy": {},
     "timesteps": {"objective": "final", "options": {"learn_lambdas": False}},
     "lambdas": {"objective": "final", "options": {"learn_sigmas": False}},

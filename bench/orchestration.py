@@ -1,4 +1,4 @@
-"""Orchestration overhead: the pipeline flow through Prefect vs the same sweep (dode.sweep_run.run_pipeline) with
+"""Orchestration overhead: the pipeline flow through Prefect vs the same sweep (dode.pipeline.sweep_run.run_pipeline) with
 its steps as plain calls (``InProcess``): one copy of the order, two executors.
 
 Both compute everything into fresh registries and must produce the same artifacts (same ids). The
@@ -26,10 +26,10 @@ import psutil
 import torch
 
 import flows  # noqa: F401 - Prefect defaults before Prefect is imported
-from dode.config import build
-from dode.runs import PipelineRun
+from dode.common.config import build
+from dode.pipeline.runs import PipelineRun
+from dode.pipeline.sweep_run import InProcess, run_pipeline
 from dode.store.registry import Registry
-from dode.sweep_run import InProcess, run_pipeline
 
 
 def artifact_ids(uri: str) -> set[str]:

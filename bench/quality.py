@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 import dode
-from dode.grids import GridSpec
+from dode.core.grids import GridSpec
+from dode.distillation.teacher import TeacherConfig, teacher_states
 from dode.metrics.digits import digits_features, load_digits_images
 from dode.metrics.fid import StreamingMoments, frechet_distance
 from dode.models import load_model
-from dode.teacher import TeacherConfig, teacher_states
 
 VARIANTS = ("base", "dode", "dode-noguard", "dode-official", "teacher")
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dode.generate import SamplingJob, generate_batch, run_sampling
-from dode.grids import GridSpec
+from dode.core.grids import GridSpec
 from dode.models import EMBEDDED_MODEL_DIR, MODELS, Model, VPDenoiser, load_model
+from dode.pipeline.generate import SamplingJob, generate_batch, run_sampling
 
 
 def random_unet_model(device: str) -> Model:
@@ -115,7 +115,7 @@ def bench_sampling(args: argparse.Namespace, device: str) -> list[tuple[str, flo
 
 
 def bench_features(args: argparse.Namespace, device: str) -> list[tuple[str, float, float]]:
-    from dode.images import to_rgb, to_unit
+    from dode.common.images import to_rgb, to_unit
     from dode.metrics.features import FID_WEIGHTS_FILE, get_extractor, write_random_inception_weights
 
     with tempfile.TemporaryDirectory() as home:

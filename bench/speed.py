@@ -17,9 +17,9 @@ import time
 import torch
 
 import dode
-from dode.grids import GridSpec
+from dode.core.grids import GridSpec
+from dode.distillation.teacher import TeacherConfig, teacher_states
 from dode.models import EMBEDDED_MODEL_DIR, VPDenoiser, load_model
-from dode.teacher import TeacherConfig, teacher_states
 
 
 class Counting:

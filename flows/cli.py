@@ -1,7 +1,7 @@
 """``dode run STAGE``: run a flow locally, on Prefect's ephemeral server, with no set-up.
 
 Registered with dode's command line through the ``dode.commands`` entry point (pyproject.toml): the
-library never imports this package. A stage's options derive from its configuration (``dode.runs``:
+library never imports this package. A stage's options derive from its configuration (``dode.pipeline.runs``:
 names, types, defaults and descriptions, declared once there): a field is ``--field``, a field of a part
 is ``--part-field`` (``--teacher-factor``, ``--fit-objective``, ``--sampling-n-samples``); the flow's
 other parameters (registry, dask) come from its Prefect parameter schema. An option left out takes the
@@ -23,9 +23,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from dode import progress, runs
-from dode.config import build
-from dode.report import text_table
+from dode.common import progress
+from dode.common.config import build
+from dode.pipeline import runs
+from dode.pipeline.report import text_table
 
 STAGES = runs.STAGES  # stage -> its configuration; its flow is the one named "dode-<stage>" (``entrypoint``)
 FLOW_MODULES = ("flows.pipeline", "flows.stages")
@@ -38,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
         name, help=f"run a Prefect flow locally: {', '.join(STAGES)}",
         description="Run a D-ODE flow on Prefect's ephemeral local server (no set-up). The options are the "
-        "stage's configuration (dode.runs), as in prefect.yaml's deployments; options left out take its defaults. "
+        "stage's configuration (dode.pipeline.runs), as in prefect.yaml's deployments; options left out take its defaults. "
         "`dode run STAGE --help` lists a stage's options.",
     )
     p.add_argument("--quiet", action="store_true",
@@ -174,7 +175,7 @@ def key_value(schema: dict) -> Callable[[str], dict[str, Any]]:
 def run_stage(stage: str, params: dict[str, Any]) -> Any:
     """Run one stage's flow with ``params`` (its configuration under "config", as a mapping or built) and
     return its result (raises what the flow raised). Bad parameters raise one ValueError before any run: the
-    configuration is built first (``dode.config.build``: its rules and defaults), then Prefect checks the rest."""
+    configuration is built first (``dode.distillation.config.build``: its rules and defaults), then Prefect checks the rest."""
     from prefect.exceptions import ParameterTypeError
 
     flow = load_flow(stage)

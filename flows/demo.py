@@ -20,9 +20,9 @@ import time
 
 import yaml
 
-from dode.config import build
-from dode.runs import PipelineRun
-from dode.sweep import few_step_summary
+from dode.common.config import build
+from dode.pipeline.runs import PipelineRun
+from dode.pipeline.sweep import few_step_summary
 
 from . import PREFECT_YAML
 from .cli import run_stage, show

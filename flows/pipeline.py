@@ -15,11 +15,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 
 import dode
-from dode.report import REPORT_FILE, downloads, ui_markdown
-from dode.runs import PipelineRun
-from dode.steps import check_reference, open_registry, registry_uri
-from dode.sweep import cell_fits
-from dode.sweep_run import run_pipeline
+from dode.pipeline.report import REPORT_FILE, downloads, ui_markdown
+from dode.pipeline.runs import PipelineRun
+from dode.pipeline.steps import check_reference, open_registry, registry_uri
+from dode.pipeline.sweep import cell_fits
+from dode.pipeline.sweep_run import run_pipeline
 
 from . import tasks
 from .runners import IN_PROCESS, TaskExecutor, run_on
@@ -33,7 +33,7 @@ def pipeline_flow(config: PipelineRun = PipelineRun(), registry: str | None = No
     Returns {"report": local path of report.md (or the registry URL), "report_id", "registry", "rows"}.
 
     Args:
-        config: the sweep (dode.runs.PipelineRun): model, solvers x NFEs, teacher, fit, variants, sampling, scoring
+        config: the sweep (dode.pipeline.runs.PipelineRun): model, solvers x NFEs, teacher, fit, variants, sampling, scoring
         registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
         dask: run the tasks on a temporary local Dask cluster
         dask_address: run the tasks on an existing Dask cluster (scheduler address)
@@ -47,7 +47,7 @@ def pipeline_flow(config: PipelineRun = PipelineRun(), registry: str | None = No
 
 @flow(name="dode-sweep", version=dode.__version__)
 def sweep_flow(config: PipelineRun, uri: str) -> dict:
-    """The pipeline's work (``dode.sweep_run.run_pipeline``) on the task runner ``pipeline_flow`` chose (its
+    """The pipeline's work (``dode.pipeline.sweep_run.run_pipeline``) on the task runner ``pipeline_flow`` chose (its
     own, or Dask's in this subflow); then the results, the report and links in the Prefect UI."""
     progress = create_progress_artifact(0.0, key="dode-pipeline-progress", description=f"D-ODE sweep of {config.model}")
     ex = TaskExecutor(progress)

@@ -1,6 +1,6 @@
 """The single-stage flows: a teacher trajectory, one distillation, one sampling job, scores.
 
-Each takes its stage's configuration (``dode.runs``) and runs on its own (``dode run STAGE``, or a deployment
+Each takes its stage's configuration (``dode.pipeline.runs``) and runs on its own (``dode run STAGE``, or a deployment
 in prefect.yaml), finding what earlier runs stored: the distill flow reuses the teacher the pipeline
 computed for the same grid and teacher.
 """
@@ -11,13 +11,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 import dode
-from dode.generate import SamplingJob
-from dode.grids import GridSpec
+from dode.core.grids import GridSpec
 from dode.metrics.scores import FEATURES, resolve_metrics
-from dode.runs import DistillRun, SampleRun, ScoreRun, TeacherRun
-from dode.steps import check_reference, model, open_registry, registry_uri
+from dode.pipeline.generate import SamplingJob
+from dode.pipeline.runs import DistillRun, SampleRun, ScoreRun, TeacherRun
+from dode.pipeline.steps import check_reference, model, open_registry, registry_uri
+from dode.pipeline.sweep_run import evaluate_cells, reevaluation_cells, sample_jobs, score_all
 from dode.store.lambdas import load_lambdas
-from dode.sweep_run import evaluate_cells, reevaluation_cells, sample_jobs, score_all
 
 from . import tasks
 from .runners import IN_PROCESS, TaskExecutor, run_on
@@ -29,7 +29,7 @@ def teacher_flow(config: TeacherRun = TeacherRun(), registry: str | None = None)
     the trajectory id.
 
     Args:
-        config: the teacher stage (dode.runs.TeacherRun): model, student grid, teacher
+        config: the teacher stage (dode.pipeline.runs.TeacherRun): model, student grid, teacher
         registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
     """
     uri = registry_uri(registry)
@@ -45,7 +45,7 @@ def distill_flow(config: DistillRun = DistillRun(), registry: str | None = None)
     alignment), then the fit; returns {"lambdas": id, "values", "trajectory", "gaussian"}.
 
     Args:
-        config: the distill stage (dode.runs.DistillRun): model, solver, nfe, grid family, first step, teacher, fit
+        config: the distill stage (dode.pipeline.runs.DistillRun): model, solver, nfe, grid family, first step, teacher, fit
         registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
     """
     grid = config.grid.to_dict()
@@ -73,7 +73,7 @@ def sample_flow(config: SampleRun, registry: str | None = None, dask: bool = Fal
     with); returns the samples artifact id.
 
     Args:
-        config: the sample stage (dode.runs.SampleRun): model, base solver and nfe or lambdas, sampling
+        config: the sample stage (dode.pipeline.runs.SampleRun): model, base solver and nfe or lambdas, sampling
         registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
         dask: run the shards on a temporary local Dask cluster
         dask_address: run the shards on an existing Dask cluster (scheduler address)
@@ -112,7 +112,7 @@ def score_flow(config: ScoreRun = ScoreRun(), registry: str | None = None, dask:
     profit from them?). Returns the result rows.
 
     Args:
-        config: the score stage (dode.runs.ScoreRun): model, samples or lambdas, sampling, scoring
+        config: the score stage (dode.pipeline.runs.ScoreRun): model, samples or lambdas, sampling, scoring
         registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
         dask: run the tasks on a temporary local Dask cluster
         dask_address: run the tasks on an existing Dask cluster (scheduler address)

@@ -1,4 +1,4 @@
-"""The Prefect tasks -- the library's steps (``dode.steps``) themselves, each with its retry and cache
+"""The Prefect tasks -- the library's steps (``dode.pipeline.steps``) themselves, each with its retry and cache
 policy -- and the Prefect wiring the flows share: cache keys, the hooks that give the steps the run's
 provenance and progress artifacts, link artifacts, settled task runs.
 
@@ -34,8 +34,8 @@ from prefect.context import TaskRunContext
 from pydantic_core import to_jsonable_python
 
 import dode
-from dode import steps
-from dode.cli.commands import get_command
+from dode.pipeline import steps
+from dode.pipeline.commands import get_command
 from dode.store.manifest import HEX64
 from dode.store.registry import Registry
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import dode
-from dode.objectives import FitProblem
-from dode.objectives.step import greedy_lambdas
+from dode.distillation.objectives import FitProblem
+from dode.distillation.objectives.step import greedy_lambdas
 
 
 @pytest.fixture(autouse=True)

@@ -151,8 +151,8 @@ def test_class_guidance_combines_the_null_and_label_branches():
 
 def test_dode_pipeline_samples_class_conditional_learned_variance_unets():
     """DODEPipeline(class_labels, guidance) == dode.sample on the same adapter (float64, rounding only)."""
-    from dode.diffusers_pipeline import DODEPipeline
-    from dode.diffusers_scheduler import DODEScheduler
+    from dode.integrations.diffusers.pipeline import DODEPipeline
+    from dode.integrations.diffusers.scheduler import DODEScheduler
 
     unet, ddpm = tiny_class_unet(out_channels=2), DDPMScheduler(beta_schedule="linear")
     lam = [0.2, -0.1, 0.3, 0.1]

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from dode.cli import main
-from dode.generate import SamplingJob, run_sampling
-from dode.grids import GridSpec
+from dode.core.grids import GridSpec
+from dode.pipeline.generate import SamplingJob, run_sampling
 from dode.store.registry import Registry
 from dode.store.samples import load_samples
 

@@ -23,17 +23,17 @@ import pytest
 import torch
 
 from dode import cli
-from dode.correction import Lambdas
-from dode.generate import SamplingJob, run_sampling
-from dode.grids import GridSpec
-from dode.images import iter_folder, write_png
+from dode.common.images import iter_folder, write_png
+from dode.core.correction import Lambdas
+from dode.core.grids import GridSpec
+from dode.core.schedules import karras_sigmas, refine, vp_sigmas
 from dode.metrics.digits import digits_features, load_digits_classifier
 from dode.metrics.fid import FeatureStats, StreamingMoments, stats_from_images, stats_to_bytes
 from dode.models import check_unet_config, load_model
-from dode.schedules import karras_sigmas, refine, vp_sigmas
+from dode.pipeline.generate import SamplingJob, run_sampling
 from dode.store.lambdas import LAMBDAS_FILE, lambdas_to_dict
 from dode.store.registry import Registry
-from dode.training import sample_digits, train_digits_classifier, train_digits_model
+from dode.training.digits import sample_digits, train_digits_classifier, train_digits_model
 
 BIG = (20000,)  # a 20000 x 20000 float64 covariance: 3.2 GB if it were allocated
 HUGE = ("big.npz", "bigsigma.npz")  # the files that declare it

@@ -6,10 +6,10 @@ import io
 
 import pytest
 
-from dode import progress
 from dode.cli import build_parser, main
-from dode.correction import Lambdas
-from dode.grids import GridSpec
+from dode.common import progress
+from dode.core.correction import Lambdas
+from dode.core.grids import GridSpec
 from dode.models import load_model
 from dode.store.lambdas import save_lambdas
 from dode.store.registry import Registry

@@ -8,13 +8,13 @@ from helpers import Counting
 from helpers import greedy_fit as fit
 
 import dode
-from dode.correction import corrected_denoised, fit_lambda
-from dode.grids import GridSpec
+from dode.core.correction import corrected_denoised, fit_lambda
+from dode.core.grids import GridSpec
+from dode.core.schedules import is_karras, vp_sigmas
+from dode.core.types import Evaluation
+from dode.distillation.teacher import TeacherConfig, teacher_states
 from dode.models import GaussianDenoiser, digits_mixture
-from dode.schedules import is_karras, vp_sigmas
 from dode.store.lambdas import lambdas_from_dict, lambdas_from_json, lambdas_to_dict, lambdas_to_json
-from dode.teacher import TeacherConfig, teacher_states
-from dode.types import Evaluation
 
 SOLVER_NAMES = sorted(dode.SOLVERS)
 
@@ -307,9 +307,9 @@ def test_euler_and_dpmpp_2m_span_the_same_corrected_family(mixture):
 def test_only_an_exact_teacher_is_stored(tmp_path):
     # One rule (TeacherConfig.check_stored) for the stage config, the step and the plan: an official teacher
     # depends on the student, so it is never stored for a grid.
-    from dode.config import build
-    from dode.runs import TeacherRun
-    from dode.steps import teacher
+    from dode.common.config import build
+    from dode.pipeline.runs import TeacherRun
+    from dode.pipeline.steps import teacher
 
     official = TeacherConfig(factor=2, alignment="official")
     with pytest.raises(ValueError, match="TeacherRun: a stored teacher uses exact alignment"):

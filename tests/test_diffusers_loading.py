@@ -14,9 +14,9 @@ import pytest
 import torch
 from test_diffusers_scheduler import tiny_sd_pipeline, tiny_unet2d
 
-from dode.diffusers_loading import loader_source
-from dode.diffusers_pipeline import DODEPipeline
-from dode.diffusers_scheduler import DODEScheduler
+from dode.integrations.diffusers.loading import loader_source
+from dode.integrations.diffusers.pipeline import DODEPipeline
+from dode.integrations.diffusers.scheduler import DODEScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD = """
@@ -44,7 +44,7 @@ def test_a_stock_pipeline_saved_with_a_dode_scheduler_loads_in_a_fresh_process(t
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.splitlines()[-1])
     assert got == {"pipeline": "StableDiffusionPipeline", "scheduler": "DODEScheduler",
-                   "module": "dode.diffusers_scheduler", "lambdas": [0.0, 0.5, -0.2],
+                   "module": "dode.integrations.diffusers.scheduler", "lambdas": [0.0, 0.5, -0.2],
                    "sigmas": pipe.scheduler.sigmas.tolist()}
     refused = load_in_a_fresh_process(tmp_path / "sd", tmp_path, trust=False)
     assert refused.returncode != 0 and "trust_remote_code=True" in refused.stderr
@@ -71,7 +71,7 @@ def test_a_changed_loader_is_not_trusted_on_the_callers_behalf(tmp_path):
     sched = DODEScheduler.from_scheduler({"beta_schedule": "linear"}, solver="euler", nfe=3)
     DODEPipeline(unet=tiny_unet2d(), scheduler=sched).save_pretrained(tmp_path / "pipe")
     loader = tmp_path / "pipe" / "dode_pipeline.py"
-    assert loader.read_text() == loader_source("dode.diffusers_pipeline", "DODEPipeline")
+    assert loader.read_text() == loader_source("dode.integrations.diffusers.pipeline", "DODEPipeline")
     loader.write_text(loader.read_text() + "print('not only an import')\n")
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         DODEPipeline.from_pretrained(tmp_path / "pipe")

@@ -37,11 +37,11 @@ from test_diffusers_scheduler import (
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 import dode
-from dode.diffusers_pipeline import DODEPipeline
-from dode.diffusers_scheduler import DODEScheduler
-from dode.grids import GridSpec
+from dode.core.grids import GridSpec
+from dode.integrations.diffusers.distill import distill_pipeline, pipeline_denoiser
+from dode.integrations.diffusers.pipeline import DODEPipeline
+from dode.integrations.diffusers.scheduler import DODEScheduler
 from dode.models import VPDenoiser
-from dode.pipeline_distill import distill_pipeline, pipeline_denoiser
 
 
 def tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:

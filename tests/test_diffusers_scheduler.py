@@ -24,10 +24,10 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 import dode
-from dode.diffusers_pipeline import DODEPipeline
-from dode.diffusers_scheduler import DODEScheduler
+from dode.integrations.diffusers.distill import pipeline_denoiser
+from dode.integrations.diffusers.pipeline import DODEPipeline
+from dode.integrations.diffusers.scheduler import DODEScheduler
 from dode.models import VPDenoiser
-from dode.pipeline_distill import pipeline_denoiser
 from dode.store.lambdas import load_lambdas
 
 PROMPTS = ["a cat", "dog"]

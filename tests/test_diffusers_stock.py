@@ -16,8 +16,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from dode.diffusers_pipeline import DODEPipeline
-from dode.diffusers_scheduler import DODEScheduler
+from dode.integrations.diffusers.pipeline import DODEPipeline
+from dode.integrations.diffusers.scheduler import DODEScheduler
 
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}  # Stable Diffusion's schedule
 SD_DDIM = {**SD, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}  # as SD 1.5's scheduler config

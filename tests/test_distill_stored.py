@@ -1,15 +1,15 @@
-"""Distillation from stored teacher states (dode.distill_stored): one teacher, every solver on its grid."""
+"""Distillation from stored teacher states (dode.distillation.stored): one teacher, every solver on its grid."""
 
 import pytest
 import torch
 
 import dode
-from dode.distill_stored import distill_from_states
-from dode.grids import GridSpec
+from dode.core.grids import GridSpec
+from dode.distillation.stored import distill_from_states
+from dode.distillation.teacher import TeacherConfig, teacher_states
+from dode.distillation.teacher_parquet import write_teacher
 from dode.models import digits_mixture
 from dode.store.trajectory import read_steps
-from dode.teacher import TeacherConfig, teacher_states
-from dode.teacher_parquet import write_teacher
 
 
 @pytest.fixture(scope="module")

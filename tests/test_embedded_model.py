@@ -22,7 +22,7 @@ from dode.metrics.digits import (
     load_digits_images,
 )
 from dode.models import EMBEDDED_MODEL_DIR, VPDenoiser, load_model
-from dode.training import UNET_CONFIG, sample_digits, train_digits_model
+from dode.training.digits import UNET_CONFIG, sample_digits, train_digits_model
 
 FD_THRESHOLD = 200.0  # 128 samples, 50 Euler steps vs all digits: model ~40-90, 128 real digits ~40-55
 

@@ -12,7 +12,7 @@ from test_diffusers_scheduler import tiny_unet2d
 
 import dode
 from dode.cli import main
-from dode.export_diffusers import diffusers_schedule
+from dode.integrations.diffusers.export import diffusers_schedule
 from dode.models import VPDenoiser
 from dode.store.lambdas import save_lambdas
 from dode.store.registry import Registry
@@ -83,7 +83,7 @@ def test_a_grid_between_training_timesteps_is_rounded_for_dpm_solver_and_says_so
 
 
 def test_cli_writes_schedule_and_snippet_for_a_registered_result(tmp_path, capsys):
-    from dode.steps import register_model
+    from dode.pipeline.steps import register_model
 
     model_id = register_model(str(tmp_path / "reg"), "digits-ddpm")
     reg = Registry(tmp_path / "reg")

@@ -18,7 +18,7 @@ import torch
 
 from dode.cli import COMMANDS
 from dode.cli import main as dode_main
-from dode.images import iter_folder, write_png
+from dode.common.images import iter_folder, write_png
 from dode.metrics.features import FID_WEIGHTS_FILE, get_extractor, write_random_inception_weights
 from dode.metrics.fid import (
     FeatureStats,
@@ -230,8 +230,8 @@ def test_missing_weights_is_one_error_saying_where(tmp_path, monkeypatch, folder
 
 
 def test_samples_and_reference_stats_artifacts_are_sources(inception_env, folders, tmp_path):
-    from dode.generate import SamplingJob, export_png, run_sampling
-    from dode.grids import GridSpec
+    from dode.core.grids import GridSpec
+    from dode.pipeline.generate import SamplingJob, export_png, run_sampling
     from dode.store.registry import Registry
 
     registry = Registry(tmp_path / "registry")

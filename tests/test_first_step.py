@@ -1,4 +1,4 @@
-"""The analytic first step (dode.gaussian): exact on Gaussians, counted network calls, low rank, round trips."""
+"""The analytic first step (dode.core.gaussian): exact on Gaussians, counted network calls, low rank, round trips."""
 
 import json
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import dode
-from dode.gaussian import FirstStep, Gaussian, first_step
-from dode.sampling import network_calls
+from dode.core.gaussian import FirstStep, Gaussian, first_step
+from dode.core.sampling import network_calls
 from dode.store.lambdas import lambdas_from_json, lambdas_to_json
 from tests.helpers import Counting
 

@@ -6,11 +6,11 @@ import torch
 
 import dode
 from dode.cli import main
-from dode.gaussian import FirstStep
-from dode.grids import GridSpec
-from dode.images import to_uint8
+from dode.common.images import to_uint8
+from dode.core.gaussian import FirstStep
+from dode.core.grids import GridSpec
+from dode.core.rng import seeded_noise
 from dode.models import load_model
-from dode.rng import seeded_noise
 from dode.store.gaussians import load_gaussian
 from dode.store.lambdas import save_lambdas
 from dode.store.registry import Registry

@@ -21,8 +21,8 @@ from helpers import one_thread  # noqa: F401  (autouse: one torch thread)
 
 import dode
 from dode.cli import main
-from dode.diffusers_scheduler import DODEFlowScheduler, DODEScheduler
-from dode.grids import GridSpec
+from dode.core.grids import GridSpec
+from dode.integrations.diffusers.scheduler import DODEFlowScheduler, DODEScheduler
 from dode.metrics.digits import fd_digits, load_digits_images
 from dode.models import FLOW_MODEL_DIR, FlowDenoiser, FlowSchedule, GaussianDenoiser, load_model
 from dode.models.flow import (
@@ -33,7 +33,7 @@ from dode.models.flow import (
     sd3_call,
     unpack_latents,
 )
-from dode.training import sample_digits, train_digits_model
+from dode.training.digits import sample_digits, train_digits_model
 
 FLUX_CONFIG = {"shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
                "base_image_seq_len": 256, "max_image_seq_len": 4096}

@@ -10,13 +10,13 @@ import torch
 
 from dode.cli import COMMANDS
 from dode.cli import main as dode_main
-from dode.correction import Lambdas
-from dode.devices import resolve_device
-from dode.generate import SamplingJob, export_png, generate_batch, run_sampling
-from dode.grids import GridSpec
-from dode.images import iter_folder, to_model, to_uint8
+from dode.common.devices import resolve_device
+from dode.common.images import iter_folder, to_model, to_uint8
+from dode.core.correction import Lambdas
+from dode.core.grids import GridSpec
+from dode.core.rng import seeded_noise
 from dode.models import MODELS, Model, load_model
-from dode.rng import seeded_noise
+from dode.pipeline.generate import SamplingJob, export_png, generate_batch, run_sampling
 from dode.store.lambdas import save_lambdas
 from dode.store.registry import Registry
 from dode.store.samples import load_samples

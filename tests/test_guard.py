@@ -4,12 +4,12 @@ import pytest
 import torch
 
 import dode
-from dode import guard
-from dode.config import FitConfig
-from dode.distill import fit_guarded, split
-from dode.guard import frechet, frechet_weighted, resample_weights, select
+from dode.distillation import guard
+from dode.distillation.config import FitConfig
+from dode.distillation.fit import fit_guarded, split
+from dode.distillation.guard import frechet, frechet_weighted, resample_weights, select
+from dode.distillation.objectives import FitProblem, FitResult, final
 from dode.models import digits_mixture
-from dode.objectives import FitProblem, FitResult, final
 
 SOLVER = "dpmpp_2m"
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from dode.images import to_model, to_uint8
+from dode.common.images import to_model, to_uint8
 from dode.metrics.digits import classifier_accuracy, digits_split, load_digits_images
 from dode.metrics.guard_features import (
     GUARD_FEATURES,
@@ -73,9 +73,9 @@ def test_models_declare_their_guard_features_by_registered_name():
 
 
 def test_the_flows_distill_step_guards_digits_in_the_declared_features(tmp_path):
-    from dode.config import FitConfig
-    from dode.steps import distill, register_model, teacher
-    from dode.teacher import TeacherConfig
+    from dode.distillation.config import FitConfig
+    from dode.distillation.teacher import TeacherConfig
+    from dode.pipeline.steps import distill, register_model, teacher
 
     uri, grid = str(tmp_path / "reg"), {"family": "karras", "steps": 3}
     model_id = register_model(uri, "digits-ddpm")

@@ -7,11 +7,11 @@ import torch
 
 import dode
 from dode.cli import main
-from dode.correction import Lambdas
-from dode.generate import SamplingJob, generate_batch, run_sampling
-from dode.grids import GridSpec
-from dode.images import to_uint8
+from dode.common.images import to_uint8
+from dode.core.correction import Lambdas
+from dode.core.grids import GridSpec
 from dode.models import load_model
+from dode.pipeline.generate import SamplingJob, generate_batch, run_sampling
 from dode.store.lambdas import save_lambdas
 from dode.store.registry import Registry
 from dode.store.samples import load_samples
@@ -109,7 +109,7 @@ def test_cli_sample_with_learned_lambdas_uses_their_grid(mixture, grids, registr
 
 def test_scheduler_takes_the_lambdas_grid_and_refuses_another():
     diffusers = pytest.importorskip("diffusers")
-    from dode.diffusers_scheduler import DODEScheduler
+    from dode.integrations.diffusers.scheduler import DODEScheduler
 
     config = diffusers.DDPMScheduler().config
     lam = Lambdas((0.1, 0.2, 0.0), "euler", dode.karras_sigmas(3, 0.05, 14.0).tolist())

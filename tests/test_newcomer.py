@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import pytest
 
 import dode
-from dode.objectives import OBJECTIVES
-from dode.objectives.step import fit_step
-from dode.solvers.explicit import Euler
+from dode.distillation.objectives import OBJECTIVES
+from dode.distillation.objectives.step import fit_step
+from dode.core.solvers.explicit import Euler
 
 
 @dataclass(frozen=True)

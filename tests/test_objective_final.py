@@ -7,11 +7,17 @@ import torch
 from helpers import Counting
 
 import dode
-from dode.fitted import implied_grid
-from dode.guard import frechet, select
+from dode.core.fitted import implied_grid
+from dode.distillation.guard import frechet, select
+from dode.distillation.objectives import OBJECTIVES, FitProblem, FitResult
+from dode.distillation.objectives.final import (
+    accumulate,
+    final_sample,
+    fit_final,
+    grid_from_logits,
+    logits_from_grid,
+)
 from dode.models import GaussianDenoiser, digits_mixture
-from dode.objectives import OBJECTIVES, FitProblem, FitResult
-from dode.objectives.final import accumulate, final_sample, fit_final, grid_from_logits, logits_from_grid
 from dode.store.lambdas import lambdas_from_json, lambdas_to_json
 
 
@@ -190,9 +196,9 @@ def test_guard_frechet_equals_pytorch_fids_distance():
 
 
 def test_teacher_config_round_trips_and_bad_grids_are_refused():
-    from dode.config import build
-    from dode.grids import GridSpec
-    from dode.teacher import TeacherConfig
+    from dode.common.config import build
+    from dode.core.grids import GridSpec
+    from dode.distillation.teacher import TeacherConfig
 
     spec = TeacherConfig(solver="dpmpp_2m", factor=5)
     assert build(TeacherConfig, spec.model_dump()) == spec
@@ -208,7 +214,7 @@ def test_teacher_config_round_trips_and_bad_grids_are_refused():
 
 
 def test_a_model_trained_down_to_sigma_zero_gets_a_positive_sigma_floor():
-    from dode.objectives.final import sigma_floor
+    from dode.distillation.objectives.final import sigma_floor
 
     class FlowLike:
         sigma_min = 0.0

@@ -5,10 +5,10 @@ import torch
 from helpers import one_thread  # noqa: F401  (autouse: one thread)
 
 import dode
-from dode.config import FitConfig
-from dode.distill import fit_guarded
+from dode.distillation.config import FitConfig
+from dode.distillation.fit import fit_guarded
+from dode.distillation.objectives import OBJECTIVES
 from dode.models import digits_mixture
-from dode.objectives import OBJECTIVES
 
 SOLVER = "euler"
 SIGMAS = dode.karras_sigmas(4, 0.002, 80.0)

@@ -26,10 +26,10 @@ import pytest
 import torch
 
 from dode.cli import main as dode_main
-from dode.correction import Lambdas
-from dode.generate import SamplingJob, run_sampling
-from dode.grids import GridSpec
+from dode.core.correction import Lambdas
+from dode.core.grids import GridSpec
 from dode.models import load_model
+from dode.pipeline.generate import SamplingJob, run_sampling
 from dode.store import LAMBDAS_FILE, load_lambdas, read_artifact, save_lambdas
 from dode.store.manifest import MANIFEST_VERSION, artifact_id
 from dode.store.registry import Registry

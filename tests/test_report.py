@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dode.correction import Lambdas
-from dode.report import (
+from dode.core.correction import Lambdas
+from dode.pipeline.report import (
     IMAGE_LINK,
     UI_BUDGET,
     downloads,

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import dode
-from dode.diffusers_scheduler import DODEScheduler
-from dode.gaussian import FirstStep, Gaussian
-from dode.grids import GridSpec
-from dode.pipeline_distill import pipeline_denoiser
+from dode.core.gaussian import FirstStep, Gaussian
+from dode.core.grids import GridSpec
+from dode.integrations.diffusers.distill import pipeline_denoiser
+from dode.integrations.diffusers.scheduler import DODEScheduler
 from tests.test_diffusers_scheduler import GUIDANCE, PROMPTS, noise, planted, sd_latents, tiny_sd64
 
 sd64 = pytest.fixture(scope="module")(tiny_sd64)

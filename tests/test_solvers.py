@@ -10,9 +10,9 @@ import torch
 from helpers import greedy_fit as fit
 
 import dode
+from dode.core.solvers.deis import deis_coefficients
+from dode.core.types import Evaluation, SolverState
 from dode.models import GaussianDenoiser, MixtureDenoiser
-from dode.solvers.deis import deis_coefficients
-from dode.types import Evaluation, SolverState
 
 SOLVER_NAMES = sorted(dode.SOLVERS)
 # 6 steps: warm starts, full orders, lower-order endings and singlestep groups cut short all occur.

@@ -7,14 +7,22 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from dode.config import SamplingConfig, build
-from dode.grids import GridSpec
+from dode.common.config import build
+from dode.core.grids import GridSpec
 from dode.metrics.reference import reference_images
 from dode.metrics.scores import METRICS, auto_metrics, resolve_metrics, rmse
 from dode.models import load_model
-from dode.report import markdown_tables, text_table
-from dode.runs import PipelineRun, SampleRun, ScoreRun
-from dode.sweep import plan_cells, plan_variants, sampling_jobs, score_items, variant_applies, with_samples
+from dode.pipeline.generate import SamplingConfig
+from dode.pipeline.report import markdown_tables, text_table
+from dode.pipeline.runs import PipelineRun, SampleRun, ScoreRun
+from dode.pipeline.sweep import (
+    plan_cells,
+    plan_variants,
+    sampling_jobs,
+    score_items,
+    variant_applies,
+    with_samples,
+)
 
 PIPELINE = {"model": "mixture-smooth", "solvers": ["euler"], "nfes": [3], "family": "karras",
             "teacher": {"factor": 10, "solver": "dpmpp_2m", "n_samples": 256, "batch_size": 250},
@@ -164,7 +172,7 @@ def test_tables_show_every_row_and_dashes_for_missing_values():
 
 
 def test_few_step_summary_judges_each_variant_against_its_own_base_and_sibling():
-    from dode.sweep import few_step_summary, plan_variants
+    from dode.pipeline.sweep import few_step_summary, plan_variants
 
     variants = plan_variants({"t": {"objective": "final", "options": {"learn_lambdas": False}},
                               "jt": {"objective": "final"},
@@ -191,9 +199,9 @@ def test_a_stored_teacher_record_is_checked_before_its_reevaluation_samples(tmp_
     # A shared registry is untrusted: the teacher a lambdas artifact records decides the teacher job's grid
     # (factor x steps), so it passes TeacherConfig's rules before any sampling.
     import dode
+    from dode.pipeline.sweep_run import reevaluation_cells
     from dode.store.lambdas import save_lambdas
     from dode.store.registry import Registry
-    from dode.sweep_run import reevaluation_cells
 
     reg = Registry(tmp_path / "reg")
     grid = GridSpec("karras", 3)

@@ -15,19 +15,12 @@ import pytest
 import torch
 
 import dode
+from dode.core.rng import seeded_noise
+from dode.distillation.teacher import TeacherConfig, teacher_states
+from dode.distillation.teacher_parquet import write_teacher
 from dode.models import GaussianDenoiser
-from dode.rng import seeded_noise
 from dode.store import trajectory
-from dode.store.trajectory import (
-    IdRuns,
-    TrajectoryFile,
-    TrajectoryWriter,
-    read_meta,
-    read_step,
-    read_steps,
-)
-from dode.teacher import TeacherConfig, teacher_states
-from dode.teacher_parquet import write_teacher
+from dode.store.trajectory import IdRuns, TrajectoryFile, TrajectoryWriter, read_meta, read_step, read_steps
 
 SHAPE = (2, 3, 4)
 

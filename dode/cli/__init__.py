@@ -9,7 +9,7 @@ import importlib
 import sys
 from importlib.metadata import EntryPoint, distributions
 
-from ..store.manifest import printable
+from dode.store.manifest import printable
 
 COMMANDS: dict[str, str] = {
     "artifacts": "dode.cli.artifacts",  # list / show / get / verify registry artifacts

@@ -7,13 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from .. import progress
-from ..export_diffusers import export_lambdas
-from ..store.export import fetch_parts, write_npz, write_pngs
-from ..store.fetch import clean_downloads, has_parts
-from ..store.location import registry_location
-from ..store.manifest import KINDS, printable
-from ..store.registry import Registry
+from dode.common import progress
+from dode.integrations.diffusers.export import export_lambdas
+from dode.store.export import fetch_parts, write_npz, write_pngs
+from dode.store.fetch import clean_downloads, has_parts
+from dode.store.location import registry_location
+from dode.store.manifest import KINDS, printable
+from dode.store.registry import Registry
 
 UNVERIFIED = ("created", "provenance")  # manifest fields the id does not hash (dode.store.manifest.artifact_id)
 FORMATS = {"png": write_pngs, "npz": write_npz, "files": fetch_parts}  # how `get` writes an artifact with parts

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..first_step import SAMPLES, SOLVER, STEPS
-from ..grids import FAMILIES
+from dode.core.grids import FAMILIES
+from dode.distillation.first_step import SAMPLES, SOLVER, STEPS
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -32,12 +32,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..first_step import from_data, from_model
-    from ..images import to_model
-    from ..models import load_model
-    from ..store.gaussians import save_gaussian
-    from ..store.location import registry_location
-    from ..store.registry import Registry
+    from dode.common.images import to_model
+    from dode.distillation.first_step import from_data, from_model
+    from dode.models import load_model
+    from dode.store.gaussians import save_gaussian
+    from dode.store.location import registry_location
+    from dode.store.registry import Registry
 
     registry = Registry(registry_location(args.registry))
     registry.check_writable()
@@ -61,7 +61,7 @@ def data_images(model, path: str):
     import numpy as np
 
     if path == "reference":
-        from ..metrics.reference import reference_images
+        from dode.metrics.reference import reference_images
 
         return reference_images(model, 0, 0)
     file = Path(path)

@@ -10,11 +10,11 @@ import argparse
 import hashlib
 from pathlib import Path
 
-from .. import progress
-from ..config import FitConfig
-from ..grids import FAMILIES
-from ..solvers import SOLVERS
-from ..teacher import TeacherConfig
+from dode.common import progress
+from dode.core.grids import FAMILIES
+from dode.core.solvers import SOLVERS
+from dode.distillation.config import FitConfig
+from dode.distillation.teacher import TeacherConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -83,11 +83,11 @@ def load_pipeline(path_or_id: str, device: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..diffusers_scheduler import DODEScheduler
-    from ..grids import GridSpec
-    from ..store.lambdas import save_lambdas
-    from ..store.location import registry_location
-    from ..store.registry import Registry
+    from dode.core.grids import GridSpec
+    from dode.integrations.diffusers.scheduler import DODEScheduler
+    from dode.store.lambdas import save_lambdas
+    from dode.store.location import registry_location
+    from dode.store.registry import Registry
 
     if args.no_register and args.out is None:
         raise ValueError("--no-register without --out would throw the lambdas away; pass --out DIR")
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def guard_line(guard: dict | None) -> str:
-    """What the held-out guard did (``Lambdas.guard``, dode.guard): the candidate kept and every candidate's
+    """What the held-out guard did (``Lambdas.guard``, dode.distillation.guard): the candidate kept and every candidate's
     held-out error to the teacher (and Frechet distance with the fd criterion); "guard: off" when it did not run."""
     if not guard:
         return "guard: off"
@@ -142,8 +142,8 @@ def guard_line(guard: dict | None) -> str:
 
 
 def distill_lambdas(pipe, prompts: list[str], args: argparse.Namespace):
-    """``dode.pipeline_distill.distill_pipeline`` with the command line's settings."""
-    from ..pipeline_distill import distill_pipeline
+    """``dode.integrations.diffusers.distill.distill_pipeline`` with the command line's settings."""
+    from dode.integrations.diffusers.distill import distill_pipeline
 
     return distill_pipeline(
         pipe,

@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import progress
-from ..config import SamplingConfig
-from ..gaussian import FIRST_STEPS
-from ..grids import FAMILIES
-from ..metrics.features import EXTRACTORS, INCEPTION_DIMS
+from dode.common import progress
+from dode.core.gaussian import FIRST_STEPS
+from dode.core.grids import FAMILIES
+from dode.metrics.features import EXTRACTORS, INCEPTION_DIMS
+from dode.pipeline.generate import SamplingConfig
 
-SAMPLING = SamplingConfig()  # the defaults of a sampling job, as the flows' (dode.config)
+SAMPLING = SamplingConfig()  # the defaults of a sampling job, as the flows' (dode.distillation.config)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -25,8 +25,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def _registry(uri: str | None):
-    from ..store.location import registry_location
-    from ..store.registry import Registry
+    from dode.store.location import registry_location
+    from dode.store.registry import Registry
 
     return Registry(registry_location(uri))
 
@@ -75,9 +75,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from ..generate import SamplingJob, run_sampling
-    from ..store.export import write_pngs
-    from ..store.fetch import output_dir
+    from dode.pipeline.generate import SamplingJob, run_sampling
+    from dode.store.export import write_pngs
+    from dode.store.fetch import output_dir
 
     registry = _registry(args.registry) if args.lambdas else None
     solver, grid = implied_sampler(registry, args) if args.lambdas else base_sampler(args)
@@ -113,7 +113,7 @@ def first_step_of(args: argparse.Namespace) -> dict:
 
 def base_sampler(args: argparse.Namespace) -> tuple[str, dict]:
     """(solver, grid) without lambdas: --solver (default euler) and --grid (default karras) at --nfe (needed)."""
-    from ..grids import GridSpec
+    from dode.core.grids import GridSpec
 
     solver = args.solver or "euler"
     if args.sigmas is not None:
@@ -131,11 +131,11 @@ def base_sampler(args: argparse.Namespace) -> tuple[str, dict]:
 
 def implied_sampler(registry, args: argparse.Namespace) -> tuple[str, None]:
     """(solver, grid) of the lambdas: their solver, and no grid (the job samples on the grid they were fitted
-    on, learned or not: ``dode.fitted``). --solver, --nfe and --grid may be given only when they agree with
+    on, learned or not: ``dode.core.fitted``). --solver, --nfe and --grid may be given only when they agree with
     what the lambdas imply; --sigmas never (an explicit grid passed with lambdas is theirs or an error)."""
-    from ..grids import GridSpec
-    from ..sampling import network_calls
-    from ..store.lambdas import load_lambdas
+    from dode.core.grids import GridSpec
+    from dode.core.sampling import network_calls
+    from dode.store.lambdas import load_lambdas
 
     registry.check_readable()
     art = registry.get(args.lambdas)
@@ -177,9 +177,9 @@ def _add_fid(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fid(args: argparse.Namespace) -> int:
-    from ..metrics.features import Counted, get_extractor
-    from ..metrics.fid import frechet_distance, save_stats_npz
-    from ..metrics.sources import expected_features, publish_reference_stats, stats_of_source
+    from dode.metrics.features import Counted, get_extractor
+    from dode.metrics.fid import frechet_distance, save_stats_npz
+    from dode.metrics.sources import expected_features, publish_reference_stats, stats_of_source
 
     # Every argument is checked before any statistics are computed.
     _check_fid_args(args)
@@ -216,8 +216,8 @@ def run_fid(args: argparse.Namespace) -> int:
 
 def _check_fid_args(args: argparse.Namespace) -> None:
     """One ValueError for any bad ``dode fid`` argument; the output .npz is checked before the work, not after."""
-    from ..devices import resolve_device
-    from ..metrics.fid import check_stats_path
+    from dode.common.devices import resolve_device
+    from dode.metrics.fid import check_stats_path
 
     if args.dims is not None and args.features != "inception":
         raise ValueError(f"--dims applies to Inception features only; drop it for --features {args.features}")

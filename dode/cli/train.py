@@ -11,12 +11,12 @@ import argparse
 import os
 from pathlib import Path
 
-from ..models import DATA_DIR
-from ..rng import MAX_SEED
+from dode.core.rng import MAX_SEED
+from dode.models import DATA_DIR
 
 ONLY = ("model", "flow", "classifier")  # model: digits-ddpm; flow: digits-flow
 MODEL_FOLDERS = {"model": "digits-ddpm", "flow": "digits-flow"}
-OBJECTIVES = {"model": "epsilon", "flow": "flow"}  # dode.training.TRAINING_OBJECTIVES
+OBJECTIVES = {"model": "epsilon", "flow": "flow"}  # dode.training.digits.TRAINING_OBJECTIVES
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -99,9 +99,14 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..metrics.digits import load_digits_classifier, load_digits_images
-    from ..models import load_model
-    from ..training import evaluate_digits_model, save_grid, train_digits_classifier, train_digits_model
+    from dode.metrics.digits import load_digits_classifier, load_digits_images
+    from dode.models import load_model
+    from dode.training.digits import (
+        evaluate_digits_model,
+        save_grid,
+        train_digits_classifier,
+        train_digits_model,
+    )
 
     _check_args(args)
     torch.set_num_threads(args.threads)

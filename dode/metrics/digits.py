@@ -18,9 +18,9 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from ..packaged import MODELS_DIR
-from ..types import Tensor
-from .fid import StreamingMoments, frechet_distance
+from dode.common.packaged import MODELS_DIR
+from dode.core.types import Tensor
+from dode.metrics.fid import StreamingMoments, frechet_distance
 
 CLASSIFIER_DIR = MODELS_DIR / "digits-classifier"
 SCHEMA_VERSION = 1

@@ -23,10 +23,10 @@ from unittest import mock
 import numpy as np
 import torch
 
-from ..devices import resolve_device
-from ..images import to_gray, to_model, to_rgb, to_unit
-from . import digits
-from .fid import FeatureExtractor
+from dode.common.devices import resolve_device
+from dode.common.images import to_gray, to_model, to_rgb, to_unit
+from dode.metrics import digits
+from dode.metrics.fid import FeatureExtractor
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # basename of pytorch_fid.inception.FID_WEIGHTS_URL
 INCEPTION_DIMS = (64, 192, 768, 2048)  # pytorch_fid.inception.InceptionV3.BLOCK_INDEX_BY_DIM
@@ -176,7 +176,7 @@ def get_extractor(
 
 
 class Counted:
-    """An extractor that counts the images it is fed on a progress bar (``dode.progress.bar``); every other
+    """An extractor that counts the images it is fed on a progress bar (``dode.common.progress.bar``); every other
     attribute (name, label, fingerprint, dims) is the wrapped extractor's."""
 
     def __init__(self, extractor: FeatureExtractor, bar: object) -> None:

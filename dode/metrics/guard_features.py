@@ -1,13 +1,13 @@
 """The guard's feature maps for digits models: a second, independent digits classifier.
 
-The held-out guard (``dode.guard``) ranks candidate fits by the Frechet distance of their samples to the
+The held-out guard (``dode.distillation.guard``) ranks candidate fits by the Frechet distance of their samples to the
 teacher's, ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)) (Dowson & Landau, 1982), in the features a
 model declares (``dode.models.Model.guard_features``; None: pixels). FD-digits, the product's metric, measures
 in the penultimate features of the evaluation classifier (``dode.metrics.digits``); the guard must not see
 that network, or the metric would leak into the choice it judges. So the guard's classifier differs in
 architecture (a 5x5 convolution, average pooling, GELU, 32 features), seed and data split; it is trained
 here, seeded and single-threaded on the CPU, and read like the evaluation classifier sees samples: quantised
-to uint8 (``dode.images.to_uint8``) as the pipeline stores them.
+to uint8 (``dode.common.images.to_uint8``) as the pipeline stores them.
 
 On-disk format (owned here): ``<dir>/config.json`` (schema_version, architecture, training settings,
 held-out accuracy) + ``<dir>/model.safetensors``. Rebuild with
@@ -25,11 +25,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..images import to_model, to_uint8
-from ..packaged import MODELS_DIR
-from ..training import _check_counts, _deterministic, fit_classifier
-from ..types import Tensor
-from .digits import IMAGE_SHAPE, classifier_accuracy, digits_split, load_digits_images, read_classifier
+from dode.common.images import to_model, to_uint8
+from dode.common.packaged import MODELS_DIR
+from dode.core.types import Tensor
+from dode.metrics.classifier import check_counts, deterministic, fit_classifier
+from dode.metrics.digits import (
+    IMAGE_SHAPE,
+    classifier_accuracy,
+    digits_split,
+    load_digits_images,
+    read_classifier,
+)
 
 GUARD_FEATURES_DIR = MODELS_DIR / "digits-guard-features"
 SCHEMA_VERSION = 1
@@ -79,13 +85,13 @@ def train_guard_features(out: str | Path | None = None, **settings: float) -> tu
     """Train the guard's classifier on its training split (``TRAINING``, overridden by ``settings``), one
     CPU thread, deterministic; save it at ``out`` if given. Returns the model and its config."""
     opts = {**TRAINING, **settings}
-    _check_counts("train_guard_features", steps=opts["steps"], batch=opts["batch"])
+    check_counts("train_guard_features", steps=opts["steps"], batch=opts["batch"])
     images, labels = load_digits_images()
     train, test = digits_split(len(images), opts["test_fraction"], opts["split_seed"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with _deterministic(opts["seed"]) as gen:
+        with deterministic(opts["seed"]) as gen:
             model = GuardClassifier()
             fit_classifier(model, images, labels, train, gen, steps=opts["steps"], batch=opts["batch"], lr=opts["lr"],
                            weight_decay=opts["weight_decay"], warmup=opts["steps"] // 10)

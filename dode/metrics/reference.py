@@ -13,9 +13,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..images import to_uint8
-from ..models import GaussianDenoiser, MixtureDenoiser, Model
-from .digits import load_digits_images
+from dode.common.images import to_uint8
+from dode.metrics.digits import load_digits_images
+from dode.models import GaussianDenoiser, MixtureDenoiser, Model
 
 
 def exact_draws(m: Model, n: int, seed: int) -> tuple[np.ndarray, str]:

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from ..images import to_model
-from ..models import Model
-from ..store.samples import iter_samples, load_samples
-from .features import FeatureExtractor, get_extractor, inception_weights_path
-from .fid import frechet_distance, stats_from_bytes, stats_from_images
-from .sources import STATS_FILE
+from dode.common.images import to_model
+from dode.metrics.features import FeatureExtractor, get_extractor, inception_weights_path
+from dode.metrics.fid import frechet_distance, stats_from_bytes, stats_from_images
+from dode.metrics.sources import STATS_FILE
+from dode.models import Model
+from dode.store.samples import iter_samples, load_samples
 
 FEATURES = {"fd-digits": "digits", "fd-pixels": "pixels", "fid": "inception"}  # Fréchet metric -> extractor
 METRICS = (*FEATURES, "rmse")  # rmse: paired, to the teacher's samples from the same seeds

@@ -11,9 +11,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from ..images import iter_folder
-from .features import FeatureExtractor
-from .fid import FeatureStats, load_stats, stats_from_bytes, stats_from_images, stats_to_bytes
+from dode.common.images import iter_folder
+from dode.metrics.features import FeatureExtractor
+from dode.metrics.fid import FeatureStats, load_stats, stats_from_bytes, stats_from_images, stats_to_bytes
 
 STATS_FILE = "stats.npz"
 
@@ -54,7 +54,7 @@ def stats_of_artifact(
     registry: Any, art_id: str, extractor: Callable[[], FeatureExtractor], batch_size: int = 50,
     expected: str = "",
 ) -> FeatureStats:
-    from ..store.samples import iter_samples
+    from dode.store.samples import iter_samples
 
     try:
         art = registry.get(art_id)

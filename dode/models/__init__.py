@@ -1,163 +1,29 @@
-"""The model registry: names -> sigma-space denoisers, plus diffusers folders and hub ids by path."""
+"""Models as sigma-space denoisers, converted once at the edge: analytic testbeds with exact answers
+(``analytic``), diffusers VP models and EDM networks (``vp``), flow-matching models (``flow``), and the registry
+that loads any of them by name, folder or hub id (``registry``).
 
-from __future__ import annotations
+May import: ``dode.common``, ``dode.core``.
+"""
 
-import hashlib
-import json
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dode.common.lazy import lazy_face
 
-import torch
-
-from ..packaged import DATA_DIR, MODELS_DIR
-from ..types import Denoiser
-from .analytic import GaussianDenoiser, MixtureDenoiser, digits_mixture
-from .flow import FlowDenoiser, FlowSchedule, is_flow_folder, load_flow_pipeline
-from .vp import EDMDenoiser, VPDenoiser
-
-EMBEDDED_MODEL_DIR = MODELS_DIR / "digits-ddpm"
-FLOW_MODEL_DIR = MODELS_DIR / "digits-flow"  # the flow-matching twin (train_digits_model, objective="flow")
-ANALYTIC_METRICS = ("fd-pixels",)  # analytic models: Fréchet distance on raw pixels, to exact draws
-
-
-@dataclass(frozen=True)
-class Model:
-    """A denoiser with what the pipeline needs to know about it."""
-
-    name: str
-    denoiser: Denoiser
-    shape: tuple[int, ...]  # one sample's shape, e.g. (1, 8, 8)
-    fingerprint: str  # sha256 of the weights / analytic parameters
-    metrics: tuple[str, ...] = ()  # the Fréchet metrics that suit its samples (dode.metrics.scores.METRICS)
-    reference: str | None = None  # its built-in reference data (dode.metrics.reference.REFERENCE_DATA)
-    folder: Path | None = None  # the diffusers folder it loads from, if any
-    guard_features: str | None = None  # the guard's feature map (dode.metrics.guard_features.GUARD_FEATURES); None: pixels
-
-
-def tensor_fingerprint(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().to(torch.float64).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _gaussian(device: str) -> Model:
-    den = GaussianDenoiser(torch.zeros(1, 8, 8), 0.5)
-    return Model("gaussian", den, (1, 8, 8), tensor_fingerprint(den.mu, torch.tensor(den.s)), ANALYTIC_METRICS,
-                 "exact-draws")
-
-
-def _mixture(name: str, std: float, per_class: bool) -> Callable[[str], Model]:
-    def load(device: str) -> Model:
-        den = digits_mixture(std, per_class=per_class)
-        return Model(name, den, den.shape, tensor_fingerprint(den.weights, den.means, den.stds), ANALYTIC_METRICS,
-                     "exact-draws")
-
-    return load
-
-
-UNET_INT_FIELDS = ("in_channels", "out_channels")  # positive integers
-UNET_SIZE_FIELDS = ("sample_size", "layers_per_block", "block_out_channels")  # positive integers or lists of them
-
-
-def check_unet_config(folder: Path) -> None:
-    """One ValueError unless ``folder/unet/config.json`` is a JSON object whose sizes are positive integers:
-    checked before diffusers builds the network, where a wrong type is a TypeError deep inside torch."""
-    path = folder / "unet" / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{folder} has no unet/config.json; pass a diffusers pipeline folder written by save_pretrained")
-    try:
-        config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object of UNet settings, got {type(config).__name__}")
-
-    def positive(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-    for key in (k for k in (*UNET_INT_FIELDS, *UNET_SIZE_FIELDS) if k in config):
-        value, listed = config[key], key in UNET_SIZE_FIELDS
-        if not all(positive(v) for v in (value if listed and isinstance(value, list) and value else [value])):
-            kind = "a positive integer or a list of them" if listed else "a positive integer"
-            raise ValueError(f"{path}: {key!r} must be {kind}, got {value!r}")
-
-
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over a network's state dict (names and float64 values)."""
-    h = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().to(torch.float64).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _diffusers(path: str | Path, name: str, device: str) -> Model:
-    folder = Path(path) if Path(path).is_dir() else None
-    flow = folder is not None and is_flow_folder(folder)
-    if folder is not None and (not flow or (folder / "unet").is_dir()):
-        check_unet_config(folder)
-    if flow:  # a flow-matching pipeline (FlowMatchEulerDiscreteScheduler): transformer or UNet
-        den, net, shape = load_flow_pipeline(str(path), device=device)
-        return Model(name, den, shape, module_fingerprint(net), folder=folder)
-    try:
-        den = VPDenoiser.from_pretrained(str(path), device=device)
-    except TypeError as err:
-        raise ValueError(f"could not build the model in {path} ({err}); check its unet/config.json") from None
-    size = den.model.config.sample_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    return Model(name, den, (den.model.config.in_channels, *size), module_fingerprint(den.model), folder=folder)
-
-
-MODELS: dict[str, Callable[[str], Model]] = {
-    "gaussian": _gaussian,
-    "mixture-smooth": _mixture("mixture-smooth", 0.35, per_class=True),
-    "mixture-digits": _mixture("mixture-digits", 0.1, per_class=False),
-    "digits-ddpm": lambda device: replace(_diffusers(EMBEDDED_MODEL_DIR, "digits-ddpm", device),
-                                          metrics=("fd-digits",), reference="sklearn-digits",
-                                          guard_features="digits-guard"),
-    "digits-flow": lambda device: replace(_diffusers(FLOW_MODEL_DIR, "digits-flow", device),
-                                          metrics=("fd-digits",), reference="sklearn-digits",
-                                          guard_features="digits-guard"),
-}
-
-
-def load_model(name: str, *, device: str = "cpu") -> Model:
-    """A registered model by name, or a diffusers pipeline folder (``VPDenoiser``; ``FlowDenoiser`` for a
-    flow-matching scheduler) / hub id (``VPDenoiser``)."""
-    check_model_name(name)
-    return MODELS[name](device) if name in MODELS else _diffusers(name, name, device)
-
-
-def check_model_name(name: str) -> None:
-    """One ValueError unless ``name`` is a registered model, an existing folder, or a hub id ("org/name")."""
-    if name in MODELS or Path(name).is_dir():
-        return
-    if name.startswith((".", "/", "~")) or Path(name).exists():
-        raise ValueError(f"no diffusers pipeline folder at {name}; pass a folder written by save_pretrained")
-    if "/" not in name:
-        raise ValueError(
-            f"unknown model {name!r}; choose one of {sorted(MODELS)}, a diffusers pipeline folder, or a hub id"
-        )
-
-
-__all__ = [
-    "DATA_DIR",
-    "EMBEDDED_MODEL_DIR",
-    "FLOW_MODEL_DIR",
-    "MODELS",
-    "EDMDenoiser",
-    "FlowDenoiser",
-    "FlowSchedule",
-    "GaussianDenoiser",
-    "MixtureDenoiser",
-    "Model",
-    "VPDenoiser",
-    "check_model_name",
-    "check_unet_config",
-    "digits_mixture",
-    "load_model",
-    "module_fingerprint",
-    "tensor_fingerprint",
-]
+__getattr__, __dir__ = lazy_face(__name__, {
+    "DATA_DIR": ".registry",
+    "EMBEDDED_MODEL_DIR": ".registry",
+    "FLOW_MODEL_DIR": ".registry",
+    "MODELS": ".registry",
+    "Model": ".registry",
+    "check_model_name": ".registry",
+    "check_unet_config": ".registry",
+    "load_model": ".registry",
+    "module_fingerprint": ".registry",
+    "tensor_fingerprint": ".registry",
+    "ANALYTIC_METRICS": ".registry",
+    "EDMDenoiser": ".vp",
+    "VPDenoiser": ".vp",
+    "FlowDenoiser": ".flow",
+    "FlowSchedule": ".flow",
+    "GaussianDenoiser": ".analytic",
+    "MixtureDenoiser": ".analytic",
+    "digits_mixture": ".analytic"
+})

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..types import Tensor
+from dode.core.types import Tensor
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..types import Tensor
+from dode.core.types import Tensor
 
 FLOW_SIGMA_MAX = 1e8
 UNSUPPORTED_FLOW_OPTIONS = (

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from ..schedules import vp_sigmas_table
-from ..types import Tensor
+from dode.core.schedules import vp_sigmas_table
+from dode.core.types import Tensor
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 

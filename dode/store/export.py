@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import progress
-from ..images import write_png
-from .fetch import fetch_all, hidden_dir, install_all, parts
-from .manifest import Artifact
-from .samples import chunk_list, iter_samples
+from dode.common import progress
+from dode.common.images import write_png
+from dode.store.fetch import fetch_all, hidden_dir, install_all, parts
+from dode.store.manifest import Artifact
+from dode.store.samples import chunk_list, iter_samples
 
 
 def sample_chunks(reg: Any, art: Artifact) -> Iterator[tuple[range, np.ndarray]]:

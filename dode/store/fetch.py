@@ -20,12 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .. import progress
-from .manifest import HEX64, Artifact
-from .reads import file_sha256
-from .staging import StagingArea, Stale, collect
+from dode.common import progress
+from dode.store.manifest import HEX64, Artifact
+from dode.store.reads import file_sha256
+from dode.store.staging import StagingArea, Stale, collect
 
-PART_KINDS = ("samples",)  # kinds whose index artifacts list parts of their own kind (dode.generate)
+PART_KINDS = ("samples",)  # kinds whose index artifacts list parts of their own kind (dode.pipeline.generate)
 HIDDEN = ".dode-get"  # the staging directory of downloads inside an output folder
 
 

@@ -1,4 +1,4 @@
-"""Gaussians (the analytic first step's, ``dode.gaussian``) as registry artifacts: one ``gaussian.json``
+"""Gaussians (the analytic first step's, ``dode.core.gaussian``) as registry artifacts: one ``gaussian.json``
 (``Gaussian.to_dict``) per artifact, fingerprinted to the model like lambdas (param ``model_fingerprint``);
 ``load_gaussian(..., model=fingerprint)`` refuses a Gaussian of another model unless ``allow_other_model``.
 """
@@ -9,8 +9,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..gaussian import Gaussian
-from .registry import Artifact, Registry
+from dode.core.gaussian import Gaussian
+from dode.store.registry import Artifact, Registry
 
 GAUSSIAN_FILE = "gaussian.json"
 

@@ -20,7 +20,7 @@ import hashlib
 import json
 from typing import Any
 
-from .manifest import HEX64, KINDS, Artifact, load_json, printable
+from dode.store.manifest import HEX64, KINDS, Artifact, load_json, printable
 
 INDEX_VERSION = 1
 INDEX_FILE = "index/index.json"

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields
 from typing import Any
 
-from ..correction import Lambdas
-from .registry import Artifact, Registry
+from dode.core.correction import Lambdas
+from dode.store.registry import Artifact, Registry
 
 LAMBDAS_FILE = "lambdas.json"
 LAMBDAS_SCHEMA_VERSION = 3

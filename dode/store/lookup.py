@@ -12,9 +12,17 @@ import difflib
 import json
 from typing import Any
 
-from .key_index import entry_ids, is_indexed
-from .manifest import HEX64, KINDS, MAX_JSON_BYTES, Artifact, canonical_json, manifest_key, parse_manifest
-from .storage import Refused
+from dode.store.key_index import entry_ids, is_indexed
+from dode.store.manifest import (
+    HEX64,
+    KINDS,
+    MAX_JSON_BYTES,
+    Artifact,
+    canonical_json,
+    manifest_key,
+    parse_manifest,
+)
+from dode.store.storage import Refused
 
 
 def check_kind(kind: str) -> str:

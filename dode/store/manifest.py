@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .. import __version__
+from dode.version import __version__
 
 KINDS = ("trajectory", "lambdas", "samples", "reference-stats", "score", "report", "model", "gaussian")
 MANIFEST = "manifest.json"

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .manifest import HEX64, Artifact, file_key, load_json, manifest_key
-from .storage import CHUNK, Refused, chunks, local_tree
+from dode.store.manifest import HEX64, Artifact, file_key, load_json, manifest_key
+from dode.store.storage import CHUNK, Refused, chunks, local_tree
 
 VERIFIED: set[tuple[tuple[int, ...], str]] = set()  # (file state token, sha256) checked in this process
 

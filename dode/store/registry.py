@@ -29,10 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from . import key_index
-from .lookup import Lookup, check_kind
-from .manifest import (
+from dode.store import key_index
+from dode.store.lookup import Lookup, check_kind
+from dode.store.manifest import (
     HEX64,
     KINDS,
     Artifact,
@@ -43,9 +42,10 @@ from .manifest import (
     manifest_key,
     printable,
 )
-from .reads import VerifiedReads, file_sha256
-from .staging import StagingArea, Stale, collect, stale_entries
-from .storage import LocalStorage, Storage, open_storage, stage
+from dode.store.reads import VerifiedReads, file_sha256
+from dode.store.staging import StagingArea, Stale, collect, stale_entries
+from dode.store.storage import LocalStorage, Storage, open_storage, stage
+from dode.version import __version__
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dode" / "registry"
 PACKAGES = ("torch", "numpy", "pyarrow", "diffusers", "fsspec", "s3fs", "pytorch-fid")
@@ -218,7 +218,7 @@ class Registry(Lookup, VerifiedReads):
 
         A file already there with the same content is kept; other content is refused unless ``force``.
         """
-        from .fetch import fetch
+        from dode.store.fetch import fetch
 
         return fetch(self, self.get(ref), Path(out_dir), force=force)
 
@@ -229,7 +229,7 @@ class Registry(Lookup, VerifiedReads):
 
     def verify(self, ref: str | Artifact | None = None) -> list[str]:
         """Every problem found (empty when all is well); see ``dode.store.verify``."""
-        from .verify import verify
+        from dode.store.verify import verify
 
         return verify(self, ref)
 

@@ -1,6 +1,6 @@
 """The samples format, read: a "samples" artifact is a chunk (``images.npy``, uint8 (B, C, H, W), params
 ``seeds`` = [start, stop)) or an index over chunks (``index.json``, schema ``SAMPLES_SCHEMA_VERSION``; its chunks
-are also its parents). ``dode.generate`` writes them; everything that reads samples reads them here, every
+are also its parents). ``dode.pipeline.generate`` writes them; everything that reads samples reads them here, every
 field checked before it reaches the file system or an allocation.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..rng import MAX_SEED
+from dode.core.rng import MAX_SEED
 
 SAMPLES_SCHEMA_VERSION = 1
 NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}

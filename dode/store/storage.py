@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Protocol
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .staging import StagingArea
+from dode.store.staging import StagingArea
 
 CHUNK = 1 << 22
 

@@ -37,9 +37,9 @@ import pyarrow.parquet as pq
 import torch
 from typing_extensions import Self
 
-from .. import __version__
-from ..types import Tensor
-from .staging import clean_partials, lock_partial
+from dode.core.types import Tensor
+from dode.store.staging import clean_partials, lock_partial
+from dode.version import __version__
 
 SCHEMA_VERSION = 1
 COMPRESSIONS = ("none", "zstd")
@@ -319,7 +319,7 @@ class TrajectoryFile:
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(
                 f"{self.path}: trajectory schema version {meta.get('schema_version')!r}, this dode "
-                f"{__version__} reads version {SCHEMA_VERSION}; re-create it with dode.teacher_parquet.write_teacher"
+                f"{__version__} reads version {SCHEMA_VERSION}; re-create it with dode.distillation.teacher_parquet.write_teacher"
             )
         if index.get("meta_sha256") != meta_digest(self.file.schema_arrow):
             raise self.broken("its metadata does not match the checksum in its footer")

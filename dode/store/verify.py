@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .key_index import index_problems
-from .manifest import HEX64, Artifact, printable
-from .staging import staging_problem
+from dode.store.key_index import index_problems
+from dode.store.manifest import HEX64, Artifact, printable
+from dode.store.staging import staging_problem
 
 WHAT = {"link": "a symbolic link", "file": "a file", "other": "a special file", None: "missing"}
 

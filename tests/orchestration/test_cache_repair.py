@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from dode import steps
-from dode.generate import SamplingJob
-from dode.grids import GridSpec
+from dode.core.grids import GridSpec
+from dode.pipeline import steps
+from dode.pipeline.generate import SamplingJob
 from dode.store.lambdas import LAMBDAS_FILE
 from dode.store.registry import Registry
 from dode.store.samples import load_samples

@@ -1,6 +1,6 @@
 """prefect.yaml and `dode run` without a server: every deployment loads, its parameters build its stage's
 configuration, its schedules parse; every configuration field is a `dode run` option, derived from the
-configuration (declared once, in dode.runs)."""
+configuration (declared once, in dode.pipeline.runs)."""
 
 import inspect
 import re
@@ -11,9 +11,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from dode import runs
-from dode.config import build
-from dode.teacher import TeacherConfig
+from dode.common.config import build
+from dode.distillation.teacher import TeacherConfig
+from dode.pipeline import runs
 from flows import cli
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())

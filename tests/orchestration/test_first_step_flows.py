@@ -3,10 +3,10 @@
 import torch
 
 import dode
-from dode.grids import GridSpec
-from dode.images import to_uint8
+from dode.common.images import to_uint8
+from dode.core.grids import GridSpec
+from dode.core.rng import seeded_noise
 from dode.models import load_model
-from dode.rng import seeded_noise
 from dode.store.gaussians import load_gaussian
 from dode.store.lambdas import load_lambdas
 from dode.store.registry import Registry

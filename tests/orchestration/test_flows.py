@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 
 import dode
-from dode.config import build
-from dode.grids import GridSpec
+from dode.common.config import build
+from dode.core.grids import GridSpec
+from dode.distillation.teacher import TeacherConfig
 from dode.models import load_model
-from dode.runs import DistillRun
+from dode.pipeline.runs import DistillRun
 from dode.store.lambdas import load_lambdas
 from dode.store.registry import Registry
-from dode.teacher import TeacherConfig
 
 TEACHER = {"factor": 4, "n_samples": 48, "batch_size": 48}
 SMALL = {"model": "mixture-smooth", "solvers": ("euler", "heun", "dpmpp_2m"), "nfes": (3, 5), "teacher": TEACHER,
@@ -146,7 +146,7 @@ def test_library_loggers_reach_the_flow_run_logs(prefect_harness):
 
     @flow
     def emits():
-        logging.getLogger("dode.generate").info("a dode library record")
+        logging.getLogger("dode.pipeline.generate").info("a dode library record")
 
     run_id = emits(return_state=True).state_details.flow_run_id
     flt = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))

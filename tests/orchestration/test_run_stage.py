@@ -3,9 +3,9 @@
 import numpy as np
 
 import dode
-from dode.config import build
+from dode.common.config import build
 from dode.models import load_model
-from dode.runs import DistillRun
+from dode.pipeline.runs import DistillRun
 from dode.store.lambdas import load_lambdas
 from dode.store.registry import Registry
 

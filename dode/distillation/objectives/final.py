@@ -1,0 +1,246 @@
+"""The objective ``final``: all lambda_k -- and the interior timesteps -- fitted jointly on the final sample.
+
+Minimises L(lambda, sigma) = E ||x_0(lambda, sigma; n) - x_0^teacher(n)||^2, the mean squared error of the
+final sample to the teacher's from the same noise, by backpropagation through the unrolled sampler
+(``dode.core.sampling.integrate(grad=True)``); the network is differentiated with respect to its inputs only.
+Greedy D-ODE (Kim et al., 2024) fits each lambda_k to the next state; fitting the final sample instead, and
+moving the timesteps as LD3 does (Tong et al., 2025), removes the myopia. Timesteps use LD3's
+softmax-cumsum parameterisation in log sigma: sigma_0 (sigma_max) and the final 0 stay fixed, the grid stays
+strictly decreasing and inside (sigma_lo, sigma_max] for any parameter value.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from dode.common import progress
+from dode.core.sampling import integrate
+from dode.core.types import Denoiser, Tensor
+from dode.distillation.objectives.problem import FitProblem, FitResult
+from dode.distillation.objectives.step import greedy_lambdas
+
+INITS = ("timesteps", "zero", "greedy")  # where lambda starts: after a timesteps-only fit, at 0, or at greedy D-ODE
+OPTIMIZERS = ("adam", "lbfgs")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}  # the fit's sampler state
+MIN_GAP = 1e-4  # smallest share of the log-sigma range a gap starts with (a grid touching sigma_lo)
+
+
+def sigma_floor(denoiser: Denoiser, sigmas: Tensor) -> float:
+    """sigma_lo: the model's smallest noise level, or a tenth of the grid's where the model states none (or 0,
+    as flow-matching models, trained down to t = 0, do)."""
+    smallest = float(sigmas[-2])
+    model_min = float(getattr(denoiser, "sigma_min", None) or 0.0)
+    return min(model_min, smallest) if model_min > 0 else smallest / 10
+
+
+def grid_from_logits(theta: Tensor, sigma_max: Tensor, sigma_lo: float) -> Tensor:
+    """sigma_j = sigma_max (sigma_lo / sigma_max)^(c_j), c = cumsum(softmax(theta)) over the N gaps of
+    [log sigma_lo, log sigma_max]; the first N - 1 cut points are sigma_1..sigma_{N-1}, then 0."""
+    cuts = torch.cumsum(torch.softmax(theta, 0), 0)[:-1]
+    log_max = sigma_max.log()
+    interior = torch.exp(log_max + (math.log(sigma_lo) - log_max) * cuts)
+    return torch.cat([sigma_max.reshape(1), interior, torch.zeros_like(sigma_max).reshape(1)])
+
+
+def logits_from_grid(sigmas: Tensor, sigma_lo: float) -> Tensor:
+    """The theta whose grid is ``sigmas`` (up to MIN_GAP where a gap is empty)."""
+    log = torch.cat([sigmas[:-1].log(), torch.tensor([math.log(sigma_lo)], dtype=sigmas.dtype, device=sigmas.device)])
+    gaps = (log[:-1] - log[1:]).clamp(min=0)
+    shares = (gaps / gaps.sum()).clamp(min=MIN_GAP)
+    return (shares / shares.sum()).log()
+
+
+def final_sample(problem: FitProblem, denoiser: Denoiser, lam: Tensor, sigmas: Tensor, rows: slice, grad: bool) -> Tensor:
+    """The student's final sample for the fit noise ``rows`` with lambdas ``lam`` on grid ``sigmas``, in the
+    fit's dtype (the fit noise's)."""
+    noise = problem.noise[rows]
+    return integrate(denoiser, noise, sigmas, problem.solver, lambda k, update: lam[k],
+                     correction=problem.correction, grad=grad, first=problem.first, dtype=noise.dtype)
+
+
+def accumulate(problem: FitProblem, denoiser: Denoiser, lam: Tensor, grid: Any, micro_batch: int, leaves: list) -> float:
+    """The full-batch loss and its gradient in the leaves' .grad, one micro-batch at a time (bounded memory):
+    L = sum over micro-batches of ||x - x_teacher||^2 / (n d), each backpropagated on its own."""
+    n = len(problem.noise)
+    scale = 1.0 / problem.final.numel()
+    total = 0.0
+    for start in range(0, n, micro_batch):
+        rows = slice(start, start + micro_batch)
+        x = final_sample(problem, denoiser, lam, grid(), rows, grad=True)
+        loss = (x - problem.final[rows]).square().sum() * scale
+        loss.backward(inputs=leaves)
+        total += float(loss.detach())
+    return total
+
+
+def final_error(problem: FitProblem, lam: Tensor, sigmas: Tensor, noise: Tensor, target: Tensor) -> float:
+    """Mean squared final error to the teacher's ``target`` from ``noise`` (no gradient)."""
+    values = lam.detach()
+    x = integrate(problem.denoiser, noise, sigmas.detach(), problem.solver, lambda k, update: values[k],
+                  correction=problem.correction, first=problem.first)
+    return float((x - target).square().mean())
+
+
+def fit_final(
+    problem: FitProblem,
+    learn_lambdas: bool = True,
+    learn_sigmas: bool = True,
+    iterations: int = 100,
+    lr_lambdas: float = 0.05,
+    lr_sigmas: float = 0.1,
+    micro_batch: int = 32,
+    eval_every: int = 10,
+    patience: int = 5,
+    activation_checkpointing: bool = False,
+    optimizer: str = "adam",
+    init: str = "timesteps",
+    max_fit: int | None = None,
+    dtype: str = "float64",
+) -> FitResult:
+    """Adam (or L-BFGS, for small problems solved to high precision) on lambda and the grid logits through the
+    unrolled sampler, on the first ``max_fit`` fit samples (all by default). Every ``eval_every`` iterations the
+    held-out final error is measured; the best iterate is kept and fitting stops after ``patience``
+    measurements without improvement (without a held-out split: the fit error).
+
+    ``init`` says where lambda starts: ``timesteps`` (the default when both are learned) first fits the
+    timesteps alone from lambda = 0 for half the iterations, then both from there, so the joint result is
+    selected against its own timesteps-only start and both are candidates; ``zero`` starts the joint fit at
+    the base solver; ``greedy`` at greedy D-ODE's lambdas (which hurt multistep solvers). The guard ranks the
+    result, the timesteps-only sub-fit, greedy D-ODE and the base solver by distribution. ``micro_batch``
+    bounds memory (gradients are accumulated); ``activation_checkpointing`` recomputes each network call in
+    the backward pass instead of storing its activations. ``dtype`` float32 runs the fit's sampler in float32
+    (selection and the guard stay float64; bench/fit_cost.py measures what each costs)."""
+    _check(learn_lambdas, learn_sigmas, iterations, micro_batch, eval_every, patience, lr_lambdas, lr_sigmas)
+    if max_fit is not None and (isinstance(max_fit, bool) or not isinstance(max_fit, int) or max_fit < 1):
+        raise ValueError(f"objective 'final': max_fit must be a positive integer or None, got {max_fit!r}")
+    if init not in INITS:
+        raise ValueError(f"objective 'final': unknown init {init!r}; choose one of {list(INITS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"objective 'final': unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"objective 'final': unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
+    start_time = time.perf_counter()
+    sigmas = problem.sigmas
+    greedy = tuple(greedy_lambdas(problem))
+    zeros = (0.0,) * len(greedy)
+    if max_fit is not None:  # fit on the first max_fit samples of the fit split (cost is linear in them)
+        problem = replace(problem, noise=problem.noise[:max_fit], targets=tuple(t[:max_fit] for t in problem.targets))
+    problem = replace(problem, noise=problem.noise.to(DTYPES[dtype]),
+                      targets=tuple(t.to(DTYPES[dtype]) for t in problem.targets))
+    sigma_lo = sigma_floor(problem.denoiser, sigmas)
+    settings = {"micro_batch": micro_batch, "eval_every": eval_every, "patience": patience, "optimizer": optimizer,
+                "lr_lambdas": lr_lambdas, "lr_sigmas": lr_sigmas, "sigma_lo": sigma_lo,
+                "activation_checkpointing": activation_checkpointing}
+    alternatives: list[tuple[str, tuple[float, ...], Tensor]] = [("greedy", greedy, sigmas)]
+    info: dict[str, Any] = {}
+    grid, remaining = sigmas, iterations
+    if learn_lambdas and learn_sigmas and init == "timesteps":
+        # Stage 1: the timesteps alone from lambda = 0; the joint fit starts from (and is selected against) it.
+        remaining = iterations - iterations // 2
+        stage, info["timesteps"] = run_fit(problem, zeros, sigmas, False, True, iterations // 2, **settings)
+        grid = stage["grid"]
+        alternatives.insert(0, ("timesteps", zeros, grid))
+    # The fit itself (stage 2 after timesteps-only).
+    start = greedy if learn_lambdas and init == "greedy" else zeros
+    best, fitted = run_fit(problem, start, grid, learn_lambdas, learn_sigmas, remaining, **settings)
+    info.update(fitted, seconds=round(time.perf_counter() - start_time, 3), sigma_lo=sigma_lo,
+                start_sigmas=sigmas.tolist())
+    return FitResult(tuple(best["lam"].tolist()), best["grid"], "final", info, tuple(alternatives), "fd")
+
+
+def run_fit(problem: FitProblem, start: tuple[float, ...], start_grid: Tensor, learn_lambdas: bool, learn_sigmas: bool,
+            iterations: int, *, micro_batch: int, eval_every: int, patience: int, optimizer: str, lr_lambdas: float,
+            lr_sigmas: float, sigma_lo: float, activation_checkpointing: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One optimisation from lambda = ``start`` on ``start_grid`` (sigma_0 fixed): the best iterate and its report."""
+    lam = torch.tensor(start, dtype=problem.noise.dtype, device=start_grid.device)
+    theta = logits_from_grid(start_grid, sigma_lo)
+    leaves = [t.requires_grad_() for t, on in ((lam, learn_lambdas), (theta, learn_sigmas)) if on]
+
+    def grid() -> Tensor:
+        return grid_from_logits(theta, start_grid[0], sigma_lo) if learn_sigmas else start_grid
+
+    denoiser = problem.denoiser
+    if activation_checkpointing:
+        def denoiser(x: Tensor, sigma: Tensor, den: Denoiser = problem.denoiser) -> Tensor:
+            return checkpoint(den, x, sigma, use_reentrant=False)
+
+    def step(optimiser: torch.optim.Optimizer, losses: list[float]) -> None:
+        # One optimiser step on the full-batch final-sample loss, accumulated over micro-batches.
+        def closure() -> Tensor:
+            optimiser.zero_grad(set_to_none=True)
+            losses.append(accumulate(problem, denoiser, lam, grid, micro_batch, leaves))
+            return torch.tensor(losses[-1], dtype=torch.float64)
+
+        optimiser.step(closure)
+
+    optimiser = make_optimiser(optimizer, lam if learn_lambdas else None, theta if learn_sigmas else None,
+                               lr_lambdas, lr_sigmas)
+    return optimise(problem, lam, grid, lambda losses: step(optimiser, losses), iterations, eval_every, patience)
+
+
+def optimise(problem: FitProblem, lam: Tensor, grid: Any, step: Any, iterations: int, eval_every: int,
+             patience: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``step(losses)`` up to ``iterations`` times; every ``eval_every`` iterations measure the final error
+    on the selection split (else the fit split), keep the best iterate, and stop after ``patience``
+    measurements without improvement. Returns the best iterate and what the fit reports."""
+    selecting = len(problem.selection_noise) > 0
+    split = (problem.selection_noise, problem.selection_final) if selecting else (problem.noise, problem.final)
+    best: dict[str, Any] = {"score": math.inf, "iteration": 0, "lam": lam.detach().clone(), "grid": grid().detach()}
+    curve: list[list[float]] = []
+    losses: list[float] = []
+    stale = 0
+    bar = progress.bar(iterations, "distill (final sample)", "iteration")
+    for it in range(iterations + 1):
+        # Selection: measure, keep the best iterate, stop when it has not improved for a while.
+        if it % eval_every == 0 or it == iterations:
+            with torch.no_grad():
+                current = grid().detach()
+            score = final_error(problem, lam, current, *split)
+            curve.append([it, score])
+            bar.set_postfix(selection_mse=f"{score:.3g}", refresh=False)
+            if score < best["score"]:
+                best, stale = {"score": score, "iteration": it, "lam": lam.detach().clone(), "grid": current}, 0
+            else:
+                stale += 1
+            if it == iterations or stale > patience:
+                break
+        step(losses)
+        bar.update(1)
+    bar.close()
+    return best, {"iterations": len(losses), "best_iteration": best["iteration"],
+                  "selected_on": "selection" if selecting else "fit", "selection_mse": curve,
+                  "fit_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None}}
+
+
+def make_optimiser(name: str, lam: Tensor | None, theta: Tensor | None, lr_lambdas: float, lr_sigmas: float):
+    """Adam with one learning rate per parameter group, or L-BFGS with a strong-Wolfe line search."""
+    leaves = [t for t in (lam, theta) if t is not None]
+    if name == "lbfgs":
+        return torch.optim.LBFGS(leaves, lr=1.0, max_iter=1, max_eval=25, line_search_fn="strong_wolfe", tolerance_grad=0.0,
+                                 tolerance_change=0.0)
+    if name != "adam":
+        raise ValueError(f"objective 'final': unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+    groups = [{"params": [t], "lr": lr} for t, lr in ((lam, lr_lambdas), (theta, lr_sigmas)) if t is not None]
+    return torch.optim.Adam(groups)
+
+
+def _check(learn_lambdas: bool, learn_sigmas: bool, iterations: int, micro_batch: int, eval_every: int,
+           patience: int, lr_lambdas: float, lr_sigmas: float) -> None:
+    """One ValueError for options no fit can use."""
+    if not (learn_lambdas or learn_sigmas):
+        raise ValueError("objective 'final' needs learn_lambdas=True and/or learn_sigmas=True; for neither, "
+                         "sample with the base solver")
+    counts = {"iterations": (iterations, 0), "micro_batch": (micro_batch, 1), "eval_every": (eval_every, 1),
+              "patience": (patience, 0)}
+    for name, (value, low) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"objective 'final': {name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("lr_lambdas", lr_lambdas), ("lr_sigmas", lr_sigmas)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"objective 'final': {name} must be a positive number, got {value!r}")

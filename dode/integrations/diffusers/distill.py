@@ -1,0 +1,190 @@
+"""D-ODE for text-conditioned latent pipelines (the Stable Diffusion family), with classifier-free guidance.
+
+The pipeline's UNet, prompts (SDXL: with pooled embeddings and time ids) and guidance become one
+sigma-space denoiser (``GuidedUNet`` inside the project's ``VPDenoiser``); ``dode.distill`` fits
+lambdas on it; ``DODEScheduler.from_scheduler`` ships them back into the pipeline:
+
+    lam = distill_pipeline(pipe, prompts, solver="euler", nfe=8, guidance_scale=7.5)
+    pipe.scheduler = DODEScheduler.from_scheduler(pipe.scheduler, lambdas=lam)
+    images = pipe(prompt, num_inference_steps=pipe.scheduler.num_inference_steps, guidance_scale=7.5).images
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from dode.common.config import build
+from dode.core.correction import Lambdas
+from dode.core.grids import GridSpec
+from dode.core.types import Tensor
+from dode.distillation.config import FitConfig
+from dode.distillation.fit import distill
+from dode.distillation.teacher import TeacherConfig
+from dode.models.vp import VPDenoiser, cycle_rows
+
+
+def _stack(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two branches' UNet keyword arguments as one batch, [first; second] row-wise (nested dicts too)."""
+    return {
+        k: _stack(v, second[k]) if isinstance(v, dict) else torch.cat([v, second[k]])
+        for k, v in first.items()
+    }
+
+
+class GuidedUNet:
+    """A text-conditioned UNet with classifier-free guidance (Ho & Salimans, 2022) as one model eps(x_vp, t).
+
+    eps = eps_u + g (eps_c - eps_u), both halves from one batched call on [x, x] with
+    [uncond, cond] embeddings, exactly as diffusers' text-to-image pipelines do (``guidance_scale``
+    g <= 1: the conditional output alone). ``added``/``added_uncond`` are SDXL's added conditioning
+    (``added_cond_kwargs``: pooled ``text_embeds`` and micro-conditioning ``time_ids``), one row per
+    prompt like the embeddings. Row i of the input uses prompt i mod P, so any batch whose split points
+    are multiples of P (the distiller's fit and held-out parts) keeps its prompts.
+    """
+
+    def __init__(
+        self,
+        unet: Any,
+        cond: Tensor,
+        uncond: Tensor | None = None,
+        guidance_scale: float = 1.0,
+        added: dict[str, Tensor] | None = None,
+        added_uncond: dict[str, Tensor] | None = None,
+    ) -> None:
+        if getattr(unet.config, "time_cond_proj_dim", None) is not None:
+            raise ValueError(
+                "this UNet takes a guidance embedding (time_cond_proj_dim); GuidedUNet needs plain CFG"
+            )
+        if added is not None and uncond is not None and added_uncond is None:
+            raise ValueError(
+                "with guidance, pass the added conditioning of both branches (added= and added_uncond=)"
+            )
+        self.unet, self.cond, self.uncond, self.guidance_scale = unet, cond, uncond, float(guidance_scale)
+        self.added, self.added_uncond = added, added_uncond
+
+    def parameters(self):  # the dtype and device VPDenoiser casts inputs to
+        return self.unet.parameters()
+
+    def _branch(self, embeds: Tensor, added: dict[str, Tensor] | None, n: int) -> dict[str, Any]:
+        """The UNet keyword arguments of one branch for n rows (row i: prompt i mod P)."""
+        kwargs: dict[str, Any] = {"encoder_hidden_states": cycle_rows(embeds, n)}
+        if added is not None:
+            kwargs["added_cond_kwargs"] = {key: cycle_rows(value, n) for key, value in added.items()}
+        return kwargs
+
+    def __call__(self, x_vp: Tensor, t: Tensor) -> Tensor:
+        cond = self._branch(self.cond, self.added, len(x_vp))
+        if self.uncond is None:
+            return self.unet(x_vp, t, **cond).sample
+        both = _stack(self._branch(self.uncond, self.added_uncond, len(x_vp)), cond)
+        out = self.unet(torch.cat([x_vp, x_vp]), torch.cat([t, t]), **both).sample
+        eps_u, eps_c = out.chunk(2)
+        return eps_u + self.guidance_scale * (eps_c - eps_u)
+
+
+def sdxl_added_conditioning(
+    pipe: Any, pooled: Tensor, pooled_uncond: Tensor | None
+) -> tuple[dict, dict | None]:
+    """SDXL's added conditioning per prompt: pooled text embeddings and the micro-conditioning time ids
+    (original size, crop top-left, target size; Podell et al., 2023, Sec. 2.2) of the pipeline's
+    default call: the default image size, no crop, for both branches."""
+    if getattr(pipe.config, "requires_aesthetics_score", False):
+        raise ValueError(
+            "this SDXL pipeline conditions on an aesthetic score (a refiner); distil with the base "
+            "text-to-image pipeline (StableDiffusionXLPipeline)"
+        )
+    size = [s * pipe.vae_scale_factor for s in latent_shape(pipe)[1:]]
+    time_ids = torch.tensor([[*size, 0, 0, *size]], dtype=pooled.dtype, device=pooled.device).repeat(
+        len(pooled), 1
+    )
+    added = {"text_embeds": pooled, "time_ids": time_ids}
+    return added, None if pooled_uncond is None else {"text_embeds": pooled_uncond, "time_ids": time_ids}
+
+
+def pipeline_denoiser(
+    pipe: Any, prompts: Sequence[str], *, guidance_scale: float = 7.5, negative_prompt: str | None = None
+) -> VPDenoiser:
+    """The sigma-space denoiser of a text-to-image pipeline for ``prompts`` (row i -> prompt i mod P).
+
+    Prompts are encoded with the pipeline's own ``encode_prompt``; the empty prompt (or
+    ``negative_prompt``) is the unconditional branch, as in the pipeline itself. SDXL-style pipelines
+    (two text encoders; ``encode_prompt`` returns pooled embeddings too) add their pooled embeddings
+    and time ids (``sdxl_added_conditioning``).
+    """
+    for part in ("unet", "scheduler", "encode_prompt"):
+        if not hasattr(pipe, part):
+            raise ValueError(
+                f"{type(pipe).__name__} has no {part}; "
+                "pass a text-to-image latent pipeline (Stable Diffusion family)"
+            )
+    if not hasattr(pipe.scheduler, "alphas_cumprod"):
+        raise ValueError("the pipeline's scheduler has no DDPM training schedule (alphas_cumprod)")
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("pass at least one prompt (a list of strings)")
+    guided = guidance_scale > 1.0
+    with torch.no_grad():
+        encoded = pipe.encode_prompt(
+            prompt=prompts,
+            device=pipe.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=guided,
+            negative_prompt=None if negative_prompt is None else [negative_prompt] * len(prompts),
+        )
+    cond, uncond = encoded[0], encoded[1] if guided else None
+    added = added_uncond = None
+    if len(encoded) == 4:  # SDXL: (embeds, negative embeds, pooled, negative pooled)
+        added, added_uncond = sdxl_added_conditioning(pipe, encoded[2], encoded[3] if guided else None)
+    model = GuidedUNet(pipe.unet, cond, uncond, guidance_scale, added, added_uncond)
+    return VPDenoiser(model, pipe.scheduler.alphas_cumprod, pipe.scheduler.config.prediction_type)
+
+
+def latent_shape(pipe: Any) -> tuple[int, ...]:
+    """One latent's shape (C, H, W) from the pipeline's UNet config."""
+    size = pipe.unet.config.sample_size
+    return (pipe.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+
+
+def distill_pipeline(
+    pipe: Any,
+    prompts: Sequence[str],
+    *,
+    solver: str = "euler",
+    nfe: int = 10,
+    grid: str = "karras",
+    guidance_scale: float = 7.5,
+    negative_prompt: str | None = None,
+    samples_per_prompt: int = 4,
+    seed: int = 0,
+    teacher: TeacherConfig | Mapping[str, Any] | None = None,
+    fit: FitConfig | Mapping[str, Any] | None = None,
+) -> Lambdas:
+    """Fit D-ODE lambdas for ``pipe`` over ``prompts`` x ``samples_per_prompt`` seeded latents, the teacher
+    and the fit as ``teacher`` and ``fit`` say (``dode.distill``; the noise is the seeded latents here).
+
+    Noise row i belongs to prompt i mod P. With the guard a quarter of each prompt's samples (at least
+    one) is held out (``fit.holdout`` is set so), so fit and held-out batches both cycle through all
+    prompts. A learned grid (objective ``final``): ``DODEScheduler.from_scheduler(pipe.scheduler,
+    lambdas=lam)`` then samples on ``lam.sigmas``. SD-1.x/2.x and SDXL pipelines alike.
+    """
+    fit = build(FitConfig, fit)
+    if samples_per_prompt < (2 if fit.guard else 1):
+        raise ValueError(
+            f"samples_per_prompt must be >= {2 if fit.guard else 1} (the guard holds samples out), "
+            f"got {samples_per_prompt}"
+        )
+    den = pipeline_denoiser(pipe, prompts, guidance_scale=guidance_scale, negative_prompt=negative_prompt)
+    sigmas = GridSpec.for_nfe(grid, solver, nfe).sigmas(den)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(
+        (len(prompts) * samples_per_prompt, *latent_shape(pipe)), generator=gen, dtype=torch.float64
+    )
+    held = max(1, round(samples_per_prompt / 4))
+    fit = build(FitConfig, {**fit.model_dump(), "holdout": held / samples_per_prompt})
+    return distill(den, noise.to(pipe.device), sigmas, solver, teacher, fit)
+
+
+__all__ = ["GuidedUNet", "distill_pipeline", "latent_shape", "pipeline_denoiser", "sdxl_added_conditioning"]

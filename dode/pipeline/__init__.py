@@ -1,0 +1,16 @@
+"""The pipeline a sweep runs -- teachers -> lambdas -> samples -> scores -> report -- as plain library code: its
+stage configurations (``runs``), its plan (``sweep``), its steps in order (``steps``, ``sweep_run``), sampling
+at scale (``generate``), the report and its plots, and the command lines it prints (``commands``). The Prefect
+flows (the ``flows`` package) only wire these steps into tasks.
+
+May import: every room below ``dode.integrations``.
+"""
+
+from dode.common.lazy import lazy_face
+
+__getattr__, __dir__ = lazy_face(__name__, {
+    "DistillRun": ".runs", "PipelineRun": ".runs", "SampleRun": ".runs", "ScoreRun": ".runs",
+    "TeacherRun": ".runs",
+    "SamplingConfig": ".generate", "SamplingJob": ".generate", "run_sampling": ".generate",
+    "run_pipeline": ".sweep_run",
+})

@@ -43,6 +43,26 @@ def test_list_prints_one_artifact_per_line_id_first(published):
     assert rc == 0 and [line.split()[0] for line in out.splitlines()] == [lam.id]
 
 
+def test_list_tells_two_lambdas_of_one_cell_apart_and_prints_json(published):
+    root, reg, _, traj, lam = published
+    other = save_lambdas(reg, dode.Lambdas([0.1, 0.2], "euler", [1.0, 0.5, 0.0]), lam.key, parents=[traj],
+                         params={"fit": {"objective": "final", "options": {"iterations": 5}},
+                                 "first_step": "analytic"})
+    rc, out, err = dode_cli("list", "--kind", "lambdas", "--registry", root)
+    assert rc == 0, err
+    line = next(line for line in out.splitlines() if line.startswith(other.id))
+    assert 'objective=final' in line and 'options={"iterations":5}' in line and "first_step=analytic" in line
+    rc, out, err = dode_cli("list", "--json", "--registry", root)
+    listed = json.loads(out)
+    assert rc == 0 and {a["id"] for a in listed} >= {lam.id, other.id}
+    assert next(a for a in listed if a["id"] == other.id)["params"]["first_step"] == "analytic"
+
+
+def test_version():
+    done = subprocess.run([str(DODE), "--version"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == f"dode {dode.__version__}"
+
+
 def test_show_prints_the_manifest_and_the_lineage_down_to_the_model(published):
     root, reg, model, traj, lam = published
     rc, out, err = dode_cli("show", lam.id[:8], "--registry", root)

@@ -10,6 +10,7 @@ import sys
 from importlib.metadata import EntryPoint, distributions
 
 from dode.store.manifest import printable
+from dode.version import __version__
 
 COMMANDS: dict[str, str] = {
     "artifacts": "dode.cli.artifacts",  # list / show / get / verify registry artifacts
@@ -24,6 +25,7 @@ ENTRY_POINTS = "dode.commands"  # name -> add_parser(sub, name) of another packa
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dode", description="Distilled-ODE solvers for diffusion models.")
+    parser.add_argument("--version", action="version", version=f"dode {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         importlib.import_module(module).add_parser(sub, name)

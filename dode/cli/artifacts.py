@@ -30,8 +30,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     registry = argparse.ArgumentParser(add_help=False)
     registry.add_argument("--registry", default=None, metavar="URI", help="registry path or fsspec URL")
 
-    ls = actions.add_parser("list", parents=[registry], help="one artifact per line: id, kind, key, created")
+    ls = actions.add_parser("list", parents=[registry], help="one artifact per line: id, kind, key, created and, "
+                            "for lambdas, objective, options and first step")
     ls.add_argument("--kind", choices=KINDS, default=None, help="only artifacts of this kind")
+    ls.add_argument("--json", action="store_true", help="a JSON array of the manifests instead of lines")
     ls.set_defaults(func=run_list)
 
     show = actions.add_parser("show", parents=[registry], help="print the manifest and the lineage down to the model",
@@ -83,8 +85,11 @@ def open_registry(args: argparse.Namespace) -> Registry:
 def run_list(args: argparse.Namespace) -> int:
     reg = open_registry(args)
     arts = reg.list(args.kind)
-    for art in arts:
-        print(art.line())
+    if args.json:  # every manifest, as dode artifacts show prints one
+        print(json.dumps([art.to_dict() for art in arts], indent=2, sort_keys=True))
+    else:
+        for art in arts:
+            print(art.line())
     if not arts:
         print(f"no {args.kind or ''} artifacts in registry {reg.uri}".replace("  ", " "), file=sys.stderr)
     if reg.broken:

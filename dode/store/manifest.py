@@ -53,8 +53,21 @@ class Artifact:
         return self.id[:12]
 
     def line(self) -> str:
-        """One line for listings: id first (the key and date escaped, ``printable``)."""
-        return f"{self.id}  {self.kind:<15} {printable(self.key)}  {printable(self.created)}"
+        """One line for listings: id first, then kind, key, date and what tells two artifacts of one key apart
+        (``details``), all escaped (``printable``)."""
+        details = "  ".join(f"{name}={value}" for name, value in self.details().items())
+        return printable(f"{self.id}  {self.kind:<15} {self.key}  {self.created}" + (f"  {details}" if details else ""))
+
+    def details(self) -> dict[str, str]:
+        """What tells two artifacts of the same key apart in a listing: a lambdas' objective, its options and
+        first step (compact JSON), from the manifest's params."""
+        if self.kind != "lambdas":
+            return {}
+        fit = self.params.get("fit") if isinstance(self.params.get("fit"), dict) else {}
+        found = {"objective": fit.get("objective"), "options": fit.get("options") or None,
+                 "first_step": self.params.get("first_step")}
+        return {name: value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+                for name, value in found.items() if value is not None}
 
     def to_dict(self) -> dict[str, Any]:
         return {"manifest_version": MANIFEST_VERSION, **asdict(self), "parents": list(self.parents)}

@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "prefect.yaml", "dode", "flows", "data/models")
 
 
-def run(args, cwd, env, timeout=600):
+def run(args, cwd, env, timeout=600, stderr=False):
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     assert done.returncode == 0, f"{' '.join(map(str, args))}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
+    return done.stdout + done.stderr if stderr else done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +37,11 @@ def installed(tmp_path_factory):
         else:
             shutil.copy2(ROOT / name, src / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp / "wheel", src], tmp, os.environ)
+    build_log = run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-v", "-w", tmp / "wheel", src], tmp,
+                    os.environ, stderr=True)
     (wheel,) = (tmp / "wheel").glob("dode-*.whl")
     run([*pip, "install", "--no-deps", "--no-index", "-q", "--target", tmp / "site", wheel], tmp, os.environ)
-    return tmp / "site", set(zipfile.ZipFile(wheel).namelist())
+    return tmp / "site", set(zipfile.ZipFile(wheel).namelist()), build_log
 
 
 def env_for(site: Path, home: Path) -> dict:
@@ -50,7 +51,7 @@ def env_for(site: Path, home: Path) -> dict:
 
 
 def test_the_wheel_holds_every_module_the_models_and_the_deployments(installed):
-    _, names = installed
+    _, names, _ = installed
     modules = {str(p.relative_to(ROOT)) for pkg in ("dode", "flows") for p in (ROOT / pkg).rglob("*.py")}
     assert modules <= names, sorted(modules - names)
     shipped = {f"dode/_data/{p.relative_to(ROOT / 'data')}" for p in (ROOT / "data" / "models").rglob("*")
@@ -61,8 +62,15 @@ def test_the_wheel_holds_every_module_the_models_and_the_deployments(installed):
 
 
 @pytest.mark.slow
+def test_the_wheel_builds_without_warnings(installed):
+    # Issue 28: no deprecated license table, no package data outside the packages configuration.
+    _, _, build_log = installed
+    warnings = [line.strip() for line in build_log.splitlines() if "Warning" in line and "Location" not in line]
+    assert not warnings, warnings
+
+
 def test_installed_dode_samples_and_runs_a_stage_outside_the_checkout(installed, tmp_path):
-    site, _ = installed
+    site, _, _ = installed
     work, env = tmp_path / "work", env_for(site, tmp_path)
     work.mkdir()
     dode = [site / "bin" / "dode"]

@@ -1,4 +1,4 @@
-"""CUDA smoke and speed ratios on a GPU, in one run: the device check of BENCHMARKS.md §4.
+"""CUDA smoke and speed ratios on a GPU, in one run: the device check of docs/benchmarks/04-gpu.md.
 
     python bench/gpu.py [--batch 256] [--repeats 5] [--out DIR] [--device cuda]
 

@@ -1,5 +1,5 @@
-"""Measure README's newcomer paths: add a solver, an objective and a flow stage to a copy of the checkout, as
-README's "Where to add things" says, count the files touched, and run the tests that enumerate the registries
+"""Measure the newcomer paths: add a solver, an objective and a flow stage to a copy of the checkout, as
+docs/design.md's "Where a change goes" says, count the files touched, and run the tests that enumerate the registries
 there.
 
     .venv/bin/python bench/newcomer.py

@@ -7,7 +7,7 @@ twin digits-flow, fewer cells (the digits-flow-sweep deployment). The pipeline f
 teachers, fits, sampling and scoring shards on a local Dask cluster (one single-threaded worker per
 core). Prints the results table and the path of the report.
 
-    python -m flows.demo                 # both sweeps (timed in BENCHMARKS.md section 0)
+    python -m flows.demo                 # both sweeps (timed in docs/benchmarks/00-demo.md)
     python -m flows.demo --quick         # 2 solvers x 2 NFEs, one analytic first-step fit, 256 samples (tests)
     python -m flows.demo --no-dask       # everything in this process
 """

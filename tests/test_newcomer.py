@@ -1,5 +1,5 @@
 """A solver or objective registered at run time is collected and exercised by the registry-wide contract tests
-(README's newcomer path: the tests need no edit; bench/newcomer.py measures the same with files)."""
+(docs/design.md's newcomer path: the tests need no edit; bench/newcomer.py measures the same with files)."""
 
 import os
 import re

@@ -26,8 +26,9 @@ import dode
 from dode.common.images import to_model, to_uint8
 from dode.core.grids import GridSpec
 from dode.core.rng import seeded_noise
+from dode.core.sampling import prepare
 from dode.distillation.config import FitConfig
-from dode.distillation.fit import fit_split
+from dode.distillation.fit import checked_targets, fit_split
 from dode.distillation.guard import candidates, select
 from dode.distillation.teacher import TeacherConfig, teacher_states
 from dode.metrics.digits import fd_digits, load_digits_images
@@ -52,7 +53,8 @@ def run_cell(den, solver, nfe, noise, eval_noise, real, features):
     sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas(den)
     plan = TeacherConfig().plan(sigmas, solver, den)
     states = teacher_states(den, noise, plan)
-    targets = [states[i] for i in plan.targets]
+    noise, sigmas, _, n_eval = prepare(noise, sigmas, solver, "data")  # fit_split takes validated arrays
+    targets = checked_targets(noise, n_eval, [states[i] for i in plan.targets])
     cache, rows = {}, {}
     for objective, options in OBJECTIVES.items():
         problem, result, _ = fit_split(den, noise, sigmas, solver, targets, plan.record(),

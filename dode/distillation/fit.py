@@ -52,12 +52,12 @@ def distill(
     still runs the network from sigmas[0]; the lambdas carry the first step.
     """
     teacher, fit = build(TeacherConfig, teacher), build(FitConfig, fit)
-    noise, sigmas, _, _ = prepare(noise, sigmas, solver, fit.correction, first)
+    noise, sigmas, _, _ = prepare(noise, sigmas, solver, fit.correction, first)  # the arrays, validated once
     plan = teacher.plan(sigmas.cpu(), solver, denoiser, first)
-    # Teacher: the states at the student's target indices only (bounded memory).
+    # Teacher: the states at the student's target indices only (bounded memory), from the validated noise.
     states = teacher_states(denoiser, noise, plan)
     targets = [states[i] for i in plan.targets]
-    return fit_guarded(denoiser, noise, sigmas, solver, targets, plan.record(), fit, features=features, first=first)
+    return guarded_fit(denoiser, noise, sigmas, solver, targets, plan.record(), fit, features, first)
 
 
 def split(n: int, fit: FitConfig | Mapping[str, Any] | None = None) -> tuple[int, int, int]:
@@ -96,7 +96,26 @@ def fit_guarded(
 ) -> Lambdas:
     """Fit as ``fit`` says against given teacher ``targets`` (one per evaluation, full batch; the last is
     the teacher's final state), then the held-out guard in ``features``. ``teacher`` is recorded with the
-    result."""
+    result. The arrays are validated here, once."""
+    noise, sigmas, _, nfe = prepare(noise, sigmas, solver, fit.correction, first)
+    return guarded_fit(denoiser, noise, sigmas, solver, checked_targets(noise, nfe, targets), teacher, fit, features,
+                       first)
+
+
+def checked_targets(noise: Tensor, nfe: int, targets: list[Tensor]) -> list[Tensor]:
+    """Teacher targets for validated ``noise`` (``prepare``): one per network evaluation, each of the noise's
+    shape, as float64 on its device (what ``fit_split`` takes)."""
+    shapes = [tuple(t.shape) for t in targets]
+    if len(targets) != nfe or any(shape != tuple(noise.shape) for shape in shapes):
+        raise ValueError(f"need {nfe} teacher targets of shape {tuple(noise.shape)}, one per network evaluation; "
+                         f"got {len(targets)} of shapes {sorted(set(shapes))}")
+    return [t.to(noise.device, torch.float64) for t in targets]
+
+
+def guarded_fit(denoiser: Denoiser, noise: Tensor, sigmas: Tensor, solver: str, targets: list[Tensor], teacher: dict,
+                fit: FitConfig, features: Features | None, first: FirstStep | None) -> Lambdas:
+    """``fit_guarded`` on validated arrays (``prepare`` and ``checked_targets``; ``distill``'s own teacher run from
+    its validated noise)."""
     problem, result, record = fit_split(denoiser, noise, sigmas, solver, targets, teacher, fit, first)
     if not fit.guard:
         return Lambdas(result.values, solver, result.sigmas.tolist(), problem.correction, guard={}, **record)
@@ -117,15 +136,12 @@ def fit_split(
     fit: FitConfig,
     first: FirstStep | None = None,
 ) -> tuple[FitProblem, FitResult, dict]:
-    """The fit of ``fit_guarded`` before its guard: the problem with its three splits (``split``), the
-    objective's result (fitted on the fit split only) and what the lambdas record about the fit."""
-    noise, sigmas, _, nfe = prepare(noise, sigmas, solver, fit.correction, first)
-    if len(targets) != nfe or any(t.shape != noise.shape for t in targets):
-        raise ValueError(f"need {nfe} teacher targets of shape {tuple(noise.shape)}, one per network evaluation")
+    """The fit of ``fit_guarded`` before its guard, on validated arrays (``guarded_fit``): the problem with its
+    three splits (``split``), the objective's result (fitted on the fit split only) and what the lambdas record
+    about the fit."""
     objective = get_objective(fit.objective)
     n_fit, n_selection, _ = split(len(noise), fit)
     guarded = n_fit + n_selection
-    targets = [t.to(noise.device, torch.float64) for t in targets]
     final = targets[-1]
 
     # Fit on the first n_fit samples, select on the next n_selection; the guard judges the rest, which the

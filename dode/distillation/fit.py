@@ -56,8 +56,8 @@ def distill(
     plan = teacher.plan(sigmas.cpu(), solver, denoiser, first)
     # Teacher: the states at the student's target indices only (bounded memory), from the validated noise.
     states = teacher_states(denoiser, noise, plan)
-    targets = [states[i] for i in plan.targets]
-    return guarded_fit(denoiser, noise, sigmas, solver, targets, plan.record(), fit, features, first)
+    problem = split_problem(denoiser, noise, sigmas, solver, [states[i] for i in plan.targets], fit, first)
+    return guarded_fit(problem, plan.record(), fit, features)
 
 
 def split(n: int, fit: FitConfig | Mapping[str, Any] | None = None) -> tuple[int, int, int]:
@@ -98,13 +98,13 @@ def fit_guarded(
     the teacher's final state), then the held-out guard in ``features``. ``teacher`` is recorded with the
     result. The arrays are validated here, once."""
     noise, sigmas, _, nfe = prepare(noise, sigmas, solver, fit.correction, first)
-    return guarded_fit(denoiser, noise, sigmas, solver, checked_targets(noise, nfe, targets), teacher, fit, features,
-                       first)
+    problem = split_problem(denoiser, noise, sigmas, solver, checked_targets(noise, nfe, targets), fit, first)
+    return guarded_fit(problem, teacher, fit, features)
 
 
 def checked_targets(noise: Tensor, nfe: int, targets: list[Tensor]) -> list[Tensor]:
     """Teacher targets for validated ``noise`` (``prepare``): one per network evaluation, each of the noise's
-    shape, as float64 on its device (what ``fit_split`` takes)."""
+    shape, as float64 on its device (what ``split_problem`` takes)."""
     shapes = [tuple(t.shape) for t in targets]
     if len(targets) != nfe or any(shape != tuple(noise.shape) for shape in shapes):
         raise ValueError(f"need {nfe} teacher targets of shape {tuple(noise.shape)}, one per network evaluation; "
@@ -112,44 +112,36 @@ def checked_targets(noise: Tensor, nfe: int, targets: list[Tensor]) -> list[Tens
     return [t.to(noise.device, torch.float64) for t in targets]
 
 
-def guarded_fit(denoiser: Denoiser, noise: Tensor, sigmas: Tensor, solver: str, targets: list[Tensor], teacher: dict,
-                fit: FitConfig, features: Features | None, first: FirstStep | None) -> Lambdas:
-    """``fit_guarded`` on validated arrays (``prepare`` and ``checked_targets``; ``distill``'s own teacher run from
-    its validated noise)."""
-    problem, result, record = fit_split(denoiser, noise, sigmas, solver, targets, teacher, fit, first)
+def split_problem(denoiser: Denoiser, noise: Tensor, sigmas: Tensor, solver: str, targets: list[Tensor],
+                  fit: FitConfig, first: FirstStep | None = None) -> FitProblem:
+    """The fit problem of validated arrays (``prepare``, ``checked_targets``; ``distill``'s own teacher run from
+    its validated noise) in its three splits (``split``): fitted on the first n_fit samples, iterations selected
+    on the next n_selection; the guard judges the rest."""
+    n_fit, n_selection, _ = split(len(noise), fit)
+    guarded, final = n_fit + n_selection, targets[-1]
+    return FitProblem(denoiser, noise[:n_fit], sigmas, solver, fit.correction, tuple(t[:n_fit] for t in targets),
+                      noise[guarded:], final[guarded:], noise[n_fit:guarded], final[n_fit:guarded], first)
+
+
+def guarded_fit(problem: FitProblem, teacher: dict, fit: FitConfig, features: Features | None) -> Lambdas:
+    """The fit (``fit_split``), then the held-out guard in ``features``: the lambdas, ``teacher`` recorded."""
+    result, record = fit_split(problem, teacher, fit)
     if not fit.guard:
-        return Lambdas(result.values, solver, result.sigmas.tolist(), problem.correction, guard={}, **record)
+        return Lambdas(result.values, problem.solver, result.sigmas.tolist(), problem.correction, guard={}, **record)
 
     # Guard: the base solver unless the result or an alternative clearly beats it on the guard's split.
     chosen, report = select(problem, result, features)
     values, grid = next((v, s) for name, v, s in candidates(problem, result) if name == chosen)
-    return Lambdas(values, solver, grid.tolist(), problem.correction, guard=report, **record)
+    return Lambdas(values, problem.solver, grid.tolist(), problem.correction, guard=report, **record)
 
 
-def fit_split(
-    denoiser: Denoiser,
-    noise: Tensor,
-    sigmas: Tensor,
-    solver: str,
-    targets: list[Tensor],
-    teacher: dict,
-    fit: FitConfig,
-    first: FirstStep | None = None,
-) -> tuple[FitProblem, FitResult, dict]:
-    """The fit of ``fit_guarded`` before its guard, on validated arrays (``guarded_fit``): the problem with its
-    three splits (``split``), the objective's result (fitted on the fit split only) and what the lambdas record
-    about the fit."""
-    objective = get_objective(fit.objective)
-    n_fit, n_selection, _ = split(len(noise), fit)
-    guarded = n_fit + n_selection
-    final = targets[-1]
-
-    # Fit on the first n_fit samples, select on the next n_selection; the guard judges the rest, which the
-    # objective never receives.
-    problem = FitProblem(denoiser, noise[:n_fit], sigmas, solver, fit.correction, tuple(t[:n_fit] for t in targets),
-                         noise[guarded:], final[guarded:], noise[n_fit:guarded], final[n_fit:guarded], first)
-    result = objective(replace(problem, heldout_noise=noise[:0], heldout_final=final[:0]), **fit.options)
-    record = {"teacher": teacher, "n_fit": n_fit, "objective": fit.objective, "options": dict(fit.options),
-              "fit": result.info,
-              "first_step": first.to_dict() if first is not None else {}}
-    return problem, result, record
+def fit_split(problem: FitProblem, teacher: dict, fit: FitConfig) -> tuple[FitResult, dict]:
+    """The fit of ``fit_guarded`` before its guard: the objective's result on ``problem`` without the guard's
+    split (the objective never receives it: fitted on the fit split, selecting on the selection split) and what
+    the lambdas record about the fit."""
+    unguarded = replace(problem, heldout_noise=problem.heldout_noise[:0], heldout_final=problem.heldout_final[:0])
+    result = get_objective(fit.objective)(unguarded, **fit.options)
+    record = {"teacher": teacher, "n_fit": len(problem.noise), "objective": fit.objective,
+              "options": dict(fit.options), "fit": result.info,
+              "first_step": problem.first.to_dict() if problem.first is not None else {}}
+    return result, record

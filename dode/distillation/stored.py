@@ -18,7 +18,7 @@ from dode.core.gaussian import FirstStep
 from dode.core.sampling import prepare
 from dode.core.types import Denoiser, Tensor
 from dode.distillation.config import FitConfig
-from dode.distillation.fit import checked_targets, guarded_fit
+from dode.distillation.fit import checked_targets, guarded_fit, split_problem
 from dode.distillation.guard import Features
 from dode.distillation.teacher import student_targets
 
@@ -53,4 +53,5 @@ def distill_from_states(
             f"store the teacher at every index in {sorted(set(wanted))}"
         )
     targets = checked_targets(noise, nfe, [states[i] for i in wanted])
-    return guarded_fit(denoiser, noise, sigmas, solver, targets, dict(teacher or {}), fit, features, first)
+    problem = split_problem(denoiser, noise, sigmas, solver, targets, fit, first)
+    return guarded_fit(problem, dict(teacher or {}), fit, features)

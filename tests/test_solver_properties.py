@@ -18,7 +18,7 @@ from dode.models.flow import FLOW_SIGMA_MAX, check_flow_start
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLVERS = frozenset(dode.SOLVERS)
-SCANNED = ("dode", "flows")
+SCANNED = ("dode", "flows", "bench")
 
 
 def names(node: ast.AST) -> list[str] | None:
@@ -43,16 +43,16 @@ def holds_names(node: ast.AST) -> bool:
 
 
 def solver_tables(tree: ast.AST) -> list[tuple[int, str]]:
-    """(line, source) of every table of solver names: a dict keyed by them or whose values are all solver names
-    (or collections of them, or lambdas giving one), a set of them; a module- or class-level constant tuple or
-    list of two or more; the right side of ``in``."""
+    """(line, source) of every table of solver names: a dict keyed by them or of two or more entries whose values
+    are all solver names (or collections of them, or lambdas giving one), a set of them; a constant tuple or list
+    of two or more; the right side of ``in``. Not a configuration's one solver ({"solver": "euler"})."""
     found = []
     constants = [n.value for n in ast.walk(tree) if isinstance(n, ast.Assign | ast.AnnAssign) and n.value is not None]
     tested = [c for n in ast.walk(tree) if isinstance(n, ast.Compare) for op, c in zip(n.ops, n.comparators)
               if isinstance(op, ast.In | ast.NotIn)]
     for node in ast.walk(tree):
         keys = names(node)
-        if isinstance(node, ast.Dict) and holds_names(node):
+        if isinstance(node, ast.Dict) and len(node.values) >= 2 and holds_names(node):
             found.append((node.lineno, ast.unparse(node)[:80]))
         elif keys is None or not set(keys) <= SOLVERS:
             continue
@@ -64,8 +64,9 @@ def solver_tables(tree: ast.AST) -> list[tuple[int, str]]:
 def test_the_scan_finds_the_tables_it_forbids():
     planted = ('INFINITE = ("euler", "ipndm")\nSTOCK = {"euler": 1}\nOWN = {"dpm_solver_3"}\n'
                'def f(solver):\n    return solver in ("euler", "heun")\n'
-               'DEFAULTS = {"solvers": ["euler", "dpmpp_2m"], "nfes": [3]}\nx = f("euler")\n'
-               'BY_FAMILY = {"karras": ("euler", "heun")}\nBY_ORDER = {2: "dpmpp_2m"}\nBY_CLASS = {"E": lambda c: "euler"}\n')
+               'DEFAULTS = {"solvers": ["euler", "dpmpp_2m"], "nfes": [3]}\nx = f("euler", {"solver": "heun"})\n'
+               'BY_FAMILY = {"karras": ("euler", "heun"), "ddim": ("euler",)}\nBY_ORDER = {2: "dpmpp_2m", 3: "dpmpp_3m"}\n'
+               'BY_CLASS = {"E": lambda c: "euler", "H": lambda c: "heun"}\n')
     assert [line for line, _ in solver_tables(ast.parse(planted))] == [1, 2, 3, 5, 8, 9, 10]
 
 

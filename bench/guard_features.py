@@ -26,8 +26,9 @@ import dode
 from dode.common.images import to_model, to_uint8
 from dode.core.grids import GridSpec
 from dode.core.rng import seeded_noise
+from dode.core.sampling import prepare
 from dode.distillation.config import FitConfig
-from dode.distillation.fit import fit_split
+from dode.distillation.fit import checked_targets, fit_split, split_problem
 from dode.distillation.guard import candidates, select
 from dode.distillation.teacher import TeacherConfig, teacher_states
 from dode.metrics.digits import fd_digits, load_digits_images
@@ -52,11 +53,13 @@ def run_cell(den, solver, nfe, noise, eval_noise, real, features):
     sigmas = GridSpec.for_nfe("karras", solver, nfe).sigmas(den)
     plan = TeacherConfig().plan(sigmas, solver, den)
     states = teacher_states(den, noise, plan)
-    targets = [states[i] for i in plan.targets]
+    noise, sigmas, _, n_eval = prepare(noise, sigmas, solver, "data")  # split_problem takes validated arrays
+    targets = checked_targets(noise, n_eval, [states[i] for i in plan.targets])
     cache, rows = {}, {}
     for objective, options in OBJECTIVES.items():
-        problem, result, _ = fit_split(den, noise, sigmas, solver, targets, plan.record(),
-                                       FitConfig(objective=objective, options=options))
+        fit = FitConfig(objective=objective, options=options)
+        problem = split_problem(den, noise, sigmas, solver, targets, fit)
+        result, _ = fit_split(problem, plan.record(), fit)
         fd = {name: fd_of(den, eval_noise, v, s, solver, real, cache) for name, v, s in candidates(problem, result)}
         judged = result if result.criterion == "fd" else replace(result, criterion="fd")
         picks = {name: select(problem, judged, features[name])[0] for name in GUARDS}

@@ -69,7 +69,7 @@ def run_cell(model, solver, nfe, fit_noise, eval_noise, exact, stats, data_stats
     outs["dode-noguard"] = dode.sample(
         den, eval_noise, sigmas, solver, dode.distill(den, fit_noise, sigmas, solver, teacher, {"guard": False})
     )
-    if solver in ("euler", "heun"):
+    if "karras" in dode.get_solver(solver).official:  # the reference code's alignment exists for it
         lam = dode.distill(den, fit_noise, sigmas, solver, {"factor": factor, "alignment": "official"},
                            {"guard": False})
         outs["dode-official"] = dode.sample(den, eval_noise, sigmas, solver, lam)

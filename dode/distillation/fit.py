@@ -52,12 +52,12 @@ def distill(
     still runs the network from sigmas[0]; the lambdas carry the first step.
     """
     teacher, fit = build(TeacherConfig, teacher), build(FitConfig, fit)
-    noise, sigmas, _, _ = prepare(noise, sigmas, solver, fit.correction, first)
+    noise, sigmas, _, _ = prepare(noise, sigmas, solver, fit.correction, first)  # the arrays, validated once
     plan = teacher.plan(sigmas.cpu(), solver, denoiser, first)
-    # Teacher: the states at the student's target indices only (bounded memory).
+    # Teacher: the states at the student's target indices only (bounded memory), from the validated noise.
     states = teacher_states(denoiser, noise, plan)
-    targets = [states[i] for i in plan.targets]
-    return fit_guarded(denoiser, noise, sigmas, solver, targets, plan.record(), fit, features=features, first=first)
+    problem = split_problem(denoiser, noise, sigmas, solver, [states[i] for i in plan.targets], fit, first)
+    return guarded_fit(problem, plan.record(), fit, features)
 
 
 def split(n: int, fit: FitConfig | Mapping[str, Any] | None = None) -> tuple[int, int, int]:
@@ -96,44 +96,52 @@ def fit_guarded(
 ) -> Lambdas:
     """Fit as ``fit`` says against given teacher ``targets`` (one per evaluation, full batch; the last is
     the teacher's final state), then the held-out guard in ``features``. ``teacher`` is recorded with the
-    result."""
-    problem, result, record = fit_split(denoiser, noise, sigmas, solver, targets, teacher, fit, first)
+    result. The arrays are validated here, once."""
+    noise, sigmas, _, nfe = prepare(noise, sigmas, solver, fit.correction, first)
+    problem = split_problem(denoiser, noise, sigmas, solver, checked_targets(noise, nfe, targets), fit, first)
+    return guarded_fit(problem, teacher, fit, features)
+
+
+def checked_targets(noise: Tensor, nfe: int, targets: list[Tensor]) -> list[Tensor]:
+    """Teacher targets for validated ``noise`` (``prepare``): one per network evaluation, each of the noise's
+    shape, as float64 on its device (what ``split_problem`` takes)."""
+    shapes = [tuple(t.shape) for t in targets]
+    if len(targets) != nfe or any(shape != tuple(noise.shape) for shape in shapes):
+        raise ValueError(f"need {nfe} teacher targets of shape {tuple(noise.shape)}, one per network evaluation; "
+                         f"got {len(targets)} of shapes {sorted(set(shapes))}")
+    return [t.to(noise.device, torch.float64) for t in targets]
+
+
+def split_problem(denoiser: Denoiser, noise: Tensor, sigmas: Tensor, solver: str, targets: list[Tensor],
+                  fit: FitConfig, first: FirstStep | None = None) -> FitProblem:
+    """The fit problem of validated arrays (``prepare``, ``checked_targets``; ``distill``'s own teacher run from
+    its validated noise) in its three splits (``split``): fitted on the first n_fit samples, iterations selected
+    on the next n_selection; the guard judges the rest."""
+    n_fit, n_selection, _ = split(len(noise), fit)
+    guarded, final = n_fit + n_selection, targets[-1]
+    return FitProblem(denoiser, noise[:n_fit], sigmas, solver, fit.correction, tuple(t[:n_fit] for t in targets),
+                      noise[guarded:], final[guarded:], noise[n_fit:guarded], final[n_fit:guarded], first)
+
+
+def guarded_fit(problem: FitProblem, teacher: dict, fit: FitConfig, features: Features | None) -> Lambdas:
+    """The fit (``fit_split``), then the held-out guard in ``features``: the lambdas, ``teacher`` recorded."""
+    result, record = fit_split(problem, teacher, fit)
     if not fit.guard:
-        return Lambdas(result.values, solver, result.sigmas.tolist(), problem.correction, guard={}, **record)
+        return Lambdas(result.values, problem.solver, result.sigmas.tolist(), problem.correction, guard={}, **record)
 
     # Guard: the base solver unless the result or an alternative clearly beats it on the guard's split.
     chosen, report = select(problem, result, features)
     values, grid = next((v, s) for name, v, s in candidates(problem, result) if name == chosen)
-    return Lambdas(values, solver, grid.tolist(), problem.correction, guard=report, **record)
+    return Lambdas(values, problem.solver, grid.tolist(), problem.correction, guard=report, **record)
 
 
-def fit_split(
-    denoiser: Denoiser,
-    noise: Tensor,
-    sigmas: Tensor,
-    solver: str,
-    targets: list[Tensor],
-    teacher: dict,
-    fit: FitConfig,
-    first: FirstStep | None = None,
-) -> tuple[FitProblem, FitResult, dict]:
-    """The fit of ``fit_guarded`` before its guard: the problem with its three splits (``split``), the
-    objective's result (fitted on the fit split only) and what the lambdas record about the fit."""
-    noise, sigmas, _, nfe = prepare(noise, sigmas, solver, fit.correction, first)
-    if len(targets) != nfe or any(t.shape != noise.shape for t in targets):
-        raise ValueError(f"need {nfe} teacher targets of shape {tuple(noise.shape)}, one per network evaluation")
-    objective = get_objective(fit.objective)
-    n_fit, n_selection, _ = split(len(noise), fit)
-    guarded = n_fit + n_selection
-    targets = [t.to(noise.device, torch.float64) for t in targets]
-    final = targets[-1]
-
-    # Fit on the first n_fit samples, select on the next n_selection; the guard judges the rest, which the
-    # objective never receives.
-    problem = FitProblem(denoiser, noise[:n_fit], sigmas, solver, fit.correction, tuple(t[:n_fit] for t in targets),
-                         noise[guarded:], final[guarded:], noise[n_fit:guarded], final[n_fit:guarded], first)
-    result = objective(replace(problem, heldout_noise=noise[:0], heldout_final=final[:0]), **fit.options)
-    record = {"teacher": teacher, "n_fit": n_fit, "objective": fit.objective, "options": dict(fit.options),
-              "fit": result.info,
-              "first_step": first.to_dict() if first is not None else {}}
-    return problem, result, record
+def fit_split(problem: FitProblem, teacher: dict, fit: FitConfig) -> tuple[FitResult, dict]:
+    """The fit of ``fit_guarded`` before its guard: the objective's result on ``problem`` without the guard's
+    split (the objective never receives it: fitted on the fit split, selecting on the selection split) and what
+    the lambdas record about the fit."""
+    unguarded = replace(problem, heldout_noise=problem.heldout_noise[:0], heldout_final=problem.heldout_final[:0])
+    result = get_objective(fit.objective)(unguarded, **fit.options)
+    record = {"teacher": teacher, "n_fit": len(problem.noise), "objective": fit.objective,
+              "options": dict(fit.options), "fit": result.info,
+              "first_step": problem.first.to_dict() if problem.first is not None else {}}
+    return result, record

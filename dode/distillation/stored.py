@@ -18,7 +18,7 @@ from dode.core.gaussian import FirstStep
 from dode.core.sampling import prepare
 from dode.core.types import Denoiser, Tensor
 from dode.distillation.config import FitConfig
-from dode.distillation.fit import fit_guarded
+from dode.distillation.fit import checked_targets, guarded_fit, split_problem
 from dode.distillation.guard import Features
 from dode.distillation.teacher import student_targets
 
@@ -44,17 +44,14 @@ def distill_from_states(
     ``dode.distill``'s with exact alignment.
     """
     fit = build(FitConfig, fit)
-    noise, sigmas, _, _ = prepare(noise, sigmas, solver, fit.correction, first)
+    noise, sigmas, _, nfe = prepare(noise, sigmas, solver, fit.correction, first)  # the arrays, validated once
     wanted = student_targets(solver, len(sigmas) - 1, first)
-    needed = sorted(set(wanted))
-    missing = [i for i in needed if i not in states]
+    missing = sorted(set(wanted) - set(states))
     if missing:
         raise ValueError(
             f"teacher states at student grid indices {missing} are missing (have {sorted(states)}); "
-            f"store the teacher at every index in {needed}"
+            f"store the teacher at every index in {sorted(set(wanted))}"
         )
-    for i in needed:
-        if tuple(states[i].shape) != tuple(noise.shape):
-            raise ValueError(f"teacher state {i} has shape {tuple(states[i].shape)}, the noise {tuple(noise.shape)}")
-    return fit_guarded(denoiser, noise, sigmas, solver, [states[i] for i in wanted], dict(teacher or {}), fit,
-                       features=features, first=first)
+    targets = checked_targets(noise, nfe, [states[i] for i in wanted])
+    problem = split_problem(denoiser, noise, sigmas, solver, targets, fit, first)
+    return guarded_fit(problem, dict(teacher or {}), fit, features)

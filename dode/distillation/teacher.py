@@ -25,12 +25,10 @@ from dode.core.gaussian import FirstStep
 from dode.core.rng import MAX_SEED, seeded_noise
 from dode.core.sampling import prepare, sample
 from dode.core.schedules import is_karras, karras_sigmas, refine, vp_sigmas
-from dode.core.solvers import get_solver
+from dode.core.solvers import SOLVERS, get_solver
 from dode.core.types import Denoiser, Evaluation, Tensor
 from dode.distillation.config import Seed
 
-OWN_TEACHER = {"dpm_solver_3": "dpmpp_3m"}  # ``TeacherConfig.own``: a student whose own solver cannot teach
-OFFICIAL = {"karras": ("euler", "heun"), "ddim": ("euler",)}  # the reference code's cases: grid family -> solvers
 StateSink = Callable[[int, Tensor, "Tensor | None"], None]  # (teacher grid index, state, raw D at that state)
 
 
@@ -78,8 +76,8 @@ class TeacherConfig(Config):
     def own(cls, student: str, **fields: Any) -> TeacherConfig:
         """The paper's teacher for ``student``: its own solver (Kim et al., 2024, Sec. 4), except where its states
         on the refined grid would be lower-order stages (DPM-Solver-3 groups three steps: DPM-Solver++(3M)
-        instead); ``fields`` as the constructor's."""
-        return cls(solver=OWN_TEACHER.get(student, student), **fields)
+        instead: its ``Solver.own_teacher``); ``fields`` as the constructor's."""
+        return cls(solver=get_solver(student).own_teacher or student, **fields)
 
     def check_stored(self) -> None:
         """A teacher stored once per student grid (for every solver on it) uses exact alignment: the reference
@@ -117,11 +115,12 @@ class TeacherConfig(Config):
         """The reference code's targets: an Euler teacher on a fresh grid of factor x NFE steps of the same
         family, target of evaluation k at teacher index (k + 1) x factor (method.md Sec. 3)."""
         steps, nfe, c = len(sigmas) - 1, get_solver(solver).nfe(len(sigmas) - 1), self.factor
-        if solver in ("euler", "heun") and is_karras(sigmas):
+        official = get_solver(solver).official
+        if "karras" in official and is_karras(sigmas):
             fine = karras_sigmas(c * nfe, float(sigmas[-2]), float(sigmas[0]))
             return TeacherPlan(self, fine, "euler", tuple((k + 1) * c for k in range(nfe)))
         table = getattr(denoiser, "sigmas_train", None)
-        if solver == "euler" and table is not None:
+        if "ddim" in official and table is not None:
             abar = 1 / (1 + table.to(torch.float64) ** 2)
             if torch.allclose(sigmas, vp_sigmas(abar, steps, "ddim").to(sigmas), rtol=1e-9):
                 fine_steps = min(len(table), c * steps)
@@ -131,25 +130,34 @@ class TeacherConfig(Config):
                          "training schedule, dode.vp_sigmas(..., 'ddim')); use alignment='exact' for anything else")
 
 
+def official_solvers() -> dict[str, list[str]]:
+    """The reference code's cases: grid family -> the solvers official alignment is defined for there
+    (``Solver.official``)."""
+    out: dict[str, list[str]] = {}
+    for name, solver in SOLVERS.items():
+        for family in solver.official:
+            out.setdefault(family, []).append(name)
+    return out
+
+
 def official_cases() -> str:
-    return "; ".join(f"{' and '.join(solvers)} on {family} grids" for family, solvers in OFFICIAL.items())
+    return "; ".join(f"{' and '.join(solvers)} on {family} grids" for family, solvers in official_solvers().items())
 
 
 def check_official(solvers: Iterable[str], family: str) -> None:
-    """One ValueError unless official alignment is defined for every solver on a ``family`` grid (``OFFICIAL``)."""
-    outside = sorted(set(solvers) - set(OFFICIAL.get(family, ())))
+    """One ValueError unless official alignment is defined for every solver on a ``family`` grid (``Solver.official``)."""
+    outside = sorted(set(solvers) - set(official_solvers().get(family, ())))
     if outside:
         raise ValueError(f"official alignment (the reference code's Euler teacher) is defined for {official_cases()}; "
                          f"use alignment=exact for {outside} on {family} grids")
 
 
 def check_lands(solver: str, steps: int, indices: Iterable[int]) -> None:
-    """One ValueError unless ``solver`` on a ``steps``-step grid ends a solver step at each of ``indices``: a
-    singlestep solver (``stage``) groups grid steps, and the states inside a group are its lower-order stages."""
-    stage = getattr(get_solver(solver), "stage", None)
-    if stage is None:
-        return
-    missed = [i for i in indices if 0 < i < steps and stage(i, steps) != 0]
+    """One ValueError unless ``solver`` on a ``steps``-step grid ends a solver step at each of ``indices``
+    (``Solver.full_state``): a singlestep solver groups grid steps, and the states inside a group are its
+    lower-order stages."""
+    solver_ = get_solver(solver)
+    missed = [i for i in indices if 0 < i < steps and not solver_.full_state(i, steps)]
     if missed:
         raise ValueError(f"teacher solver {solver!r} makes no full state at teacher grid indices {missed[:4]} (it "
                          "groups grid steps); choose a teacher solver with one step per grid step, e.g. dpmpp_2m")

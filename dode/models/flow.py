@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from dode.core.solvers import SOLVERS, get_solver
 from dode.core.types import Tensor
 
 FLOW_SIGMA_MAX = 1e8
@@ -34,7 +35,6 @@ UNSUPPORTED_FLOW_OPTIONS = (
     "stochastic_sampling",
 )
 TIME_SHIFT_TYPES = ("exponential", "linear")
-INFINITE_START_SOLVERS = ("euler", "ipndm", "deis", "dpmpp_2m", "dpmpp_3m", "unipc")  # see check_flow_start
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
@@ -68,13 +68,14 @@ def is_flow_folder(folder: Path) -> bool:
 
 def check_flow_start(solver: str, sigmas: Tensor) -> None:
     """One ValueError when ``solver`` cannot start at t = 1 (sigma = ``FLOW_SIGMA_MAX``, the default flow
-    grid's first level). Euler's first update x' = D + (sigma'/sigma)(x - D) tends to D + sigma' n, and the
-    multistep solvers in ``INFINITE_START_SOLVERS`` begin with it; Heun and the singlestep DPM-Solvers
+    grid's first level), as its ``Solver.infinite_start`` says. Euler's first update x' = D + (sigma'/sigma)(x - D)
+    tends to D + sigma' n, and the multistep solvers begin with it; Heun and the singlestep DPM-Solvers
     step across [sigma', sigma] with a later evaluation (x + (sigma' - sigma) d), unbounded as sigma -> inf."""
-    if float(sigmas[0]) >= FLOW_SIGMA_MAX and solver not in INFINITE_START_SOLVERS:
+    if float(sigmas[0]) >= FLOW_SIGMA_MAX and not get_solver(solver).infinite_start:
         raise ValueError(
             f"{solver!r} cannot start at t = 1 (sigma = inf), where this flow-matching grid begins; use one of "
-            f"{list(INFINITE_START_SOLVERS)}, or a grid from a finite sigma (e.g. grid='karras')"
+            f"{[name for name, s in SOLVERS.items() if s.infinite_start]}, or a grid from a finite sigma "
+            "(e.g. grid='karras')"
         )
 
 

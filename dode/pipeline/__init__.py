@@ -1,7 +1,7 @@
 """The pipeline a sweep runs -- teachers -> lambdas -> samples -> scores -> report -- as plain library code: its
-stage configurations (``runs``), its plan (``sweep``), its steps in order (``steps``, ``sweep_run``), sampling
-at scale (``generate``), the report and its plots, and the command lines it prints (``commands``). The Prefect
-flows (the ``flows`` package) only wire these steps into tasks.
+stage configurations (``runs``), its plan (``sweep``), its steps (``steps``) in order (the sweep's, ``sweep_run``;
+each single stage's, ``stages``), sampling at scale (``generate``), the report and its plots, and the command
+lines it prints (``commands``). The Prefect flows (the ``flows`` package) only wire these steps into tasks.
 
 May import: every room below ``dode.integrations``.
 """
@@ -12,5 +12,6 @@ __getattr__, __dir__ = lazy_face(__name__, {
     "DistillRun": ".runs", "PipelineRun": ".runs", "SampleRun": ".runs", "ScoreRun": ".runs",
     "TeacherRun": ".runs",
     "SamplingConfig": ".generate", "SamplingJob": ".generate", "run_sampling": ".generate",
-    "run_pipeline": ".sweep_run",
+    "run_pipeline": ".sweep_run", "run_teacher": ".stages", "run_distill": ".stages", "run_sample": ".stages",
+    "run_score": ".stages",
 })

@@ -45,7 +45,7 @@ class ScoringConfig(Config):
 
 
 def check_alignment(teacher: TeacherConfig, solvers: list[str], family: str) -> None:
-    """``official`` alignment exists for the reference code's cases only (``dode.distillation.teacher.OFFICIAL``)."""
+    """``official`` alignment exists for the reference code's cases only (``dode.distillation.teacher.check_official``)."""
     if teacher.alignment == "official":
         check_official(solvers, family)
 

@@ -27,7 +27,7 @@ from dode.pipeline.sweep import (
     variant_grid,
     with_samples,
 )
-from dode.store.lambdas import load_lambdas
+from dode.store.lambdas import lambdas_artifact, load_lambdas
 from dode.store.manifest import printable
 
 
@@ -102,32 +102,18 @@ def report_meta(config: PipelineRun, fingerprint: str, uri: str) -> dict[str, st
 
 def fit_cells(uri: str, model_id: str, cells: list[dict], config: PipelineRun,
               ex: Executor) -> tuple[list[str], list[dict]]:
-    """The teacher of every student grid size (exact alignment; an official fit runs its own), then the fits of
-    every cell: D-ODE (the config's fit) and each variant that applies (``dode.pipeline.sweep.plan_variants``). Returns
-    the teacher (and Gaussian) ids and the cells with their lambdas ids ("lambdas", and "variants" by name).
-    Variants with an analytic first step share one Gaussian of the model (from the teacher's seeds) and are
-    compared with the base solver on their grid."""
-    variants, teacher, fits = config.planned_variants, config.teacher, config.variant_fits
+    """The fits of every cell (``fit_all``): D-ODE (the config's fit) and each variant that applies
+    (``dode.pipeline.sweep.plan_variants``). Returns the teacher (and Gaussian) ids and the cells with their lambdas
+    ids ("lambdas", and "variants" by name). Variants with an analytic first step share one Gaussian of the model
+    (from the teacher's seeds) and are compared with the base solver on their grid."""
+    variants, fits = config.planned_variants, config.variant_fits
     slots = [(i, None) for i in range(len(cells))]
     slots += [(i, name) for name, v in variants.items() for i, c in enumerate(cells) if variant_applies(v, c)]
-    grids = [cells[i]["grid"] if name is None else variant_grid(variants[name], cells[i]) for i, name in slots]
-    trajectories: dict[int, str] = {}
-    if teacher.alignment == "exact":
-        sizes = sorted({g["steps"] for g in grids})
-        trajectories = dict(zip(sizes, ex.map(steps.teacher, [
-            {"registry": uri, "model_id": model_id, "grid": GridSpec(config.family, s).to_dict(), "teacher": teacher}
-            for s in sizes])))
-    gaussian = None
-    if any(v["first_step"] != "network" for v in variants.values()):
-        gaussian = ex.call(steps.gaussian, registry=uri, model_id=model_id, teacher=teacher)
-    ex.progress(20.0)
     first = {name: v["first_step"] for name, v in variants.items()}
-    fitted = ex.map(steps.distill, [
-        {"registry": uri, "model_id": model_id, "grid": grid, "solver": cells[i]["solver"], "teacher": teacher,
-         "fit": fits.get(name, config.fit), "first_step": first.get(name, "network"),
-         "trajectory_id": trajectories.get(grid["steps"]),
-         "gaussian_id": gaussian if first.get(name, "network") != "network" else None}
-        for (i, name), grid in zip(slots, grids)])
+    trajectories, gaussian, fitted = fit_all(uri, model_id, config.family, config.teacher, [
+        {"grid": cells[i]["grid"] if name is None else variant_grid(variants[name], cells[i]),
+         "solver": cells[i]["solver"], "fit": fits.get(name, config.fit), "first_step": first.get(name, "network")}
+        for i, name in slots], any(f != "network" for f in first.values()), ex)
     out = [{**c, "variants": {}, "gaussian": gaussian, "first_bases": first_bases(c, variants)} for c in cells]
     for (i, name), lam in zip(slots, fitted):
         if name is None:
@@ -135,6 +121,32 @@ def fit_cells(uri: str, model_id: str, cells: list[dict], config: PipelineRun,
         else:
             out[i]["variants"][name] = lam
     return [*trajectories.values(), *([gaussian] if gaussian else [])], out
+
+
+def fit_all(uri: str, model_id: str, family: str, teacher: TeacherConfig, fits: list[dict], gaussian: bool,
+            ex: Executor) -> tuple[dict[int, str], str | None, list[str]]:
+    """Every fit's order, the pipeline's and the distill stage's: the teacher of every student grid size among
+    ``fits`` (exact alignment; an official fit runs its own), the model's Gaussian (from the teacher's seeds) if
+    ``gaussian`` (an analytic first step is fitted), then every fit ({grid, solver, fit, first_step}) at once.
+    Returns (the teacher ids by grid size, the Gaussian id or None, the lambdas ids in order)."""
+    trajectories: dict[int, str] = {}
+    if teacher.alignment == "exact":
+        trajectories = teachers(uri, model_id, family, teacher, sorted({f["grid"]["steps"] for f in fits}), ex)
+    gaussian_id = ex.call(steps.gaussian, registry=uri, model_id=model_id, teacher=teacher) if gaussian else None
+    ex.progress(20.0)
+    fitted = ex.map(steps.distill, [
+        {"registry": uri, "model_id": model_id, "grid": f["grid"], "solver": f["solver"], "teacher": teacher,
+         "fit": f["fit"], "first_step": f["first_step"], "trajectory_id": trajectories.get(f["grid"]["steps"]),
+         "gaussian_id": gaussian_id if f["first_step"] != "network" else None} for f in fits])
+    return trajectories, gaussian_id, fitted
+
+
+def teachers(uri: str, model_id: str, family: str, teacher: TeacherConfig, sizes: list[int],
+             ex: Executor) -> dict[int, str]:
+    """The stored teacher (exact alignment) of the ``family`` student grid of each size in ``sizes``, by size."""
+    return dict(zip(sizes, ex.map(steps.teacher, [
+        {"registry": uri, "model_id": model_id, "grid": GridSpec(family, s).to_dict(), "teacher": teacher}
+        for s in sizes])))
 
 
 def evaluate_cells(uri: str, model_id: str, model_name: str, cells: list[dict], metrics: list[str],
@@ -180,15 +192,13 @@ def reevaluation_cells(uri: str, model_name: str, lambdas: tuple[str, ...]) -> l
     """Cells for a re-evaluation of registered lambdas (``lambdas``, else the newest of every key for the model):
     each with its grid, its first step's base beside it, and the teacher it was fitted to."""
     reg = steps.open_registry(uri)
-    arts = [reg.get(i) for i in lambdas] if lambdas else list(
+    arts = [lambdas_artifact(reg, i) for i in lambdas] if lambdas else list(
         {a.key: a for a in reversed(reg.find("lambdas", model=model_name))}.values())
     if not arts:
         raise ValueError(f"no lambdas registered for model {model_name!r} in {uri}; run the pipeline or distill "
                          "flow first")
     cells = []
     for a in arts:
-        if a.kind != "lambdas":
-            raise ValueError(f"artifact {a.short} is a {a.kind!r} artifact, not 'lambdas'")
         record, p = load_lambdas(reg, a).teacher, a.params
         try:  # a stored record (untrusted): its solver and factor pass TeacherConfig's rules before any sampling
             teacher = TeacherConfig(solver=record["solver"], factor=record["factor"],

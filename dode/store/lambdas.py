@@ -84,6 +84,14 @@ def fitted_on(reg: Registry, art: Artifact, lambdas: Lambdas) -> str:
     return str(models[0].params.get("fingerprint", "")) if models else ""
 
 
+def lambdas_artifact(reg: Registry, ref: str | Artifact) -> Artifact:
+    """The 'lambdas' artifact ``ref`` (id, unique id prefix or Artifact); a ValueError naming its kind otherwise."""
+    art = reg.get(ref)
+    if art.kind != "lambdas":
+        raise ValueError(f"artifact {art.short} is a {art.kind!r} artifact ({art.key}), not 'lambdas'")
+    return art
+
+
 def load_lambdas(
     reg: Registry, ref: str | Artifact, *, model: str | None = None, allow_other_model: bool = False
 ) -> Lambdas:
@@ -92,9 +100,7 @@ def load_lambdas(
     With ``model`` (a ``Model.fingerprint``), weights fitted on another model are refused unless
     ``allow_other_model``; weights whose model is unknown are accepted.
     """
-    art = reg.get(ref)
-    if art.kind != "lambdas":
-        raise ValueError(f"artifact {art.short} is a {art.kind!r} artifact ({art.key}), not 'lambdas'")
+    art = lambdas_artifact(reg, ref)
     lambdas = lambdas_from_json(reg.read_bytes(art, LAMBDAS_FILE).decode())
     if model:
         check_model(reg, art, lambdas, model, allow_other_model=allow_other_model)

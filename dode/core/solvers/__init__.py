@@ -15,7 +15,7 @@ SOLVERS: dict[str, Solver] = {
     "ipndm": IPNDM(),
     "deis": DEIS(),
     "dpm_solver_2": DPMSolverSinglestep("dpm_solver_2", 2),
-    "dpm_solver_3": DPMSolverSinglestep("dpm_solver_3", 3),
+    "dpm_solver_3": DPMSolverSinglestep("dpm_solver_3", 3, own_teacher="dpmpp_3m"),  # 3 does not divide factor 10
     "dpmpp_2m": DPMSolverPP("dpmpp_2m", 2),
     "dpmpp_3m": DPMSolverPP("dpmpp_3m", 3),
     "unipc": UniPC(),

@@ -41,6 +41,7 @@ class DEIS(OneEvalPerStep):
 
     name: str = "deis"
     order: int = 3
+    infinite_start = True
 
     def advance(self, sigmas: Tensor, state: SolverState, ev: Evaluation, denoised: Tensor) -> SolverState:
         order = multistep_order(state.k, len(sigmas) - 1, self.order)

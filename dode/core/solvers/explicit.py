@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dode.core.solvers.base import OneEvalPerStep, push
+from dode.core.solvers.base import OneEvalPerStep, Solver, Stock, push
 from dode.core.types import Evaluation, SolverState, Tensor
 
 
@@ -19,13 +19,16 @@ class Euler(OneEvalPerStep):
 
     name: str = "euler"
     order: int = 1
+    infinite_start = True
+    stock = (Stock("EulerDiscreteScheduler", takes="sigmas"), Stock("DDIMScheduler"))  # DDIM: Euler in sigma space
+    official = ("karras", "ddim")
 
     def advance(self, sigmas: Tensor, state: SolverState, ev: Evaluation, denoised: Tensor) -> SolverState:
         return push(state, ev, euler_update(ev.x, denoised, ev.sigma, sigmas[state.k + 1]))
 
 
 @dataclass(frozen=True)
-class Heun:
+class Heun(Solver):
     """EDM's deterministic 2nd-order Heun sampler (Karras et al., 2022, Alg. 1): 2 evaluations a step.
 
     Evaluation 2i (predictor, at sigma_i) gives the Euler state x' at sigma_{i+1}; evaluation 2i+1
@@ -36,6 +39,8 @@ class Heun:
     name: str = "heun"
     order: int = 2
     evals_per_step = 2
+    stock = (Stock("HeunDiscreteScheduler"),)
+    official = ("karras",)
 
     def nfe(self, steps: int) -> int:
         return 2 * steps - 1

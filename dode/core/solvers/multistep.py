@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dode.core.solvers.base import OneEvalPerStep, push
+from dode.core.solvers.base import OneEvalPerStep, Stock, push
 from dode.core.types import Evaluation, SolverState, Tensor
 
 IPNDM_COEFFS = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
@@ -38,6 +38,7 @@ class IPNDM(OneEvalPerStep):
 
     name: str = "ipndm"
     order: int = 4
+    infinite_start = True
 
     def advance(self, sigmas: Tensor, state: SolverState, ev: Evaluation, denoised: Tensor) -> SolverState:
         coeffs = IPNDM_COEFFS[min(state.k, 3)]
@@ -62,6 +63,12 @@ class DPMSolverPP(OneEvalPerStep):
 
     name: str
     order: int
+    infinite_start = True
+
+    @property
+    def stock(self) -> tuple[Stock, ...]:  # type: ignore[override]
+        return (Stock("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": self.order},
+                      "timesteps"),)
 
     def advance(self, sigmas: Tensor, state: SolverState, ev: Evaluation, denoised: Tensor) -> SolverState:
         k, steps = state.k, len(sigmas) - 1

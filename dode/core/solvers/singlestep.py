@@ -30,6 +30,10 @@ class DPMSolverSinglestep(OneEvalPerStep):
 
     name: str
     order: int
+    own_teacher: str | None = None  # set where its groups do not fit the teacher's factor-fold grid
+
+    def full_state(self, index: int, steps: int) -> bool:
+        return self.stage(index, steps) == 0
 
     def stage(self, k: int, steps: int) -> int:
         """Which stage of its group step k is (0 starts a group)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dode.core.solvers.base import OneEvalPerStep, push
+from dode.core.solvers.base import OneEvalPerStep, Stock, push
 from dode.core.types import Evaluation, SolverState, Tensor
 
 Points = list[tuple[Tensor, Tensor]]  # (sigma_m, D_m) of earlier (or, for UniC, the new) evaluations
@@ -53,6 +53,11 @@ class UniPC(OneEvalPerStep):
 
     name: str = "unipc"
     order: int = 3
+    infinite_start = True
+
+    @property
+    def stock(self) -> tuple[Stock, ...]:  # type: ignore[override]
+        return (Stock("UniPCMultistepScheduler", {"solver_type": "bh2", "solver_order": self.order}),)
 
     def step_order(self, k: int, steps: int) -> int:
         return min(self.order, k + 1, steps - k)

@@ -21,14 +21,10 @@ from typing import Any
 import torch
 
 from dode.core.correction import Lambdas
+from dode.core.solvers import get_solver
 from dode.models.vp import VPDenoiser
 
 SCHEMA_VERSION = 1
-STOCK_FOR_SOLVER = {  # dode solver -> (stock class, its config for that solver, how it takes the schedule)
-    "euler": ("EulerDiscreteScheduler", {}, "sigmas"),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, "timesteps"),
-    "dpmpp_3m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}, "timesteps"),
-}
 TRAINING_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
 
 
@@ -47,8 +43,9 @@ def diffusers_schedule(lam: Lambdas, training: dict[str, Any] | None, artifact_i
     schedule = VPDenoiser(None, DDPMScheduler(**config).alphas_cumprod, config.get("prediction_type", "epsilon"))
     t = schedule.sigma_to_t(torch.tensor(sigmas[:-1], dtype=torch.float64))
     out["timesteps"] = t.tolist()
-    if lam.solver in STOCK_FOR_SOLVER:
-        name, solver_config, takes = STOCK_FOR_SOLVER[lam.solver]
+    stock = next((s for s in get_solver(lam.solver).stock if s.takes), None)  # the first that takes a schedule
+    if stock is not None:
+        name, solver_config, takes = stock.scheduler, dict(stock.config), stock.takes
         if takes == "sigmas":
             given, exact = sigmas, True
         else:

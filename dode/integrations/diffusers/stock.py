@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from dode.core.solvers import SOLVERS
 from dode.core.types import Tensor
 
 VP_SAMPLE = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DDIMScheduler")  # x_VP, unit start
@@ -44,14 +45,25 @@ def _refuse(name: str, setting: str, fix: str) -> ValueError:
     return ValueError(f"{name} with {setting} has no lambda = 0 equivalent in DODEScheduler; {fix}")
 
 
-def _multistep_solver(config: dict[str, Any], name: str, orders: dict[int, str], kind: str, value: str) -> str:
+def stock_solvers(scheduler: str) -> dict[int | None, str]:
+    """The registered solvers stock ``scheduler`` is at lambda = 0 (their ``Solver.stock``), by the solver_order
+    setting that selects each (None where none does); the first registered where two share one."""
+    out: dict[int | None, str] = {}
+    for solver in SOLVERS.values():
+        for stock in solver.stock:
+            if stock.scheduler == scheduler:
+                out.setdefault(stock.config.get("solver_order"), solver.name)
+    return out
+
+
+def _multistep_solver(config: dict[str, Any], name: str, kind: str, value: str) -> str:
     if config.get(kind, value) != value:
         raise _refuse(name, f"{kind}={config.get(kind)!r}", f"use {kind}={value!r}")
     if config.get("final_sigmas_type", "zero") != "zero":
         raise _refuse(name, "final_sigmas_type='sigma_min'", "use final_sigmas_type='zero' (the default)")
     if config.get("thresholding"):
         raise _refuse(name, "thresholding=True", "use thresholding=False")
-    order = config.get("solver_order", 2)
+    order, orders = config.get("solver_order", 2), stock_solvers(name)
     if order not in orders:
         raise _refuse(name, f"solver_order={order}", f"use solver_order in {sorted(orders)}")
     return orders[order]
@@ -62,16 +74,16 @@ def _ddim_solver(config: dict[str, Any]) -> str:
         raise _refuse("DDIMScheduler", "clip_sample=True (its class default) or thresholding",
                       "build it with clip_sample=False, as Stable Diffusion's configs do: "
                       "DDIMScheduler.from_config(config, clip_sample=False)")
-    return "euler"
+    return stock_solvers("DDIMScheduler")[None]
 
 
 STOCK_SOLVERS = {
-    "EulerDiscreteScheduler": lambda config: "euler",
-    "HeunDiscreteScheduler": lambda config: "heun",
+    "EulerDiscreteScheduler": lambda config: stock_solvers("EulerDiscreteScheduler")[None],
+    "HeunDiscreteScheduler": lambda config: stock_solvers("HeunDiscreteScheduler")[None],
     "DPMSolverMultistepScheduler": lambda config: _multistep_solver(
-        config, "DPMSolverMultistepScheduler", {2: "dpmpp_2m", 3: "dpmpp_3m"}, "algorithm_type", "dpmsolver++"),
+        config, "DPMSolverMultistepScheduler", "algorithm_type", "dpmsolver++"),
     "UniPCMultistepScheduler": lambda config: _multistep_solver(
-        config, "UniPCMultistepScheduler", {2: "unipc_2", 3: "unipc"}, "solver_type", "bh2"),
+        config, "UniPCMultistepScheduler", "solver_type", "bh2"),
     "DDIMScheduler": _ddim_solver,
 }
 

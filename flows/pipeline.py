@@ -12,7 +12,7 @@ Euler teacher and nothing is stored for it.
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 
 import dode
 from dode.pipeline.report import REPORT_FILE, downloads, ui_markdown
@@ -42,29 +42,28 @@ def pipeline_flow(config: PipelineRun = PipelineRun(), registry: str | None = No
     reg = open_registry(uri)
     reg.check_writable()
     check_reference(reg, config.scoring.reference)  # before the teacher, fits and sampling run, not at scoring
-    return run_on(sweep_flow, dask, dask_address, config, uri)
+    out = run_on(sweep_flow, dask, dask_address, config, uri)
+    report = reg.get(out["report_id"])
+    path = str(reg.local_path(report, REPORT_FILE)) if reg.local else f"{uri}/artifacts/{report.id}"
+    # The UI's copy of the report, the one artifact of this run itself (so the first a run's page shows): images
+    # inlined (relative links do not render there), downloads as commands.
+    images = {name: reg.read_bytes(report, name) for name in report.files if name.endswith(".png")}
+    text = reg.read_bytes(report, REPORT_FILE).decode() + "\n" + downloads(reg, out["shared"])
+    create_markdown_artifact(ui_markdown(text, images), key="dode-report", description=f"report {report.id} at {path}")
+    get_run_logger().info("%d results in the table artifact 'dode-results'; report: %s", len(out["rows"]), path)
+    return {"report": path, "report_id": report.id, "registry": uri, "rows": out["rows"]}
 
 
 @flow(name="dode-sweep", version=dode.__version__)
 def sweep_flow(config: PipelineRun, uri: str) -> dict:
     """The pipeline's work (``dode.pipeline.sweep_run.run_pipeline``) on the task runner ``pipeline_flow`` chose (its
-    own, or Dask's in this subflow); then the results, the report and links in the Prefect UI."""
-    progress = create_progress_artifact(0.0, key="dode-pipeline-progress", description=f"D-ODE sweep of {config.model}")
-    ex = TaskExecutor(progress)
+    own, or Dask's in this subflow); its progress, results table and registry links as task artifacts."""
+    ex = TaskExecutor(tasks.open_progress(f"D-ODE sweep of {config.model}"))
     out = run_pipeline(config, uri, ex)
     reg = open_registry(uri)
-    report = reg.get(out["report_id"])
-    path = str(reg.local_path(report, REPORT_FILE)) if reg.local else f"{uri}/artifacts/{report.id}"
-    # The UI's copy of the report: images inlined (relative links do not render there), downloads as commands.
-    images = {name: reg.read_bytes(report, name) for name in report.files if name.endswith(".png")}
-    shared = [report.id, *out["parents"], *(i for i in out["used"] if reg.get(i).kind == "samples")]
-    text = reg.read_bytes(report, REPORT_FILE).decode() + "\n" + downloads(reg, shared)
-    tasks.link_artifacts(reg, [out["model_id"], *out["teachers"], *(lam for c in out["cells"]
-                                                                   for lam in cell_fits(c).values()),
-                               *out["used"], report.id])
-    # Last, so that the UI (a run's artifacts newest first) shows the report and the table above the links.
-    create_table_artifact(out["rows"], key="dode-results", description=f"{config.model}: base vs D-ODE vs teacher")
-    create_markdown_artifact(ui_markdown(text, images), key="dode-report", description=f"report {report.id} at {path}")
+    shared = [out["report_id"], *out["parents"], *(i for i in out["used"] if reg.get(i).kind == "samples")]
+    linked = [out["model_id"], *out["teachers"], *(lam for c in out["cells"] for lam in cell_fits(c).values()),
+              *out["used"], out["report_id"]]
+    tasks.publish_results(uri, linked, out["rows"], f"{config.model}: base vs D-ODE vs teacher")
     ex.progress(100.0)
-    get_run_logger().info("%d results in the table artifact 'dode-results'; report: %s", len(out["rows"]), path)
-    return {"report": path, "report_id": report.id, "registry": uri, "rows": out["rows"]}
+    return {"report_id": out["report_id"], "rows": out["rows"], "shared": shared}

@@ -24,6 +24,7 @@ from prefect.artifacts import (
     MarkdownArtifact,
     acreate_link_artifact,
     create_progress_artifact,
+    create_table_artifact,
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
@@ -131,6 +132,20 @@ def link_artifacts(reg: Registry, ids: list[str]) -> None:
             await asyncio.gather(*(create(art, client) for art in arts))
 
     asyncio.run(send())
+
+
+@task(name="open-progress", cache_policy=NO_CACHE)
+def open_progress(description: str) -> Any:
+    """The sweep's progress bar, opened in a task so that it lists under the run's task artifacts, below the
+    report (the Prefect UI shows a flow run's own artifacts first, in no fixed order among them)."""
+    return create_progress_artifact(0.0, key="dode-pipeline-progress", description=description)
+
+
+@task(name="publish-results", cache_policy=NO_CACHE)
+def publish_results(registry: str, ids: list[str], rows: list[dict], description: str) -> None:
+    """The results table and one link per registry entry of the run, as task artifacts (below the report)."""
+    link_artifacts(steps.open_registry(registry), ids)
+    create_table_artifact(rows, key="dode-results", description=description)
 
 
 def settled_task_runs(flow_run_id: Any, timeout: float = 30.0) -> list[TaskRun]:

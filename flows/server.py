@@ -50,8 +50,9 @@ def tie_ephemeral_server() -> None:
     class TiedServer(SubprocessASGIServer):
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
             server = super()._run_uvicorn_command()
-            self.watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(server.pid), str(GRACE_S)], start_new_session=True,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.watchdog = subprocess.Popen(
+                [sys.executable, "-c", WATCHDOG, str(server.pid), str(GRACE_S)], start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             return server
 
     TiedServer()  # Prefect's SubprocessASGIServer() returns the instance registered for port None: this one

@@ -61,7 +61,9 @@ def test_bounded_json_reads_plain_documents_and_refuses_size_unread(tmp_path):
 
 
 @pytest.mark.parametrize("doc, phrase", [
-    ("a: &x [1, 2]\nb: *x\n", "anchors or aliases"),
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n"
+                                                        for p, c in zip("abcdefgh", "bcdefghi")),
+     "expands to more than 1,000,000 values"),
     (DEEP, "nests deeper than 64 levels"),
     ("\n".join("  " * i + "k:" for i in range(200)) + " 1\n", "nests deeper than 64 levels"),
     ("a: .nan\n", "not a finite number"),
@@ -71,7 +73,7 @@ def test_bounded_json_reads_plain_documents_and_refuses_size_unread(tmp_path):
 def test_hostile_yaml_is_one_value_error(doc, phrase):
     with pytest.raises(ValueError, match=phrase):
         load_yaml(doc, "doc")
-    assert load_yaml("a:\n  b: [1, 2.5]\n") == {"a": {"b": [1, 2.5]}}
+    assert load_yaml("a:\n  b: &b [1, 2.5]\nc: *b\n") == {"a": {"b": [1, 2.5]}, "c": [1, 2.5]}
 
 
 def test_a_size_from_a_file_is_refused_with_its_bound():
@@ -203,7 +205,8 @@ def test_forged_gaussians_are_refused(gauss_registry, tmp_path, capsys):
 
 
 def test_gaussian_moments_streamed_equal_the_batch_fit():
-    x = torch.randn(257, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * torch.arange(1, 7).reshape(2, 3)
+    x = torch.randn(257, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = x * torch.arange(1, 7).reshape(2, 3)  # six different variances
     moments = Moments((2, 3))
     for part in x.split(50):
         moments.add(part)

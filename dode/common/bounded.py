@@ -4,8 +4,9 @@ folder, a download or the command line is hostile input until checked.
 ``load_json`` and ``load_yaml`` refuse, with one ValueError naming the document, what would exhaust the
 parser or the machine before any of it is used: more than ``max_bytes``, nesting deeper than ``max_depth``
 (counted by a flat scan, so a document of 100,000 brackets costs no recursion), NaN and infinities, integers
-beyond 64 bits (``10**400``), YAML aliases (a "billion laughs" document). ``check_size`` bounds a size a file
-asks for (timesteps, pixels, dimensions) before anything of that size is allocated.
+beyond 64 bits (``10**400``), YAML aliases that expand past ``MAX_YAML_NODES`` values (a "billion laughs"
+document). ``check_size`` bounds a size a file asks for (timesteps, pixels, samples) before anything of that
+size is allocated.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 MAX_JSON_BYTES = 16 << 20  # a document larger than this is refused unread
 MAX_DEPTH = 64  # nesting of objects and arrays; dode's own documents use fewer than 10 levels
+MAX_YAML_NODES = 1_000_000  # values of a YAML document, aliases expanded
 MAX_INT = 2**63 - 1  # integers beyond int64 hold no size, seed or count dode uses
 JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped) and brackets
 
@@ -83,29 +85,49 @@ def load_json(source: bytes | str | os.PathLike, what: str | None = None, *, max
 
 
 def load_yaml(source: bytes | str | os.PathLike, what: str | None = None, *, max_bytes: int = MAX_JSON_BYTES,
-              max_depth: int = MAX_DEPTH) -> Any:
-    """Parse YAML (safe: plain data only) from bytes, text or a file, with ``load_json``'s bounds; aliases are
-    refused. Depth is counted on the parser's events (a flat stream) before any node is built."""
+              max_depth: int = MAX_DEPTH, max_nodes: int = MAX_YAML_NODES) -> Any:
+    """Parse YAML (safe: plain data only) from bytes, text or a file, with ``load_json``'s bounds, and at most
+    ``max_nodes`` values once aliases are expanded (a "billion laughs" document is refused). Depth and nodes are
+    counted on the parser's events (a flat stream) before any node is built."""
     import yaml
 
     what = what or (str(source) if isinstance(source, os.PathLike) else "the document")
     raw = read_bounded(source, what, max_bytes)
     try:
-        depth = 0
-        for event in yaml.parse(raw, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                raise ValueError(f"{what} uses YAML anchors or aliases; write the values out")
-            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-                depth += 1
-                if depth > max_depth:
-                    raise ValueError(f"{what} nests deeper than {max_depth} levels")
-            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-                depth -= 1
+        check_yaml_events(yaml.parse(raw, Loader=yaml.SafeLoader), what, max_depth, max_nodes)
         data = yaml.safe_load(raw)
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"{what} is not valid YAML ({' '.join(str(err).split())})") from None
     check_numbers(data, what)
     return data
+
+
+def check_yaml_events(events: Any, what: str, max_depth: int, max_nodes: int) -> None:
+    """One ValueError when YAML ``events`` nest deeper than ``max_depth`` or expand to more than ``max_nodes``
+    values (an alias counts the values of its anchor)."""
+    import yaml
+
+    sizes: dict[str, int] = {}  # anchor -> values under it
+    open_: list[list[Any]] = [[None, 0]]  # (anchor, values so far) of each open collection, the document's first
+    for event in events:
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            open_.append([event.anchor, 1])
+            if len(open_) - 1 > max_depth:
+                raise ValueError(f"{what} nests deeper than {max_depth} levels")
+            continue
+        if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            anchor, count = open_.pop()
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, count = None, sizes.get(event.anchor, 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, count = event.anchor, 1
+        else:
+            continue
+        if anchor:
+            sizes[anchor] = count
+        open_[-1][1] += count
+        if sum(c for _, c in open_) > max_nodes:
+            raise ValueError(f"{what} expands to more than {max_nodes:,} values (YAML aliases of aliases?)")
 
 
 def check_numbers(data: Any, what: str) -> None:

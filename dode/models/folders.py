@@ -94,7 +94,8 @@ def check_scheduler_config(config: Mapping[str, Any], what: str) -> None:
     if trained is not None and not isinstance(trained, list):
         raise ValueError(f"{what}: 'trained_betas' must be a list of numbers or null")
     if trained:
-        check_size(f"{what}: len(trained_betas)", len(trained), MAX_TRAIN_TIMESTEPS, "dode's bound, far above any trained model's")
+        check_size(f"{what}: len(trained_betas)", len(trained), MAX_TRAIN_TIMESTEPS,
+                   "dode's bound, far above any trained model's")
         betas += trained
     if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b <= 1 for b in betas):
         raise ValueError(f"{what}: beta_start, beta_end and trained_betas must be numbers in [0, 1]")

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from dode.common import progress
+from dode.common.bounded import load_json
 from dode.common.config import build
 from dode.pipeline import runs
 from dode.pipeline.report import text_table
@@ -155,19 +156,20 @@ def key_value(schema: dict) -> Callable[[str], dict[str, Any]]:
         if values.get("type") in SCALARS:
             return SCALARS[values["type"]](text)
         try:
-            return json.loads(text)
-        except json.JSONDecodeError:
+            return load_json(text, "the value")
+        except ValueError:
             return text
 
     def parse(text: str) -> dict[str, Any]:
         try:
             if text.lstrip().startswith("{"):
-                return dict(json.loads(text))
+                return dict(load_json(text, "the JSON object"))
             key, raw = text.split("=", 1)
             return {key: value(raw)}
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. heun=3,5,7,9) or a JSON object, "
-                                             f"got {text!r}") from None
+        except ValueError as err:
+            why = f" ({err})" if text.lstrip().startswith("{") else ""
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. heun=3,5,7,9) or a JSON object{why}, "
+                                             f"got {text[:80]!r}") from None
 
     return parse
 
@@ -211,13 +213,17 @@ def nested(options: dict[str, Any], flow: Any) -> dict[str, Any]:
 @contextmanager
 def local_settings() -> Iterator[None]:
     """On the ephemeral server (no PREFECT_API_URL), flow runs send no heartbeats: they serve a server's
-    detection of crashed runs, and this server stops with the process; each run saves ~1 s (its heartbeat
-    thread's join). Against a real server, the settings are left alone."""
+    detection of crashed runs, and this server stops with the process (``flows.server``: also when it is
+    killed); each run saves ~1 s (its heartbeat thread's join). Against a real server, the settings are left
+    alone."""
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     if PREFECT_API_URL.value():
         yield
         return
+    from .server import tie_ephemeral_server
+
+    tie_ephemeral_server()
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 

@@ -18,8 +18,7 @@ import argparse
 import os
 import time
 
-import yaml
-
+from dode.common.bounded import load_yaml
 from dode.common.config import build
 from dode.pipeline.runs import PipelineRun
 from dode.pipeline.sweep import few_step_summary
@@ -37,7 +36,7 @@ QUICK = {"solvers": ["euler", "dpmpp_2m"], "nfes": [3, 5], "nfes_by_solver": {},
 
 def sweep_parameters(name: str) -> dict:
     """The parameters of a deployment in prefect.yaml."""
-    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    spec = load_yaml(PREFECT_YAML)
     return dict(next(d for d in spec["deployments"] if d["name"] == name)["parameters"])
 
 

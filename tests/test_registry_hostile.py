@@ -18,9 +18,10 @@ import pytest
 import torch
 from test_registry_integrity import forge, pristine, run_cli, snapshot, writable  # noqa: F401 - fixtures
 
+from dode.common.bounded import load_json
 from dode.models import MODELS
 from dode.store.fetch import HIDDEN
-from dode.store.manifest import MANIFEST_VERSION, artifact_id, load_json, printable
+from dode.store.manifest import MANIFEST_VERSION, artifact_id, printable
 from dode.store.registry import Registry
 from dode.store.staging import LOCK_SUFFIX, StagingArea
 

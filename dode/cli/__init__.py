@@ -53,8 +53,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError, FloatingPointError) as err:  # bad input, file-system trouble, a model's NaN
-        print(f"dode {args.command}: error: {printable(str(err))}", file=sys.stderr)  # one escaped line, exit 2
-        return 2
+        return error(args.command, str(err))
+    except MemoryError as err:  # an allocation this machine cannot hold (sizes read from files are refused earlier)
+        return error(args.command, f"not enough memory ({err or 'an allocation failed'}); ask for less at once: a "
+                                   "smaller --batch-size, fewer samples, or a machine with more memory")
+    except RuntimeError as err:  # torch's out-of-memory on an accelerator is one; any other is a bug: its traceback
+        if type(err).__name__ != "OutOfMemoryError":
+            raise
+        return error(args.command, f"the device ran out of memory ({str(err).splitlines()[0]}); use a smaller "
+                                   "--batch-size")
+    except KeyboardInterrupt:
+        print(f"dode {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def error(command: str, message: str) -> int:
+    """Print one escaped error line for ``command`` on stderr; the exit status 2 of expected failures."""
+    print(f"dode {command}: error: {printable(message)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dode.common import progress
     from dode.common.images import to_model
     from dode.distillation.first_step import from_data, from_model
     from dode.models import load_model
@@ -43,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     registry.check_writable()
     model = load_model(args.model)
     if args.data is None:
-        gauss = from_model(model, args.n, steps=args.steps, solver=args.solver, first_seed=args.first_seed,
-                           batch_size=args.batch_size, rank=args.rank, family=args.grid)
+        with progress.bars():  # a bar on a terminal, a line per 5 % in a log
+            gauss = from_model(model, args.n, steps=args.steps, solver=args.solver, first_seed=args.first_seed,
+                               batch_size=args.batch_size, rank=args.rank, family=args.grid)
         key = f"{model.name}/gaussian/model-{args.solver}-{args.grid}{args.steps}-n{args.n}-seed{args.first_seed}"
     else:
         images, source = data_images(model, args.data)

@@ -28,6 +28,18 @@ def floats(values: Any, name: str) -> list[float]:
         raise ValueError(f"lambdas field {name!r} must be a list of numbers, got {values!r:.80}") from None
 
 
+def lambda_values(values: Any, name: str = "values") -> tuple[float, ...]:
+    """D-ODE weights from a sequence of numbers, each finite and at most ``MAX_ABS_LAMBDA`` in magnitude: the one
+    rule for lambdas wherever they are read (stored ``Lambdas``, a scheduler's config, a saved pipeline's
+    ``scheduler_config.json``); one ValueError otherwise."""
+    out = tuple(floats(values, name))
+    bad = [v for v in out if not math.isfinite(v) or abs(v) > MAX_ABS_LAMBDA]
+    if bad:
+        raise ValueError(f"lambdas must be finite and at most {MAX_ABS_LAMBDA:g} in magnitude, got {bad[:3]}; "
+                         "these weights are corrupt: distill new ones")
+    return out
+
+
 def dode_correct(out: Tensor, out_prev: Tensor | None, lam: float) -> Tensor:
     """The D-ODE step, Kim et al. (2024) eq. 9: D~_k = D_k + lam_k (D_k - D_{k-1}).
 
@@ -89,16 +101,10 @@ class Lambdas:
     first_step: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "values", tuple(floats(self.values, "values")))
+        object.__setattr__(self, "values", lambda_values(self.values))
         object.__setattr__(self, "sigmas", tuple(floats(self.sigmas, "sigmas")))
         if self.correction not in CORRECTIONS:
             raise ValueError(f"unknown correction {self.correction!r}; choose one of {list(CORRECTIONS)}")
-        bad = [v for v in self.values if not math.isfinite(v) or abs(v) > MAX_ABS_LAMBDA]
-        if bad:
-            raise ValueError(
-                f"lambdas must be finite and at most {MAX_ABS_LAMBDA:g} in magnitude, got {bad[:3]}; "
-                "these weights are corrupt: distill new ones"
-            )
         for name in ("teacher", "guard", "options", "fit", "first_step"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"lambdas field {name!r} must be a JSON object, got {type(getattr(self, name)).__name__}")

@@ -30,6 +30,8 @@ from dode.core.types import Tensor
 GAUSSIAN_SCHEMA_VERSION = 1
 FULL_RANK_MAX_DIM = 4096  # up to this many dimensions the covariance is kept whole by default
 DEFAULT_RANK = 64  # eigenpairs kept beyond that
+MAX_GAUSSIAN_JSON_BYTES = 256 << 20  # a Gaussian's JSON: d = 370,000 dimensions at rank 64
+ORTHONORMAL_TOL = 1e-6  # |B^T B z - z| / |z| for a probe z: fitted bases reach 1e-12
 FIRST_STEPS: tuple[str, ...] = ("network", "analytic", "flowmap")  # how the first evaluation at sigma_max is made
 
 
@@ -58,6 +60,53 @@ def _decode(data: Any, name: str) -> Tensor:
     return t
 
 
+def check_orthonormal(basis: Tensor) -> None:
+    """One ValueError unless ``basis`` (d, k) has orthonormal columns: unit column norms and B^T B z = z for two
+    fixed probes z, in O(d k) (a forged basis, e.g. 3 I, would scale every sample)."""
+    b = basis.detach().to(torch.float64)
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError("a Gaussian's basis holds NaN or inf")
+    if b.shape[1] == 0:
+        return
+    z = torch.randn(b.shape[1], 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    off = max(float((b.square().sum(0) - 1).abs().max()), float(((b.T @ (b @ z) - z).norm(dim=0) / z.norm(dim=0)).max()))
+    if off > ORTHONORMAL_TOL:
+        raise ValueError(f"a Gaussian's basis must have orthonormal columns (off by {off:.3g}); this Gaussian is "
+                         "corrupt: build a new one with `dode gaussian`")
+
+
+def check_rank(rank: int, d: int) -> int:
+    """``rank`` capped at ``d``; one ValueError unless it is a positive integer."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    return min(rank, d)
+
+
+class Moments:
+    """The running mean and scatter sum (x - mean)(x - mean)^T of samples added batch by batch (Chan, Golub &
+    LeVeque's pairwise update, 1979): a Gaussian of any number of samples in O(d^2) memory."""
+
+    def __init__(self, shape: tuple[int, ...] | torch.Size) -> None:
+        self.shape, self.n = tuple(shape), 0
+        d = math.prod(self.shape)
+        self.mean = torch.zeros(d, dtype=torch.float64)
+        self.scatter = torch.zeros(d, d, dtype=torch.float64)
+
+    def add(self, batch: Tensor) -> Moments:
+        """Add a batch (m, *shape): scatter += C_b + delta delta^T n m / (n + m), mean += delta m / (n + m)."""
+        x = batch.detach().to("cpu", torch.float64).reshape(len(batch), -1)
+        if tuple(batch.shape[1:]) != self.shape:
+            raise ValueError(f"samples must be (m, {', '.join(map(str, self.shape))}), got {tuple(batch.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("the samples hold NaN or inf; check the model or the data")
+        m, mean_b = len(x), x.mean(0)
+        centred, delta = x - mean_b, mean_b - self.mean
+        self.scatter += centred.T @ centred + torch.outer(delta, delta) * (self.n * m / (self.n + m))
+        self.mean += delta * (m / (self.n + m))
+        self.n += m
+        return self
+
+
 @dataclass(frozen=True)
 class Gaussian:
     """N(mean, C) with C = basis diag(variances) basis^T + rest (I - basis basis^T), in the model's sigma space.
@@ -78,8 +127,10 @@ class Gaussian:
         if self.basis.ndim != 2 or self.basis.shape[0] != d or self.variances.shape != (self.basis.shape[1],):
             raise ValueError(f"a Gaussian over {d} dimensions needs a (d, k) basis and k variances, got "
                              f"{tuple(self.basis.shape)} and {tuple(self.variances.shape)}")
-        if bool((self.variances < 0).any()) or not (math.isfinite(self.rest) and self.rest >= 0):
+        if not bool(torch.isfinite(self.variances).all()) or bool((self.variances < 0).any()) \
+                or not (math.isfinite(self.rest) and self.rest >= 0):
             raise ValueError("a Gaussian's variances and rest must be finite and non-negative")
+        check_orthonormal(self.basis)
 
     @property
     def dim(self) -> int:
@@ -91,27 +142,39 @@ class Gaussian:
 
     @classmethod
     def fit(cls, samples: Tensor, rank: int | None = None, *, model: str = "", source: dict | None = None) -> Gaussian:
-        """The Gaussian of ``samples`` (n, *shape): their mean and covariance, whole up to FULL_RANK_MAX_DIM
-        dimensions, else its top ``rank`` (DEFAULT_RANK) eigenpairs plus the mean remaining variance."""
+        """The Gaussian of ``samples`` (n, *shape): their mean and covariance (up to FULL_RANK_MAX_DIM dimensions
+        from their ``Moments``, whole unless ``rank``), else its top ``rank`` (DEFAULT_RANK) eigenpairs by a
+        randomized SVD; plus the mean remaining variance."""
         if not isinstance(samples, Tensor) or samples.ndim < 2 or len(samples) < 2:
             raise ValueError("a Gaussian needs at least 2 samples of shape (n, *sample_shape)")
         x = samples.detach().to(torch.float64).reshape(len(samples), -1)
+        d = x.shape[1]
+        if d <= FULL_RANK_MAX_DIM:
+            return cls.from_moments(Moments(samples.shape[1:]).add(samples), rank, model=model, source=source)
         if not torch.isfinite(x).all():
             raise ValueError("the samples hold NaN or inf; check the model or the data")
-        d = x.shape[1]
-        rank = min(d, rank if rank is not None else (d if d <= FULL_RANK_MAX_DIM else DEFAULT_RANK))
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        rank = check_rank(rank if rank is not None else DEFAULT_RANK, d)
         centred = x - x.mean(0)
-        if rank == d:
-            w, v = torch.linalg.eigh(centred.T @ centred / (len(x) - 1))
-            w, v = w.flip(0).clamp(min=0), v.flip(1)
-        else:
-            _, s, v = torch.svd_lowrank(centred, q=rank + 8, niter=4)
-            w, v = (s[:rank].square() / (len(x) - 1)), v[:, :rank]
+        _, s, v = torch.svd_lowrank(centred, q=rank + 8, niter=4)
+        w, v = (s[:rank].square() / (len(x) - 1)), v[:, :rank]
         total = float(centred.square().sum()) / (len(x) - 1)
         rest = max(0.0, (total - float(w.sum())) / (d - rank)) if rank < d else 0.0
         return cls(x.mean(0).reshape(samples.shape[1:]), v, w, rest, model, source)
+
+    @classmethod
+    def from_moments(cls, moments: Moments, rank: int | None = None, *, model: str = "",
+                     source: dict | None = None) -> Gaussian:
+        """The Gaussian of streamed samples' ``moments``: the covariance's top ``rank`` (default: all) eigenpairs
+        plus the mean remaining variance."""
+        if moments.n < 2:
+            raise ValueError("a Gaussian needs at least 2 samples of shape (n, *sample_shape)")
+        d = moments.mean.numel()
+        rank = check_rank(rank if rank is not None else d, d)
+        cov = moments.scatter / (moments.n - 1)
+        w, v = torch.linalg.eigh(cov)
+        w, v = w.flip(0).clamp(min=0)[:rank], v.flip(1)[:, :rank]
+        rest = max(0.0, (float(cov.trace()) - float(w.sum())) / (d - rank)) if rank < d else 0.0
+        return cls(moments.mean.reshape(moments.shape), v, w, rest, model, source)
 
     def _spectral(self, y: Tensor, f: Callable[[Tensor], Tensor]) -> Tensor:
         """f(C) y for rows y (B, d), f applied to C's eigenvalues (per row when f's values are (B, 1))."""

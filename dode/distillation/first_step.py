@@ -7,11 +7,15 @@ the data it was trained on works too (the prototype in beyond.md, round 3, measu
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-from dode.core.gaussian import Gaussian
+from dode.common import progress
+from dode.common.bounded import check_size, machine_bytes
+from dode.common.config import MAX_SAMPLES
+from dode.core.gaussian import FULL_RANK_MAX_DIM, Gaussian, Moments
 from dode.core.grids import GridSpec
 from dode.core.rng import seeded_noise
 from dode.core.sampling import sample
@@ -30,11 +34,26 @@ def from_model(model: Model, n: int = SAMPLES, *, steps: int = STEPS, solver: st
     for name, value, low in (("n", n, 2), ("steps", steps, 1), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    dim = math.prod(model.shape)
+    streamed = dim <= FULL_RANK_MAX_DIM  # moments in O(d^2) memory; above, the samples themselves
+    bound = MAX_SAMPLES if streamed else max(2, min(MAX_SAMPLES, machine_bytes() // 4 // (8 * dim)))
+    check_size("n", n, bound, "samples held in a quarter of this machine's memory" if not streamed else
+               "dode's bound on samples")
     sigmas = GridSpec(family, steps).sigmas(model.denoiser)
-    parts = [sample(model.denoiser, seeded_noise(range(s, min(s + batch_size, first_seed + n)), model.shape), sigmas, solver)
-             for s in range(first_seed, first_seed + n, batch_size)]
+    moments, parts = Moments(model.shape), []
+    with progress.bar(n, f"gaussian of {model.name}", "sample", lines=True) as bar:
+        for s in range(first_seed, first_seed + n, batch_size):
+            x = sample(model.denoiser, seeded_noise(range(s, min(s + batch_size, first_seed + n)), model.shape),
+                       sigmas, solver)
+            if streamed:
+                moments.add(x)
+            else:
+                parts.append(x)
+            bar.update(len(x))
     source = {"from": "model", "model_name": model.name, "n": n, "solver": solver, "steps": steps, "family": family,
               "first_seed": first_seed}
+    if streamed:
+        return Gaussian.from_moments(moments, rank, model=model.fingerprint, source=source)
     return Gaussian.fit(torch.cat(parts), rank, model=model.fingerprint, source=source)
 
 

@@ -18,6 +18,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from dode.common.bounded import load_json
 from dode.common.packaged import MODELS_DIR
 from dode.core.types import Tensor
 from dode.metrics.fid import StreamingMoments, frechet_distance
@@ -105,7 +106,7 @@ def read_classifier(path: Path, build: Callable[[int, int, int], Classifier], sc
 
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"no {what} at {path} (config.json + model.safetensors); {retrain}")
-    config = json.loads((path / "config.json").read_text())
+    config = load_json(path / "config.json")
     version = config.get("schema_version") if isinstance(config, dict) else None
     if version != schema_version:
         raise ValueError(f"{path}: {what} schema_version {version!r}, this dode reads {schema_version}; {retrain}")

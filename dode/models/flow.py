@@ -14,7 +14,6 @@ and T t equal their t = 1 values to float32 rounding and every solver update dif
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from dode.common.bounded import load_json
 from dode.core.solvers import SOLVERS, get_solver
 from dode.core.types import Tensor
 
@@ -61,8 +61,8 @@ def is_flow_folder(folder: Path) -> bool:
     """Whether a diffusers pipeline folder's scheduler is a flow-matching one."""
     path = folder / "scheduler" / "scheduler_config.json"
     try:
-        return path.is_file() and is_flow_config(json.loads(path.read_text()))
-    except (ValueError, UnicodeDecodeError):
+        return path.is_file() and is_flow_config(load_json(path))
+    except ValueError:
         return False
 
 

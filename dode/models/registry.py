@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,6 +13,7 @@ from dode.common.packaged import DATA_DIR, MODELS_DIR
 from dode.core.types import Denoiser
 from dode.models.analytic import GaussianDenoiser, MixtureDenoiser, digits_mixture
 from dode.models.flow import FlowDenoiser, FlowSchedule, is_flow_folder, load_flow_pipeline
+from dode.models.folders import check_model_folder, check_unet_config
 from dode.models.vp import EDMDenoiser, VPDenoiser
 
 EMBEDDED_MODEL_DIR = MODELS_DIR / "digits-ddpm"
@@ -57,33 +57,6 @@ def _mixture(name: str, std: float, per_class: bool) -> Callable[[str], Model]:
     return load
 
 
-UNET_INT_FIELDS = ("in_channels", "out_channels")  # positive integers
-UNET_SIZE_FIELDS = ("sample_size", "layers_per_block", "block_out_channels")  # positive integers or lists of them
-
-
-def check_unet_config(folder: Path) -> None:
-    """One ValueError unless ``folder/unet/config.json`` is a JSON object whose sizes are positive integers:
-    checked before diffusers builds the network, where a wrong type is a TypeError deep inside torch."""
-    path = folder / "unet" / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{folder} has no unet/config.json; pass a diffusers pipeline folder written by save_pretrained")
-    try:
-        config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object of UNet settings, got {type(config).__name__}")
-
-    def positive(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-    for key in (k for k in (*UNET_INT_FIELDS, *UNET_SIZE_FIELDS) if k in config):
-        value, listed = config[key], key in UNET_SIZE_FIELDS
-        if not all(positive(v) for v in (value if listed and isinstance(value, list) and value else [value])):
-            kind = "a positive integer or a list of them" if listed else "a positive integer"
-            raise ValueError(f"{path}: {key!r} must be {kind}, got {value!r}")
-
-
 def module_fingerprint(module: torch.nn.Module) -> str:
     """sha256 over a network's state dict (names and float64 values)."""
     h = hashlib.sha256()
@@ -98,6 +71,8 @@ def _diffusers(path: str | Path, name: str, device: str) -> Model:
     flow = folder is not None and is_flow_folder(folder)
     if folder is not None and (not flow or (folder / "unet").is_dir()):
         check_unet_config(folder)
+    if folder is not None:
+        check_model_folder(folder)
     if flow:  # a flow-matching pipeline (FlowMatchEulerDiscreteScheduler): transformer or UNet
         den, net, shape = load_flow_pipeline(str(path), device=device)
         return Model(name, den, shape, module_fingerprint(net), folder=folder)

@@ -40,43 +40,52 @@ def write_pngs(reg: Any, art: Artifact, out: Path, force: bool = False) -> tuple
         for seeds, images in sample_chunks(reg, art):
             names = [f"{s:06d}.png" for s in seeds]
             written += [(p, n) for p, n in zip(write_png(images, hidden, names), names)]
-        install_all(reg, written, out, force)
+        install_all(written, out, force)
     return len(written), "PNG(s)"
 
 
 def write_npz(reg: Any, art: Artifact, out: Path, force: bool = False) -> tuple[int, str]:
-    """A samples job or shard as ``out/samples.npz``: ``images`` uint8 (N, C, H, W) and ``seeds`` (N,), written
-    chunk by chunk into the .npy inside (memory: one chunk)."""
-    chunks = chunk_list(reg, art)
+    """A samples job or shard as ``out/samples.npz``: ``images`` uint8 (N, C, H, W) and ``seeds`` (N,)."""
     with hidden_dir(out) as hidden:
-        npy, seeds, done = None, None, 0
-        for chunk_seeds, images in sample_chunks(reg, art):
-            if npy is None:
-                npy, seeds = npz_arrays(reg, chunks, images[0].shape, hidden)
-            npy[done : done + len(images)] = images
-            seeds[done : done + len(images)] = np.asarray(chunk_seeds)
-            done += len(images)
-        npy.flush()
-        del npy
+        seeds = images_npy(reg, art, hidden / "images.npy")
         np.save(hidden / "seeds.npy", seeds)
         with zipfile.ZipFile(hidden / "samples.npz", "w", zipfile.ZIP_STORED, allowZip64=True) as z:
             for name in ("images.npy", "seeds.npy"):
                 z.write(hidden / name, name)
-        install_all(reg, [(hidden / "samples.npz", "samples.npz")], out, force)
-    return done, "sample(s) in samples.npz"
+        install_all([(hidden / "samples.npz", "samples.npz")], out, force)
+    return len(seeds), "sample(s) in samples.npz"
 
 
-def npz_arrays(reg: Any, chunks: list[tuple[str, range]], shape: tuple[int, ...], folder: Path
-               ) -> tuple[np.memmap, np.ndarray]:
-    """The images .npy (memory-mapped) and the seeds of a samples .npz, sized from the chunk list once its seeds
-    are checked against the bytes the chunks' files hold (a forged index cannot ask for a larger file)."""
+def images_npy(reg: Any, art: Artifact, path: Path) -> np.ndarray:
+    """The images of a samples index as the .npy file ``path``, written chunk by chunk through the file (memory:
+    one chunk; never a memory map, which a full disk turns into SIGBUS); returns their seeds."""
+    chunks = chunk_list(reg, art)
+    seeds, shape, done = np.empty(0, dtype=np.int64), None, 0
+    with open(path, "xb") as f:
+        for chunk_seeds, images in sample_chunks(reg, art):
+            if shape is None:
+                shape = images.shape[1:]
+                seeds = npy_header(reg, chunks, shape, f)
+            if images.shape[1:] != shape or images.dtype != np.uint8:
+                raise ValueError(f"samples {art.short}: its chunks hold images of different shapes or types; the "
+                                 "registry is inconsistent: run `dode artifacts verify`")
+            f.write(np.ascontiguousarray(images).data)
+            seeds[done : done + len(images)] = np.asarray(chunk_seeds)
+            done += len(images)
+    return seeds
+
+
+def npy_header(reg: Any, chunks: list[tuple[str, range]], shape: tuple[int, ...], f: Any) -> np.ndarray:
+    """Write the header of the images .npy (uint8, (n, *shape)) and return the seeds array to fill, sized from the
+    chunk list once its seeds are checked against the bytes the chunks' files hold (a forged index cannot ask
+    for a larger file)."""
     n = sum(len(seeds) for _, seeds in chunks)
     held = sum(reg.get(cid).files.get("images.npy", {}).get("size", 0) for cid, _ in chunks)
     if n * int(np.prod(shape)) > held:
         raise ValueError(f"samples index lists {n} seeds, more than its chunks' {held} bytes of images hold; the "
                          "registry is inconsistent: run `dode artifacts verify`")
-    seeds = np.empty(n, dtype=np.int64)
-    return np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, (n, *shape)), seeds
+    np.lib.format.write_array_header_2_0(f, {"descr": "|u1", "fortran_order": False, "shape": (n, *shape)})
+    return np.empty(n, dtype=np.int64)
 
 
 def fetch_parts(reg: Any, art: Artifact, out: Path, force: bool = False) -> tuple[int, str]:

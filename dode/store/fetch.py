@@ -13,16 +13,17 @@ content is kept; other content is refused unless ``force`` (checked for every fi
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dode.common import progress
 from dode.store.manifest import HEX64, Artifact
-from dode.store.reads import file_sha256
+from dode.store.reads import VerifiedReads, file_sha256
 from dode.store.staging import StagingArea, Stale, collect
 
 PART_KINDS = ("samples",)  # kinds whose index artifacts list parts of their own kind (dode.pipeline.generate)
@@ -103,6 +104,11 @@ def hidden_dir(out: Path) -> Iterator[Path]:
     try:
         with StagingArea(out / HIDDEN) as area:
             yield area.path
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise OSError(f"no space left on the device of {out}; free some or choose another folder (nothing was "
+                      f"written into {out})") from None
     finally:
         try:
             (out / HIDDEN).rmdir()
@@ -153,10 +159,23 @@ def parts(reg: Any, art: Artifact) -> list[Artifact]:
     return [p for p in (reg.get(i) for i in art.parents) if p.kind == art.kind]
 
 
-def install_all(reg: Any, written: list[tuple[Path, str]], out: Path, force: bool) -> None:
+def install_all(written: list[tuple[Path, str]], out: Path, force: bool) -> None:
     """Move files written (and verified) in a hidden folder to ``out/name``: same content kept, other content
-    refused unless ``force`` (checked for every file before any is moved)."""
+    refused unless ``force`` (checked for every file before any is moved); a link in the way is replaced, never
+    written through."""
     plan = [(tmp, dest) for tmp, dest in ((tmp, destination(out, name)) for tmp, name in written)
             if needed(dest, file_sha256(tmp), force)]
     for tmp, dest in plan:
-        reg.install(tmp, dest)
+        VerifiedReads.install(tmp, dest)
+
+
+def write_files(files: Mapping[str, bytes], out: Path, force: bool = False) -> int:
+    """Files made here (name -> content) into the output folder ``out`` by the rule of every download (checked
+    folder, staged, all-or-nothing, no link written through); returns how many were written or kept."""
+    with hidden_dir(out) as hidden:
+        written = []
+        for i, (name, content) in enumerate(files.items()):
+            (hidden / str(i)).write_bytes(content)
+            written.append((hidden / str(i), name))
+        install_all(written, out, force)
+    return len(written)

@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dode.core.gaussian import Gaussian
+from dode.core.gaussian import MAX_GAUSSIAN_JSON_BYTES, Gaussian
 from dode.store.registry import Artifact, Registry
 
 GAUSSIAN_FILE = "gaussian.json"
@@ -31,13 +31,20 @@ def load_gaussian(reg: Registry, ref: str | Artifact, *, model: str | None = Non
     art = reg.get(ref)
     if art.kind != "gaussian":
         raise ValueError(f"artifact {art.short} is a {art.kind!r} artifact ({art.key}), not 'gaussian'")
-    try:
-        data = json.loads(reg.read_bytes(art, GAUSSIAN_FILE).decode())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"gaussian {art.short} is not valid JSON ({err})") from None
-    gaussian = Gaussian.from_dict(data)
+    gaussian = Gaussian.from_dict(reg.read_json(art, GAUSSIAN_FILE, max_bytes=MAX_GAUSSIAN_JSON_BYTES))
+    check_params(art, gaussian)
     if model and not allow_other_model and gaussian.model and gaussian.model != model:
         raise ValueError(f"gaussian {art.short} ({art.key}) approximates model {gaussian.model[:16]}, not the model "
                          f"being sampled ({model[:16]}); build one for this model (`dode gaussian`), or pass "
                          "--allow-other-model (allow_other_model=True) to use it anyway")
     return gaussian
+
+
+def check_params(art: Artifact, gaussian: Gaussian) -> None:
+    """One ValueError unless what the artifact's params say (model and Gaussian fingerprints) is what its file
+    holds: a file edited after publishing (its ``model`` blanked, say) is refused."""
+    said = {"model_fingerprint": gaussian.model, "gaussian_fingerprint": gaussian.fingerprint}
+    wrong = [k for k, v in said.items() if k in art.params and art.params[k] != v]
+    if wrong:
+        raise ValueError(f"gaussian {art.short} ({art.key}): its file disagrees with its params on {wrong}; the "
+                         "artifact is forged or corrupt: build a new one with `dode gaussian`")

@@ -20,7 +20,8 @@ import hashlib
 import json
 from typing import Any
 
-from dode.store.manifest import HEX64, KINDS, Artifact, load_json, printable
+from dode.common.bounded import load_json
+from dode.store.manifest import HEX64, KINDS, Artifact, printable
 
 INDEX_VERSION = 1
 INDEX_FILE = "index/index.json"

@@ -16,7 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields
 from typing import Any
 
+from dode.common.bounded import load_json
 from dode.core.correction import Lambdas
+from dode.core.gaussian import MAX_GAUSSIAN_JSON_BYTES
 from dode.store.registry import Artifact, Registry
 
 LAMBDAS_FILE = "lambdas.json"
@@ -49,12 +51,9 @@ def lambdas_from_dict(data: Any) -> Lambdas:
     return Lambdas(**data)
 
 
-def lambdas_from_json(text: str) -> Lambdas:
-    try:
-        data = json.loads(text)
-    except ValueError as err:
-        raise ValueError(f"lambdas are not valid JSON: {err}") from None
-    return lambdas_from_dict(data)
+def lambdas_from_json(text: str | bytes) -> Lambdas:
+    """Lambdas from their JSON (bounded: ``dode.common.bounded``; large enough for an embedded Gaussian)."""
+    return lambdas_from_dict(load_json(text, "lambdas", max_bytes=MAX_GAUSSIAN_JSON_BYTES))
 
 
 def save_lambdas(
@@ -101,7 +100,7 @@ def load_lambdas(
     ``allow_other_model``; weights whose model is unknown are accepted.
     """
     art = lambdas_artifact(reg, ref)
-    lambdas = lambdas_from_json(reg.read_bytes(art, LAMBDAS_FILE).decode())
+    lambdas = lambdas_from_json(reg.read_bytes(art, LAMBDAS_FILE))
     if model:
         check_model(reg, art, lambdas, model, allow_other_model=allow_other_model)
     return lambdas

@@ -12,11 +12,11 @@ import difflib
 import json
 from typing import Any
 
+from dode.common.bounded import MAX_JSON_BYTES
 from dode.store.key_index import entry_ids, is_indexed
 from dode.store.manifest import (
     HEX64,
     KINDS,
-    MAX_JSON_BYTES,
     Artifact,
     canonical_json,
     manifest_key,

@@ -5,8 +5,8 @@ sha256), so a manifest whose content does not hash to its directory's id has bee
 ``parse_manifest`` is the only way a manifest becomes an ``Artifact``: it reports every problem (bad
 JSON, missing or mistyped keys, unsafe file names, a wrong id) instead of raising on the first one.
 
-Registry JSON is hostile input: ``load_json`` bounds its size and nesting before parsing (a deeply nested
-document would exhaust the parser's recursion), and ``printable`` escapes what a manifest says before it
+Registry JSON is hostile input: it is parsed by ``dode.common.bounded.load_json`` (size, nesting and numbers
+bounded before use), and ``printable`` escapes what a manifest says before it
 reaches a terminal (a forged key cannot print a fake line or move the cursor).
 """
 
@@ -21,15 +21,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from dode.common.bounded import load_json
 from dode.version import __version__
 
 KINDS = ("trajectory", "lambdas", "samples", "reference-stats", "score", "report", "model", "gaussian")
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 HEX64 = re.compile(r"[0-9a-f]{64}")
-MAX_JSON_BYTES = 16 << 20  # a manifest or index larger than this is refused unread
-MAX_JSON_DEPTH = 64  # nesting of objects and arrays; dode's own documents use fewer than 10 levels
-JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped) and brackets
 UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 FIELDS = {"id": str, "kind": str, "key": str, "params": dict, "parents": list, "provenance": dict, "files": dict,
           "created": str}
@@ -87,26 +85,6 @@ def printable(text: str) -> str:
     """``text`` for a terminal: control characters, line separators and bidirectional overrides escaped
     (``\\x1b``, ``\\u202e``), so what a manifest or file name says is printed, never executed."""
     return UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
-
-def load_json(raw: bytes, what: str, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Parse registry JSON, bounded: a ValueError saying ``what`` is wrong when ``raw`` is longer than
-    ``max_bytes``, nests deeper than ``max_depth``, or is not JSON (UTF-8)."""
-    if len(raw) > max_bytes:
-        raise ValueError(f"{what} is larger than {max_bytes} bytes")
-    depth = 0
-    for token in JSON_TOKENS.finditer(raw):
-        bracket = token.group()
-        if bracket in (b"[", b"{"):
-            depth += 1
-            if depth > max_depth:
-                raise ValueError(f"{what} nests deeper than {max_depth} levels")
-        elif bracket in (b"]", b"}"):
-            depth -= 1
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        raise ValueError(f"{what} is not valid JSON ({err})") from None
 
 
 def canonical_json(obj: Any) -> str:

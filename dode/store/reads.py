@@ -16,7 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from dode.store.manifest import HEX64, Artifact, file_key, load_json, manifest_key
+from dode.common.bounded import MAX_JSON_BYTES, load_json
+from dode.store.manifest import HEX64, Artifact, file_key, manifest_key
 from dode.store.storage import CHUNK, Refused, chunks, local_tree
 
 VERIFIED: set[tuple[tuple[int, ...], str]] = set()  # (file state token, sha256) checked in this process
@@ -90,8 +91,8 @@ class VerifiedReads:
             raise self.corrupt(art, name, why)
         return data
 
-    def read_json(self, ref: str | Artifact, name: str = "data.json") -> Any:
-        return load_json(self.read_bytes(ref, name), f"{name} of artifact {self.get(ref).short}")
+    def read_json(self, ref: str | Artifact, name: str = "data.json", *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+        return load_json(self.read_bytes(ref, name), f"{name} of artifact {self.get(ref).short}", max_bytes=max_bytes)
 
     def blocks(self, key: str) -> Iterable[bytes]:
         with self.storage.open(key) as f:

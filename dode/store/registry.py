@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dode.store import key_index
+from dode.store.fetch import registry_root
 from dode.store.lookup import Lookup, check_kind
 from dode.store.manifest import (
     HEX64,
@@ -48,7 +49,13 @@ from dode.store.storage import LocalStorage, Storage, open_storage, stage
 from dode.version import __version__
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dode" / "registry"
+EPHEMERAL = {"memory"}  # fsspec protocols whose files die with the process
 PACKAGES = ("torch", "numpy", "pyarrow", "diffusers", "fsspec", "s3fs", "pytorch-fid")
+
+def always_tuple(protocol: str | tuple[str, ...]) -> tuple[str, ...]:
+    """An fsspec file system's protocol (a name or a tuple of names) as a tuple."""
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
 
 __all__ = ["KINDS", "Artifact", "Registry", "canonical_json", "file_sha256", "static_provenance"]
 
@@ -124,10 +131,22 @@ class Registry(Lookup, VerifiedReads):
 
     # Publishing.
     def check_writable(self) -> None:
-        """Raise a ValueError now, before any work, when the registry cannot be written."""
+        """Raise a ValueError now, before any work, when the registry cannot be written, or should not be: one
+        that dies with this process (``memory://``), one inside another registry or an artifact's files."""
         if not self.writable:
+            self.check_place()
             self.storage.check_writable()
             self.writable = True
+
+    def check_place(self) -> None:
+        """One ValueError for a registry that is no lasting place to publish into (``check_writable``)."""
+        if EPHEMERAL & set(always_tuple(getattr(getattr(self.storage, "fs", None), "protocol", ()))):
+            raise ValueError(f"registry {self.uri} lives in this process's memory and dies with it: nothing "
+                             "published there could be found again; give a folder or a lasting URL (s3://...)")
+        outer = registry_root(Path(self.storage.root).resolve().parent) if self.local else None
+        if outer is not None:
+            raise ValueError(f"registry {self.uri} is inside the registry {outer} (a registry is written only by "
+                             "publishing, never holds another): choose a folder outside it")
 
     def publish(
         self,

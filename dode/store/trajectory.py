@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 import torch
 from typing_extensions import Self
 
+from dode.common.bounded import load_json
 from dode.core.types import Tensor
 from dode.store.staging import clean_partials, lock_partial
 from dode.version import __version__
@@ -310,8 +311,8 @@ class TrajectoryFile:
         try:
             self.file = pq.ParquetFile(self.path, memory_map=True)
             kv = self.file.metadata.metadata or {}
-            meta = json.loads(kv[META_KEY])
-            index = json.loads(kv[INDEX_KEY])
+            meta = load_json(kv[META_KEY], "its metadata")
+            index = load_json(kv[INDEX_KEY], "its index")
         except KeyError:
             raise self.broken("it has no dode trajectory metadata (not written by TrajectoryWriter)") from None
         except (pa.ArrowException, OSError, ValueError) as err:

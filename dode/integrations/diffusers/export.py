@@ -22,7 +22,9 @@ import torch
 
 from dode.core.correction import Lambdas
 from dode.core.solvers import get_solver
+from dode.models.folders import check_scheduler_config
 from dode.models.vp import VPDenoiser
+from dode.store.fetch import write_files
 
 SCHEMA_VERSION = 1
 TRAINING_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
@@ -40,6 +42,7 @@ def diffusers_schedule(lam: Lambdas, training: dict[str, Any] | None, artifact_i
     from diffusers import DDPMScheduler
 
     config = {k: training[k] for k in TRAINING_KEYS if k in training}
+    check_scheduler_config(config, f"the scheduler config of artifact {artifact_id[:12]}'s model")
     schedule = VPDenoiser(None, DDPMScheduler(**config).alphas_cumprod, config.get("prediction_type", "epsilon"))
     t = schedule.sigma_to_t(torch.tensor(sigmas[:-1], dtype=torch.float64))
     out["timesteps"] = t.tolist()
@@ -108,10 +111,4 @@ def write_diffusers_schedule(lam: Lambdas, training: dict[str, Any] | None, out:
         snippet = SNIPPET.format(artifact=artifact_id or "?", note=note.strip(),
                                  takes=next(iter(stock["set_timesteps"])))
     files = {"schedule.json": json.dumps(spec, indent=2) + "\n", "use_schedule.py": snippet}
-    out.mkdir(parents=True, exist_ok=True)
-    clash = [n for n, text in files.items() if (out / n).exists() and (out / n).read_text() != text]
-    if clash and not force:
-        raise ValueError(f"{out / clash[0]} exists with other content; remove it, choose another --out or pass --force")
-    for name, text in files.items():
-        (out / name).write_text(text)
-    return len(files), "schedule file(s)"
+    return write_files({name: text.encode() for name, text in files.items()}, out, force), "schedule file(s)"

@@ -32,7 +32,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # the name pipelines look up on load
 from diffusers.utils import BaseOutput
 
-from dode.core.correction import CORRECTIONS, Lambdas
+from dode.core.correction import CORRECTIONS, Lambdas, lambda_values
 from dode.core.fitted import fitted_grid, same_grid
 from dode.core.gaussian import FirstStep
 from dode.core.grids import GridSpec
@@ -174,6 +174,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("pass either grid (a GridSpec dict) or explicit sigmas, not both")
         if lambdas is not None and grid is None and sigmas is None and base_scheduler is None:
             raise ValueError("lambdas need the grid they were fitted on: pass sigmas=lambdas.sigmas or grid=")
+        if lambdas is not None:
+            lambda_values(lambdas, "lambdas")  # finite and bounded, as stored lambdas
         self.grid_spec = GridSpec(**grid) if grid is not None else None
         self.timesteps: Tensor | None = None
         self.sigmas: Tensor | None = None

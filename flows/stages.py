@@ -11,9 +11,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 import dode
-from dode.core.grids import GridSpec
+from dode.core.gaussian import NETWORK
 from dode.metrics.scores import FEATURES, resolve_metrics
-from dode.pipeline.generate import SamplingJob
 from dode.pipeline.runs import DistillRun, SampleRun, ScoreRun, TeacherRun
 from dode.pipeline.steps import check_reference, model, open_registry, registry_uri
 from dode.pipeline.sweep_run import evaluate_cells, reevaluation_cells, sample_jobs, score_all
@@ -54,7 +53,7 @@ def distill_flow(config: DistillRun = DistillRun(), registry: str | None = None)
     model_id = tasks.register_model(uri, config.model)
     exact = config.teacher.alignment == "exact"
     traj = tasks.teacher(uri, model_id, grid, config.teacher) if exact else None
-    gaussian = tasks.gaussian(uri, model_id, config.teacher) if config.first_step != "network" else None
+    gaussian = tasks.gaussian(uri, model_id, config.teacher) if config.first_step != NETWORK else None
     lam_id = tasks.distill(uri, model_id, grid, config.solver, config.teacher, config.fit, config.first_step, traj,
                            gaussian)
     lam = load_lambdas(reg, lam_id)
@@ -80,19 +79,10 @@ def sample_flow(config: SampleRun, registry: str | None = None, dask: bool = Fal
     """
     uri = registry_uri(registry)
     reg = open_registry(uri)
-    if config.lambdas is not None:
-        lam = reg.get(config.lambdas)
-        if lam.kind != "lambdas":
-            raise ValueError(f"artifact {lam.short} is a {lam.kind!r} artifact, not 'lambdas'")
-        solver, grid, lambdas = lam.params["solver"], None, lam.id  # the lambdas imply their grid
-    else:
-        solver, lambdas = config.solver, None
-        grid = GridSpec.for_calls(config.family, solver, config.nfe, config.first_step).to_dict()
+    job = config.job(reg)  # with lambdas: their solver and grid
+    lambdas = job.lambdas_id
     model_id = tasks.register_model(uri, config.model)
-    s = config.sampling
-    job = SamplingJob(config.model, solver, grid, lambdas, s.n_samples, s.first_seed, s.batch_size, config.first_step,
-                      config.gaussian).to_dict()
-    (samples,) = run_on(sharded_flow, dask, dask_address, uri, [job], s.num_shards)
+    (samples,) = run_on(sharded_flow, dask, dask_address, uri, [job.to_dict()], config.sampling.num_shards)
     tasks.link_artifacts(reg, [model_id, *([lambdas] if lambdas else []), samples])
     return samples
 

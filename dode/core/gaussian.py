@@ -30,7 +30,8 @@ from dode.core.types import Tensor
 GAUSSIAN_SCHEMA_VERSION = 1
 FULL_RANK_MAX_DIM = 4096  # up to this many dimensions the covariance is kept whole by default
 DEFAULT_RANK = 64  # eigenpairs kept beyond that
-FIRST_STEPS: tuple[str, ...] = ("network", "analytic", "flowmap")  # how the first evaluation at sigma_max is made
+NETWORK = "network"  # the first evaluation at sigma_max made by the network (no Gaussian)
+FIRST_STEPS: tuple[str, ...] = (NETWORK, "analytic", "flowmap")  # how the first evaluation at sigma_max is made
 
 
 def _encode(t: Tensor) -> dict[str, Any]:

@@ -19,9 +19,9 @@ from dode.core.correction import Lambdas
 from dode.core.gaussian import FirstStep
 from dode.core.sampling import prepare
 from dode.core.types import Denoiser, Tensor
-from dode.distillation.config import FitConfig
+from dode.distillation.config import STUDENT_SOLVER, FitConfig
 from dode.distillation.guard import Features, candidates, select
-from dode.distillation.objectives import SELECTING, FitProblem, FitResult, get_objective
+from dode.distillation.objectives import SELECTING, FitProblem, FitResult, run_objective
 from dode.distillation.teacher import TeacherConfig, teacher_states
 
 
@@ -29,7 +29,7 @@ def distill(
     denoiser: Denoiser,
     noise: Tensor,
     sigmas: Tensor,
-    solver: str = "euler",
+    solver: str = STUDENT_SOLVER,
     teacher: TeacherConfig | Mapping[str, Any] | None = None,
     fit: FitConfig | Mapping[str, Any] | None = None,
     *,
@@ -122,7 +122,6 @@ def fit_split(
     noise, sigmas, _, nfe = prepare(noise, sigmas, solver, fit.correction, first)
     if len(targets) != nfe or any(t.shape != noise.shape for t in targets):
         raise ValueError(f"need {nfe} teacher targets of shape {tuple(noise.shape)}, one per network evaluation")
-    objective = get_objective(fit.objective)
     n_fit, n_selection, _ = split(len(noise), fit)
     guarded = n_fit + n_selection
     targets = [t.to(noise.device, torch.float64) for t in targets]
@@ -132,8 +131,9 @@ def fit_split(
     # objective never receives.
     problem = FitProblem(denoiser, noise[:n_fit], sigmas, solver, fit.correction, tuple(t[:n_fit] for t in targets),
                          noise[guarded:], final[guarded:], noise[n_fit:guarded], final[n_fit:guarded], first)
-    result = objective(replace(problem, heldout_noise=noise[:0], heldout_final=final[:0]), **fit.options)
-    record = {"teacher": teacher, "n_fit": n_fit, "objective": fit.objective, "options": dict(fit.options),
+    result = run_objective(fit.objective, replace(problem, heldout_noise=noise[:0], heldout_final=final[:0]),
+                           fit.options)
+    record = {"teacher": teacher, "n_fit": n_fit, "objective": fit.objective, "options": fit.options.model_dump(),
               "fit": result.info,
               "first_step": first.to_dict() if first is not None else {}}
     return problem, result, record

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from dode.core.gaussian import NETWORK
 from dode.core.grids import GridSpec
 from dode.distillation.teacher import TeacherConfig
 from dode.metrics.scores import FEATURES, resolve_metrics
@@ -92,9 +93,9 @@ def report_meta(config: PipelineRun, fingerprint: str, uri: str) -> dict[str, st
             if t.alignment == "exact" else f"Euler on a fresh {t.factor}x-NFE grid (official alignment)",
             "distillation samples": f"{t.n_samples} (seeds from {t.first_seed}; guard {fit.guard}, holdout "
                                     f"{fit.holdout})",
-            "objective": f"{fit.objective} {fit.options or ''}".strip(),
+            "objective": f"{fit.objective} {fit.options.model_dump() or ''}".strip(),
             **{f"variant {k}": f"{v['objective']} {v['options'] or ''}".strip()
-               + (f", first step {v['first_step']}" if v["first_step"] != "network" else "")
+               + (f", first step {v['first_step']}" if v["first_step"] != NETWORK else "")
                for k, v in config.planned_variants.items()},
             "evaluation samples": f"{config.sampling.n_samples} per cell (seeds from {config.sampling.first_seed})",
             "correction": fit.correction, "registry": uri}
@@ -118,15 +119,15 @@ def fit_cells(uri: str, model_id: str, cells: list[dict], config: PipelineRun,
             {"registry": uri, "model_id": model_id, "grid": GridSpec(config.family, s).to_dict(), "teacher": teacher}
             for s in sizes])))
     gaussian = None
-    if any(v["first_step"] != "network" for v in variants.values()):
+    if any(v["first_step"] != NETWORK for v in variants.values()):
         gaussian = ex.call(steps.gaussian, registry=uri, model_id=model_id, teacher=teacher)
     ex.progress(20.0)
     first = {name: v["first_step"] for name, v in variants.items()}
     fitted = ex.map(steps.distill, [
         {"registry": uri, "model_id": model_id, "grid": grid, "solver": cells[i]["solver"], "teacher": teacher,
-         "fit": fits.get(name, config.fit), "first_step": first.get(name, "network"),
+         "fit": fits.get(name, config.fit), "first_step": first.get(name, NETWORK),
          "trajectory_id": trajectories.get(grid["steps"]),
-         "gaussian_id": gaussian if first.get(name, "network") != "network" else None}
+         "gaussian_id": gaussian if first.get(name, NETWORK) != NETWORK else None}
         for (i, name), grid in zip(slots, grids)])
     out = [{**c, "variants": {}, "gaussian": gaussian, "first_bases": first_bases(c, variants)} for c in cells]
     for (i, name), lam in zip(slots, fitted):
@@ -196,7 +197,7 @@ def reevaluation_cells(uri: str, model_name: str, lambdas: tuple[str, ...]) -> l
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"lambdas {a.short} record no valid teacher ({printable(str(record))[:120]}); "
                              "re-evaluate other lambdas or distill these again") from None
-        first = {} if p.get("first_step", "network") == "network" else {"gaussian": p["gaussian"], "first_bases": {
+        first = {} if p.get("first_step", NETWORK) == NETWORK else {"gaussian": p["gaussian"], "first_bases": {
             f"base+{p['first_step']}": {"grid": p["grid"], "first_step": p["first_step"]}}}
         cells.append({"solver": p["solver"], "nfe": p["nfe"], "grid": p["grid"], "lambdas": a.id,
                       "teacher": {"solver": teacher.solver, "factor": teacher.factor}, **first})

@@ -68,10 +68,11 @@ def add_option(p: argparse.ArgumentParser, dest: str, prop: dict, siblings: dict
         flags.append(f"--{dest[:-1].replace('.', '-').replace('_', '-')}")
     default = "" if prop.get("default") is None else f" (default: {json.dumps(prop['default'])})"
     settings = {"metavar": name.upper(), **option(dest, prop)}
-    if settings.get("action") is argparse.BooleanOptionalAction or "choices" in settings:
+    choices = "" if settings.get("choices") is None else f" (choices: {', '.join(map(str, settings['choices']))})"
+    if settings.get("action") is argparse.BooleanOptionalAction:
         del settings["metavar"]
     p.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, required=required,
-                   help=f"{prop.get('description') or ''}{default}", **settings)
+                   help=f"{prop.get('description') or ''}{choices}{default}", **settings)
 
 
 def types(prop: dict) -> dict[str, dict]:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dode.common.config import build
-from dode.distillation.config import STUDENT_SOLVER
 from dode.core.grids import GridSpec
+from dode.distillation.config import STUDENT_SOLVER
 from dode.metrics.reference import reference_images
 from dode.metrics.scores import METRICS, auto_metrics, resolve_metrics, rmse
 from dode.models import load_model

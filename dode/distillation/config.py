@@ -26,7 +26,7 @@ from dode.core.correction import CORRECTIONS
 from dode.core.gaussian import FIRST_STEPS, NETWORK
 from dode.core.grids import FAMILIES
 from dode.core.rng import MAX_SEED
-from dode.core.solvers import SOLVERS
+from dode.core.solvers import DEFAULT_SOLVER, SOLVERS
 from dode.distillation.objectives import OBJECTIVES, Options, objective_options, options_model
 from dode.models import check_model_name
 
@@ -38,7 +38,7 @@ ObjectiveName = Literal[tuple(OBJECTIVES)]
 ObjectiveOptions = Union[tuple(dict.fromkeys(options_model(name) for name in OBJECTIVES))]  # noqa: UP007
 ModelName = Annotated[str, checked(check_model_name)]
 
-STUDENT_SOLVER: Solver = "euler"  # the base solver a student uses unless told
+STUDENT_SOLVER: Solver = DEFAULT_SOLVER  # the base solver a student uses unless told (dode.core.solvers)
 FAMILY: Family = "karras"  # the student grid family unless told
 FIRST_STEP: FirstStepKind = NETWORK  # the first evaluation by the network unless told
 

@@ -143,6 +143,14 @@ def test_no_default_choice_is_written_outside_the_configuration():
     assert not found, found
 
 
+def test_library_defaults_are_the_configurations():
+    import inspect
+
+    from dode.distillation.teacher_parquet import write_teacher
+
+    assert inspect.signature(write_teacher).parameters["solver"].default == TeacherConfig().solver == "dpmpp_2m"
+
+
 def restated(value: dict, config: type[BaseModel], where: str) -> list[str]:
     """The choices of a deployment's configuration that restate the configuration's default."""
     out = []

@@ -3,9 +3,11 @@
 ``TeacherRun``, ``DistillRun``, ``SampleRun``, ``ScoreRun`` and ``PipelineRun`` hold the model, the cells
 and the parts the library takes (``dode.distillation.config``: ``TeacherConfig``, ``FitConfig``, ``SamplingConfig``;
 ``ScoringConfig`` here). Each Prefect flow takes its stage's as its one typed parameter (the UI renders it
-as a form), ``dode run STAGE`` derives its options from it (``flows.cli``), and a deployment's parameters
-build it the same way: a rule that spans fields lives in the validator of the configuration that holds
-them all, so bad input is refused before any work, with one message.
+as a form, its choices as choices), ``dode run STAGE`` derives its options from it (``dode.cli.options``;
+``dode sample`` takes ``SampleRun``'s by the same names), and a deployment's parameters build it the same way:
+booleans and integers are strict, a rule that spans fields lives in one validator (``TeacherConfig``'s
+``check_first_step`` and ``check_budget``, ``SeededBatches``' seed range, ``generate.check_first_step``), so
+bad input -- a run past a stated budget included -- is refused before any work, with one message.
 """
 
 from __future__ import annotations

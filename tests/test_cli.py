@@ -146,15 +146,18 @@ def test_commands_and_stages_share_option_names():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--fit-objective", "final", "--fit-options", '{"learn_sigmas": "false"}'],
+    (["distill", "--fit-objective", "final", "--fit-options", '{"learn_sigmas": "false"}'],
      "fit.options: objective 'final': learn_sigmas: Input should be a valid boolean"),
-    (["--fit-objective", "final", "--fit-options", "iterations=1.5"], "iterations: Input should be a valid integer"),
-    (["--nfe", "100000", "--teacher-factor", "1000"], "100000000 steps, above the bound of 100,000"),
-    (["--nfe", "50", "--teacher-n-samples", "100000"], "states in memory, above the bound of 2,000,000"),
+    (["distill", "--fit-objective", "final", "--fit-options", "iterations=1.5"],
+     "iterations: Input should be a valid integer"),
+    (["pipeline", "--variants", '{"v": {"objective": "final", "options": {"activation_checkpointing": "no"}}}'],
+     "variants.v.options: objective 'final': activation_checkpointing: Input should be a valid boolean"),
+    (["distill", "--nfe", "100000", "--teacher-factor", "1000"], "100000000 steps, above the bound of 100,000"),
+    (["distill", "--nfe", "50", "--teacher-n-samples", "100000"], "states in memory, above the bound of 2,000,000"),
 ])
 def test_a_wrongly_typed_or_over_budget_run_is_refused_before_any_flow(argv, message, tmp_path, capsys):
     registry = tmp_path / "registry"
-    assert main(["run", "distill", *argv, "--registry", str(registry)]) == 2
+    assert main(["run", *argv, "--registry", str(registry)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert not registry.exists() and list(tmp_path.iterdir()) == []  # nothing written

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from dode.common.config import Config, Int, Number
 from dode.core.gaussian import NETWORK
-from dode.core.grids import FAMILIES, GridSpec
+from dode.core.grids import GridSpec
 from dode.core.sampling import network_calls
 from dode.distillation.config import (
     FAMILY,
@@ -37,7 +37,7 @@ from dode.pipeline.sweep import Variant, plan_cells, plan_variants
 from dode.store.lambdas import load_lambdas
 
 DEFAULT_MODEL = "mixture-smooth"
-FAMILY_HELP = f"grid family: {', '.join(FAMILIES[:-1])}"
+FAMILY_HELP = "grid family"
 
 
 class ScoringConfig(Config):

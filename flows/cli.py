@@ -2,11 +2,10 @@
 
 Registered with dode's command line through the ``dode.commands`` entry point (pyproject.toml): the
 library never imports this package. A stage's options derive from its configuration (``dode.pipeline.runs``:
-names, types, defaults and descriptions, declared once there): a field is ``--field``, a field of a part
-is ``--part-field`` (``--teacher-factor``, ``--fit-objective``, ``--sampling-n-samples``); the flow's
-other parameters (registry, dask) come from its Prefect parameter schema. An option left out takes the
-configuration's default. An array also takes its singular name (``--nfe 3 5`` for ``nfes``), a mapping
-takes KEY=VALUE items (``--nfes-by-solver heun=3,5,7``) or one JSON object. Importing this module does not
+names, types, defaults and descriptions, declared once there) by ``dode.cli.options``, as the library's own
+commands' do: a field is ``--field``, a field of a part is ``--part-field`` (``--teacher-factor``,
+``--fit-objective``, ``--sampling-n-samples``); the flow's other parameters (registry, dask) come from its
+Prefect parameter schema. An option left out takes the configuration's default. Importing this module does not
 import Prefect (``dode --help`` stays fast); the flow module is imported when a stage runs or shows its help.
 """
 
@@ -17,14 +16,12 @@ import importlib
 import inspect
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pydantic import BaseModel
-
+from dode.cli.options import add_config_options, add_option, nest
 from dode.common import progress
-from dode.common.bounded import load_json
 from dode.common.config import build
 from dode.pipeline import runs
 from dode.pipeline.report import text_table
@@ -32,7 +29,6 @@ from dode.pipeline.report import text_table
 STAGES = runs.STAGES  # stage -> its configuration; its flow is the one named "dode-<stage>" (``entrypoint``)
 FLOW_MODULES = ("flows.pipeline", "flows.stages")
 CONFIG = "config"  # the flows' configuration parameter
-SCALARS: dict[str, Callable[[str], Any]] = {"string": str, "integer": int, "number": float}  # JSON schema types
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -77,101 +73,12 @@ def stage_parser(stage: str, flow: Any) -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog=f"dode run {stage}", description=(flow.description or "").split("\n\n")[0],
                                 allow_abbrev=False)
-    for dest, prop, siblings in config_options(runs.STAGES[stage]):
-        add_option(p, dest, prop, siblings)
+    add_config_options(p, runs.STAGES[stage])
     schema = parameter_schema(flow.fn).model_dump()["properties"]
     for name, prop in schema.items():
         if name != CONFIG:
             add_option(p, name, prop, schema)
     return p
-
-
-def config_options(config: type[BaseModel], prefix: str = "") -> list[tuple[str, dict, dict]]:
-    """(option dest, JSON schema, the schemas beside it) for every field of ``config``, its parts' recursively;
-    a part's field's dest is ``part.field``."""
-    schema = config.model_json_schema()["properties"]
-    out = []
-    for name, field in config.model_fields.items():
-        part = field.annotation
-        if isinstance(part, type) and issubclass(part, BaseModel):
-            out += config_options(part, f"{prefix}{name}.")
-        else:
-            out.append((f"{prefix}{name}", schema[name], schema))
-    return out
-
-
-def add_option(p: argparse.ArgumentParser, dest: str, prop: dict, siblings: dict) -> None:
-    """``--dest`` (dots and underscores as dashes), with its singular name for an array whose singular is free."""
-    name = dest.rpartition(".")[2]
-    flags = [f"--{dest.replace('.', '-').replace('_', '-')}"]
-    if name.endswith("s") and name[:-1] not in siblings and "array" in types(prop):
-        flags.append(f"--{dest[:-1].replace('.', '-').replace('_', '-')}")
-    default = "" if prop.get("default") is None else f" (default: {json.dumps(prop['default'])})"
-    settings = {"metavar": name.upper(), **option(dest, prop)}
-    if settings.get("action") is argparse.BooleanOptionalAction:
-        del settings["metavar"]
-    p.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=f"{prop.get('description') or ''}{default}",
-                   **settings)
-
-
-def types(prop: dict) -> dict[str, dict]:
-    """A parameter's JSON schema types (null left out): type name -> its schema."""
-    return {s["type"]: s for s in prop.get("anyOf", [prop]) if s.get("type") not in (None, "null")}
-
-
-def option(name: str, prop: dict) -> dict[str, Any]:
-    """argparse settings for one parameter of JSON schema ``prop``."""
-    kinds = types(prop)
-    if len(kinds) != 1:
-        raise ValueError(f"flow parameter {name!r} has types {sorted(kinds)}; `dode run` takes one type per option")
-    (kind, schema), = kinds.items()
-    if kind == "boolean":
-        return {"action": argparse.BooleanOptionalAction}
-    if kind == "array":
-        return {"nargs": "+", "type": SCALARS[schema.get("items", {}).get("type", "string")]}
-    if kind == "object":
-        return {"nargs": "+", "action": Merge, "metavar": "KEY=VALUE", "type": key_value(schema)}
-    return {"type": SCALARS[kind]}
-
-
-class Merge(argparse.Action):
-    """A mapping option: its items (repeated options too) merged into one dict."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        merged = dict(getattr(namespace, self.dest, None) or {})
-        for items in values:
-            merged.update(items)
-        setattr(namespace, self.dest, merged)
-
-
-def key_value(schema: dict) -> Callable[[str], dict[str, Any]]:
-    """Parse ``KEY=VALUE`` (a list value: comma-separated items) or one JSON object into a dict."""
-    values = schema.get("additionalProperties")
-    values = values if isinstance(values, dict) else {}  # True: any value
-
-    def value(text: str) -> Any:
-        if values.get("type") == "array":
-            return [SCALARS[values.get("items", {}).get("type", "string")](v) for v in text.split(",")]
-        if values.get("type") in SCALARS:
-            return SCALARS[values["type"]](text)
-        try:
-            return load_json(text, "the value")
-        except ValueError:
-            return text
-
-    def parse(text: str) -> dict[str, Any]:
-        try:
-            if text.lstrip().startswith("{"):
-                return dict(load_json(text, "the JSON object"))
-            key, raw = text.split("=", 1)
-            return {key: value(raw)}
-        except ValueError as err:
-            why = f" ({err})" if text.lstrip().startswith("{") else ""
-            raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. heun=3,5,7,9) or a JSON object{why}, "
-                                             f"got {text[:80]!r}") from None
-
-    return parse
 
 
 def run_stage(stage: str, params: dict[str, Any]) -> Any:
@@ -195,19 +102,10 @@ def run_stage(stage: str, params: dict[str, Any]) -> Any:
 
 def nested(options: dict[str, Any], flow: Any) -> dict[str, Any]:
     """Parsed options by dest (``part.field``) as ``flow``'s parameters: its own as they are, the
-    configuration's fields nested under "config", by part."""
+    configuration's fields nested under "config", by part (``dode.cli.options.nest``)."""
     own = set(inspect.signature(flow.fn).parameters) - {CONFIG}
-    out: dict[str, Any] = {CONFIG: {}}
-    for dest, value in options.items():
-        *parts, name = dest.split(".")
-        if dest in own:
-            out[dest] = value
-            continue
-        target = out[CONFIG]
-        for part in parts:
-            target = target.setdefault(part, {})
-        target[name] = value
-    return out
+    return {**{k: v for k, v in options.items() if k in own},
+            CONFIG: nest({k: v for k, v in options.items() if k not in own})}
 
 
 @contextmanager

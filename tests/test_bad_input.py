@@ -124,7 +124,7 @@ def dode(*argv: str) -> tuple[int | str, str, str, int]:
     return rc, out.getvalue(), err.getvalue(), peak
 
 
-SAMPLE = ("sample", "--model", "mixture-smooth", "--nfe", "5", "--n-samples", "4", "--device", "cpu")
+SAMPLE = ("sample", "--model", "mixture-smooth", "--nfe", "5", "--sampling-n-samples", "4", "--device", "cpu")
 FID_CASES = [  # argv ({d}: the data folder), key phrase of the one error
     (("{d}/fake.png", "{d}/ok3.npz"), "is a file, not an image folder or a .npz"),
     (("{d}/notimg", "{d}/good", "--features", "pixels"), "is not a readable image"),
@@ -160,24 +160,26 @@ FID_CASES = [  # argv ({d}: the data folder), key phrase of the one error
     (("--register", "k", "{d}/good", "--features", "pixels", "--registry", "{d}/afile"), "registry"),
 ]
 SAMPLE_CASES = [
-    (("--batch-size", "0"), "batch_size >= 1"),
-    (("--batch-size", "-3"), "batch_size >= 1"),
-    (("--n-samples", "0"), "n_samples >= 1"),
-    (("--n-samples", "-1"), "n_samples >= 1"),
-    (("--n-samples", str(10**12)), "a job has at most 100000"),
-    (("--first-seed", "-1"), "first_seed must be in"),
-    (("--first-seed", str(2**63)), "first_seed must be in"),
+    (("--sampling-batch-size", "0"), "sampling.batch_size: Input should be greater than or equal to 1"),
+    (("--sampling-batch-size", "-3"), "sampling.batch_size: Input should be greater than or equal to 1"),
+    (("--sampling-n-samples", "0"), "sampling.n_samples: Input should be greater than or equal to 1"),
+    (("--sampling-n-samples", "-1"), "sampling.n_samples: Input should be greater than or equal to 1"),
+    (("--sampling-n-samples", str(10**12)), "sampling.n_samples: Input should be less than or equal to 10000000"),
+    (("--sampling-n-samples", "10000000", "--sampling-batch-size", "1"), "a job has at most 100000"),
+    (("--sampling-first-seed", "-1"), "sampling.first_seed: Input should be greater than or equal to 0"),
+    (("--sampling-first-seed", str(2**63)), "sampling.first_seed: Input should be less than or equal to"),
+    (("--sampling-first-seed", str(2**63 - 2)), "first_seed must be in [0, 2**63 - 1 - n_samples]"),
     (("--model", "nope"), "unknown model 'nope'; choose one of"),
     (("--model", "{d}/nowhere"), "no diffusers pipeline folder at"),
     (("--model", "{d}/badunet"), "'in_channels' must be a positive integer, got 'one'"),
-    (("--solver", "rk45"), "unknown solver 'rk45'; choose one of"),
-    (("--nfe", "1000000000"), "nfe must be an integer in 1..100000"),
-    (("--solver", "heun", "--nfe", "1000000"), "nfe must be an integer in 1.."),
-    (("--nfe", "0"), "nfe must be an integer in 1.."),
+    (("--solver", "rk45"), "invalid choice: 'rk45'"),
+    (("--nfe", "1000000000"), "nfe: Input should be less than or equal to 100000"),
+    (("--solver", "heun", "--nfe", "1000000"), "nfe: Input should be less than or equal to 100000"),
+    (("--nfe", "0"), "nfe: Input should be greater than or equal to 1"),
     (("--nfe", "five"), "invalid int value"),
-    (("--grid", "linear"), "invalid choice"),
+    (("--family", "linear"), "invalid choice"),
     (("--shard", "3"), "shard must be in"),
-    (("--num-shards", "0"), "num_shards must be in"),
+    (("--sampling-num-shards", "0"), "sampling.num_shards: Input should be greater than or equal to 1"),
     (("--device", "gpu"), "unknown device 'gpu'"),
     (("--lambdas", "deadbeef"), "no artifact 'deadbeef'"),
     (("--lambdas", "{lam}"), "lambdas"),

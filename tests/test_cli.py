@@ -53,7 +53,8 @@ def fitted(tmp_path_factory):
 
 
 def sample(root, *argv):
-    return main(["sample", "--model", "mixture-smooth", "--n-samples", "3", "--batch-size", "3", "--device", "cpu",
+    return main(["sample", "--model", "mixture-smooth", "--sampling-n-samples", "3", "--sampling-batch-size", "3",
+                 "--device", "cpu",
                  "--registry", str(root), "--quiet", *map(str, argv)])
 
 
@@ -62,7 +63,7 @@ def test_lambdas_imply_solver_nfe_and_grid(fitted, capsys):
     assert sample(root, "--lambdas", with_grid.id[:10]) == 0
     job = reg.get(capsys.readouterr().out.split()[-1]).params["job"]
     assert (job["solver"], job["grid"], job["lambdas_id"]) == ("heun", None, with_grid.id)  # theirs, implied
-    assert sample(root, "--lambdas", with_grid.id, "--solver", "heun", "--nfe", "5", "--grid", "karras") == 0
+    assert sample(root, "--lambdas", with_grid.id, "--solver", "heun", "--nfe", "5", "--family", "karras") == 0
     art = reg.get(capsys.readouterr().out.split()[-1])
     assert art.params["job"]["grid"] == job["grid"] and len(load_samples(reg, art)) == 3  # agreeing: same job
     assert sample(root, "--lambdas", bare.id) == 0
@@ -71,22 +72,22 @@ def test_lambdas_imply_solver_nfe_and_grid(fitted, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--solver", "euler"), "drop --solver euler (they imply heun)"),
-    (("--nfe", "3"), "drop --nfe 3 (they imply 5)"),
-    (("--grid", "time_uniform", "--nfe", "4"), "drop --nfe 4 (they imply 5), --grid time_uniform (they imply karras)"),
+    (("--solver", "euler"), "drop solver euler (they imply heun)"),
+    (("--nfe", "3"), "drop nfe 3 (they imply 5)"),
+    (("--family", "time_uniform", "--nfe", "4"), "drop nfe 4 (they imply 5), family time_uniform (they imply karras)"),
 ])
 def test_conflicting_options_are_one_clear_error(fitted, capsys, extra, message):
     root, reg, with_grid, _ = fitted
     before = {a.id for a in reg.list()}
     assert sample(root, "--lambdas", with_grid.id, *extra) == 2
     err = capsys.readouterr().err
-    assert f"fitted for solver heun, NFE 5 on a karras grid; {message}: --lambdas implies them" in err
+    assert f"fitted for solver heun, NFE 5 on a karras grid; {message}: the lambdas imply them" in err
     assert "Traceback" not in err and {a.id for a in Registry(root).list()} == before
 
 
 def test_sample_without_lambdas_needs_nfe(tmp_path, capsys):
     assert sample(tmp_path / "reg") == 2
-    assert "pass --nfe N (network evaluations per sample), --sigmas S0,...,0, or --lambdas ID" in capsys.readouterr().err
+    assert "give nfe (network calls per sample) or sigmas (an explicit grid), or lambdas" in capsys.readouterr().err
 
 
 def test_sample_on_an_explicit_grid(tmp_path, capsys):
@@ -96,9 +97,12 @@ def test_sample_on_an_explicit_grid(tmp_path, capsys):
     art = Registry(tmp_path / "reg").get(capsys.readouterr().out.strip())
     assert art.params["job"]["grid"]["values"] == [80.0, 5.0, 0.5, 0.05, 0.0]
     assert load_samples(Registry(tmp_path / "reg"), art).shape[0] == 3
-    for bad, message in ((["--sigmas", "80,1,2,0"], "strictly decreasing"), (["--sigmas", "80,x,0"], "comma-separated"),
-                         (["--sigmas", "80,1,0", "--nfe", "2"], "drop --nfe and --grid")):
-        assert sample(tmp_path / "reg", *bad) == 2
+    for bad, message in ((["--sigmas", "80,1,2,0"], "strictly decreasing"), (["--sigmas", "80,x,0"], "invalid float"),
+                         (["--sigmas", "80,1,0", "--nfe", "2"], "sigmas is the whole grid: drop nfe and family")):
+        try:
+            assert sample(tmp_path / "reg", *bad) == 2
+        except SystemExit as exit_:  # argparse's own refusal
+            assert exit_.code == 2
         assert message in capsys.readouterr().err
 
 
@@ -118,3 +122,42 @@ def test_progress_bars_are_off_unless_turned_on_and_on_a_terminal(monkeypatch):
     with progress.bars(False), progress.bar(4, "off") as bar:  # --quiet
         bar.update(4)
     assert "off" not in term.getvalue()
+
+
+def option_names(parser: argparse.ArgumentParser) -> set[str]:
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
+def test_commands_and_stages_share_option_names():
+    # One configuration per command: `dode sample` takes the sample stage's options, by the same names;
+    # `dode gaussian` and `dode distill-pipeline` name their fields as the stages do.
+    from dode.cli.options import config_options
+    from dode.pipeline.runs import SampleRun
+
+    commands = dict(sub_parsers(build_parser()))
+    stage = dict(stage_parsers())["dode run sample"]
+    config = {f"--{dest.replace('.', '-').replace('_', '-')}" for dest, *_ in config_options(SampleRun)}
+    assert config <= option_names(commands["dode sample"]) and config <= option_names(stage)
+    assert {"--family", "--solver", "--n-samples", "--first-seed", "--batch-size"} <= option_names(
+        commands["dode gaussian"])
+    assert {"--family", "--solver", "--nfe", "--teacher-factor", "--fit-correction", "--fit-objective",
+            "--fit-options"} <= option_names(commands["dode distill-pipeline"])
+    assert not {"--grid", "--n", "--n-samples", "--correction"} & option_names(commands["dode sample"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["distill", "--fit-objective", "final", "--fit-options", '{"learn_sigmas": "false"}'],
+     "fit.options: objective 'final': learn_sigmas: Input should be a valid boolean"),
+    (["distill", "--fit-objective", "final", "--fit-options", "iterations=1.5"],
+     "iterations: Input should be a valid integer"),
+    (["pipeline", "--variants", '{"v": {"objective": "final", "options": {"activation_checkpointing": "no"}}}'],
+     "variants.v.options: objective 'final': activation_checkpointing: Input should be a valid boolean"),
+    (["distill", "--nfe", "100000", "--teacher-factor", "1000"], "100000000 steps, above the bound of 100,000"),
+    (["distill", "--nfe", "50", "--teacher-n-samples", "100000"], "states in memory, above the bound of 2,000,000"),
+])
+def test_a_wrongly_typed_or_over_budget_run_is_refused_before_any_flow(argv, message, tmp_path, capsys):
+    registry = tmp_path / "registry"
+    assert main(["run", *argv, "--registry", str(registry)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not registry.exists() and list(tmp_path.iterdir()) == []  # nothing written

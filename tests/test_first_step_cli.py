@@ -29,7 +29,7 @@ def run(capsys, *argv):
 @pytest.fixture
 def gaussian(tmp_path, capsys):
     reg = tmp_path / "reg"
-    code, out, err = run(capsys, "gaussian", "--model", "mixture-smooth", "--n", "300", "--steps", "8",
+    code, out, err = run(capsys, "gaussian", "--model", "mixture-smooth", "--n-samples", "300", "--steps", "8",
                          "--registry", str(reg))
     assert code == 0, err
     return Registry(reg), out
@@ -42,7 +42,8 @@ def test_gaussian_artifact_is_the_models_own_and_samples_with_three_calls(gaussi
     assert gauss.model == model.fingerprint and gauss.source["n"] == 300 and gauss.rank == 64
     assert reg.get(gid).params["model_fingerprint"] == model.fingerprint
     code, out, err = run(capsys, "sample", "--model", "mixture-smooth", "--solver", "dpmpp_2m", "--nfe", "3",
-                         "--first-step", "analytic", "--gaussian", gid[:10], "--n-samples", "16", "--batch-size", "16",
+                         "--first-step", "analytic", "--gaussian", gid[:10], "--sampling-n-samples", "16",
+                         "--sampling-batch-size", "16",
                          "--registry", reg.uri, "--quiet")
     assert code == 0, err
     art = reg.get(out)
@@ -62,20 +63,20 @@ def test_lambdas_imply_their_first_step(gaussian, capsys):
     lam = dode.distill(model.denoiser, noise, sigmas, "euler", fit={"guard": False}, first=first)
     art = save_lambdas(reg, lam, "cli/first", params={"grid": GridSpec.explicit(lam.sigmas).to_dict()})
     code, out, err = run(capsys, "sample", "--model", "mixture-smooth", "--lambdas", art.id, "--nfe", "2",
-                         "--n-samples", "8", "--batch-size", "8", "--registry", reg.uri, "--quiet")
+                         "--sampling-n-samples", "8", "--sampling-batch-size", "8", "--registry", reg.uri, "--quiet")
     assert code == 0, err
     assert reg.get(out).params["job"]["lambdas_id"] == art.id
     code, _, err = run(capsys, "sample", "--model", "mixture-smooth", "--lambdas", art.id, "--nfe", "3",
                        "--registry", reg.uri)
-    assert code == 2 and "--nfe 3 (they imply 2)" in err
+    assert code == 2 and "drop nfe 3 (they imply 2)" in err
     code, _, err = run(capsys, "sample", "--model", "mixture-smooth", "--lambdas", art.id, "--gaussian", gid,
                        "--registry", reg.uri)
-    assert code == 2 and "--gaussian" in err
+    assert code == 2 and "drop sigmas and gaussian" in err
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--first-step", "analytic"], "needs --gaussian"),
-    (["--gaussian", "abc"], "needs --first-step"),
+    (["--first-step", "analytic"], "needs a gaussian artifact id"),
+    (["--gaussian", "abc"], "and only it takes one"),
     (["--first-step", "teleport", "--gaussian", "abc"], "invalid choice"),
 ])
 def test_first_step_options_are_checked(tmp_path, capsys, argv, message):
@@ -90,5 +91,6 @@ def test_a_gaussian_of_another_model_is_refused(gaussian, capsys):
         load_gaussian(reg, gid, model="0" * 64)
     assert load_gaussian(reg, gid, model="0" * 64, allow_other_model=True).dim == 64
     code, _, err = run(capsys, "sample", "--model", "mixture-digits", "--solver", "euler", "--nfe", "3",
-                       "--first-step", "analytic", "--gaussian", gid, "--n-samples", "4", "--registry", reg.uri)
+                       "--first-step", "analytic", "--gaussian", gid, "--sampling-n-samples", "4",
+                       "--registry", reg.uri)
     assert code == 2 and "approximates model" in err

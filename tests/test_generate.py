@@ -167,7 +167,7 @@ def test_bad_jobs_are_one_clear_error(registry):
 
 
 def test_sample_cli_prints_the_id_and_exports_png(tmp_path, registry):
-    argv = ["sample", "--model", "mixture-smooth", "--nfe", "5", "--n-samples", N, "--batch-size", 4,
+    argv = ["sample", "--model", "mixture-smooth", "--nfe", "5", "--sampling-n-samples", N, "--sampling-batch-size", 4,
             "--registry", registry.uri, "--png-dir", tmp_path / "png", "--device", "cpu"]
     out, err = io.StringIO(), io.StringIO()
     only_scoring = {name: mod for name, mod in COMMANDS.items() if mod == "dode.cli.scoring"}

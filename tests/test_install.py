@@ -80,8 +80,8 @@ def test_installed_dode_samples_and_runs_a_stage_outside_the_checkout(installed,
     demo = run([sys.executable, "-c", show_model], work, env)
     assert demo.split() == ["digits-ddpm"]  # the deployments' prefect.yaml travels in the wheel
 
-    sampled = run([*dode, "sample", "--model", "digits-ddpm", "--solver", "euler", "--nfe", "3", "--n-samples", "8",
-                   "--batch-size", "8", "--quiet"], work, env)
+    sampled = run([*dode, "sample", "--model", "digits-ddpm", "--solver", "euler", "--nfe", "3",
+                   "--sampling-n-samples", "8", "--sampling-batch-size", "8", "--quiet"], work, env)
     run([*dode, "run", "teacher", "--model", "mixture-smooth", "--steps", "2", "--teacher-factor", "2",
          "--teacher-n-samples", "8"], work, env)
     kinds = {a.kind for a in Registry(work / "dode-registry").list()}

@@ -97,14 +97,14 @@ def test_a_job_with_lambdas_samples_on_their_grid_and_refuses_another(mixture, g
 def test_cli_sample_with_learned_lambdas_uses_their_grid(mixture, grids, registry, capsys):
     lam = learned_lambdas(grids)
     art = save_lambdas(registry, lam, "final/euler/karras-4", params={"grid": START.to_dict()})
-    argv = ["sample", "--model", "mixture-smooth", "--n-samples", "3", "--batch-size", "3", "--device", "cpu",
+    argv = ["sample", "--model", "mixture-smooth", "--sampling-n-samples", "3", "--sampling-batch-size", "3", "--device", "cpu",
             "--registry", registry.uri, "--quiet", "--lambdas", art.id[:12]]
     assert main(argv) == 0
     samples = registry.get(capsys.readouterr().out.split()[-1])
     expected = generate_batch(mixture.denoiser, grids[1], "euler", lam, range(3), mixture.shape)
     assert np.array_equal(load_samples(registry, samples), to_uint8(expected))
     assert main([*argv, "--sigmas", ",".join(map(str, grids[0].tolist()))]) == 2
-    assert "--sigmas (they imply their grid)" in capsys.readouterr().err
+    assert "drop sigmas and gaussian when sampling with lambdas" in capsys.readouterr().err
 
 
 def test_scheduler_takes_the_lambdas_grid_and_refuses_another():

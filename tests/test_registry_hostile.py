@@ -153,8 +153,8 @@ def test_sample_png_dir_keeps_other_pngs_without_force(tmp_path, capsys):
     png = tmp_path / "png"
     png.mkdir()
     (png / "000001.png").write_bytes(b"mine")
-    argv = ["sample", "--model", "gaussian", "--nfe", "2", "--n-samples", "2", "--batch-size", "2", "--quiet",
-            "--registry", tmp_path / "registry", "--png-dir", png]
+    argv = ["sample", "--model", "gaussian", "--nfe", "2", "--sampling-n-samples", "2", "--sampling-batch-size", "2",
+            "--quiet", "--registry", tmp_path / "registry", "--png-dir", png]
     rc, _, err = run_cli(capsys, *argv)
     assert rc == 2 and "--force" in err and (png / "000001.png").read_bytes() == b"mine"
     assert run_cli(capsys, *argv, "--force")[0] == 0 and (png / "000001.png").read_bytes()[:4] == b"\x89PNG"
@@ -301,15 +301,16 @@ def test_a_model_returning_nan_is_one_line_and_exit_2(tmp_path, capsys, monkeypa
     gaussian = MODELS["gaussian"]
     monkeypatch.setitem(MODELS, "gaussian", lambda device: replace(
         gaussian(device), denoiser=lambda x, sigma: torch.full_like(x, math.nan)))
-    rc, out, err = run_cli(capsys, "sample", "--model", "gaussian", "--nfe", "2", "--n-samples", "2", "--quiet",
-                           "--registry", tmp_path / "registry")
+    rc, out, err = run_cli(capsys, "sample", "--model", "gaussian", "--nfe", "2", "--sampling-n-samples", "2",
+                           "--quiet", "--registry", tmp_path / "registry")
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and out == ""
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--fit-objective", "final", "--fit-options", "iterations=-1"], "iterations must be an integer >= 0"),
-    (["--fit-objective", "final", "--fit-options", "lr_lambdas=nan"], "lr_lambdas must be a positive number"),
-    (["--fit-objective", "final", "--fit-options", "init=best"], "unknown init 'best'"),
+    (["--fit-objective", "final", "--fit-options", "iterations=-1"], "iterations: Input should be greater than or equal"),
+    (["--fit-objective", "final", "--fit-options", "lr_lambdas=nan"], "lr_lambdas: Input should be a valid number"),
+    (["--fit-objective", "final", "--fit-options", "lr_lambdas=NaN"], "lr_lambdas: Input should be a finite number"),
+    (["--fit-objective", "final", "--fit-options", "init=best"], "init: Input should be 'timesteps', 'zero' or"),
     (["--fit-objective", "step", "--fit-options", "iterations=3"], "has no option(s) ['iterations']"),
     (["--teacher-first-seed", "-1"], "teacher.first_seed: Input should be greater than or equal to 0"),
 ])

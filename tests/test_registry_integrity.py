@@ -341,8 +341,8 @@ def test_lambdas_fitted_on_another_model_are_refused_unless_overridden(tmp_path,
         load_lambdas(reg, other.id, model=gaussian.fingerprint)
     assert load_lambdas(reg, other.id, model=gaussian.fingerprint, allow_other_model=True).values == (0.1, 0.0, -0.1)
     assert load_lambdas(reg, own.id, model=gaussian.fingerprint).model == gaussian.fingerprint
-    argv = ["sample", "--model", "gaussian", "--nfe", "3", "--n-samples", "2", "--batch-size", "2", "--device", "cpu",
-            "--registry", reg.uri, "--lambdas", other.id[:10]]
+    argv = ["sample", "--model", "gaussian", "--nfe", "3", "--sampling-n-samples", "2", "--sampling-batch-size", "2",
+            "--device", "cpu", "--registry", reg.uri, "--lambdas", other.id[:10]]
     before = snapshot(tmp_path / "registry")
     rc, _, err = run_cli(capsys, *argv)
     assert rc == 2 and "fitted on model" in err and "--allow-other-model" in err and "Traceback" not in err
@@ -491,7 +491,7 @@ def test_malformed_lambdas_in_a_sound_artifact_are_one_clear_error(content, tmp_
     with pytest.raises(ValueError, match="lambdas|JSON|utf-8"):
         load_lambdas(reg, art.id)
     before = snapshot(tmp_path / "registry")
-    rc, _, err = run_cli(capsys, "sample", "--model", "gaussian", "--nfe", "1", "--n-samples", "2", "--device", "cpu",
+    rc, _, err = run_cli(capsys, "sample", "--model", "gaussian", "--nfe", "1", "--sampling-n-samples", "2", "--device", "cpu",
                          "--lambdas", art.id, "--registry", tmp_path / "registry")
     assert rc == 2 and "Traceback" not in err and err.count("\n") == 1, err
     after = snapshot(tmp_path / "registry")

@@ -9,6 +9,7 @@ import pytest
 
 from dode.common.config import build
 from dode.core.grids import GridSpec
+from dode.distillation.config import STUDENT_SOLVER
 from dode.metrics.reference import reference_images
 from dode.metrics.scores import METRICS, auto_metrics, resolve_metrics, rmse
 from dode.models import load_model
@@ -88,19 +89,28 @@ def test_each_cell_is_compared_with_its_own_teacher():
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"model": "sd-turbo"}, "model: unknown model 'sd-turbo'"),
-    ({"teacher": {"solver": "rk4"}}, "teacher: unknown solver 'rk4'"),
+    ({"teacher": {"solver": "rk4"}}, "teacher.solver: Input should be 'euler', 'heun'"),
+    ({"teacher": {"factor": True}}, "teacher.factor: Input should be a valid integer"),  # a YAML `factor: yes`
+    ({"teacher": {"factor": 2.0}}, "teacher.factor: Input should be a valid integer"),
+    ({"fit": {"guard": "false"}}, "fit.guard: Input should be a valid boolean"),
+    ({"nfes": [3, True]}, "nfes.1: Input should be a valid integer"),
     ({"teacher": {"factor": 0}}, "teacher.factor: Input should be greater than or equal to 1"),
     ({"fit": {"correction": "both"}}, "fit.correction: Input should be 'data' or 'noise'"),
-    ({"fit": {"objective": "adamw"}}, "fit: unknown objective 'adamw'"),
-    ({"fit": {"options": {"learn_sigmas": True}}}, r"fit: objective 'step' has no option\(s\) \['learn_sigmas'\]"),
-    ({"fit": {"objective": "final", "options": {"iterations": -1}}}, "iterations must be an integer >= 0, got -1"),
+    ({"fit": {"objective": "adamw"}}, "fit.objective: Input should be 'step' or 'final'"),
+    ({"fit": {"options": {"learn_sigmas": True}}}, r"fit.options: objective 'step' has no option\(s\) \['learn_sigmas'\]"),
+    ({"fit": {"objective": "final", "options": {"iterations": -1}}}, "iterations: Input should be greater than or equal to 0"),
+    ({"fit": {"objective": "final", "options": {"learn_sigmas": "false"}}}, "learn_sigmas: Input should be a valid boolean"),
+    ({"variants": {"v": {"objective": "final", "options": {"activation_checkpointing": "no"}}}},
+     "variants.v.options: objective 'final': activation_checkpointing: Input should be a valid boolean"),
     ({"variants": {"fast": {"objective": "final", "options": {"iters": 3}}}}, r"no option\(s\) \['iters'\]"),
-    ({"variants": {"fast": {"options": {}}}}, "must be a mapping with 'objective'"),
+    ({"variants": {"fast": {"options": {}}}}, "variants.fast.objective: Field required"),
     ({"variants": {"base": {"objective": "final"}}}, "variant name 'base' is taken"),
     ({"teacher": {"alignment": "roughly"}}, "teacher.alignment: Input should be 'exact' or 'official'"),
     ({"teacher": {"alignment": "official"}, "solvers": ["euler", "dpmpp_2m"]}, r"use alignment=exact for \['dpmpp_2m'\]"),
     ({"teacher": {"alignment": "official", "solver": "dpmpp_2m"}}, "official alignment uses the reference code's Euler"),
-    ({"variants": {"v": {"objective": "final", "solvers": ["rk4"]}}}, "unknown solver 'rk4'"),
+    ({"variants": {"v": {"objective": "final", "solvers": ["rk4"]}}}, "variants.v.solvers.0: Input should be 'euler'"),
+    ({"nfes": [100_000], "teacher": {"factor": 1000}}, "above the bound of 100,000; lower the steps"),
+    ({"nfes": [10], "teacher": {"n_samples": 1_000_000}}, "states in memory, above the bound of 2,000,000"),
     ({"fit": {"holdout": 1.0}}, "fit.holdout: Input should be less than 1"),
     ({"scoring": {"metrics": ["fid", "lpips"]}}, r"scoring: unknown metric\(s\) \['lpips'\]"),
     ({"solvers": ["heun"], "nfes": [4]}, "heun makes odd NFEs only"),
@@ -120,11 +130,16 @@ def test_official_alignment_defaults_its_teacher_to_euler():
 
 def test_sample_and_score_configurations_catch_contradictions():
     sample = {"model": "gaussian", "sampling": {"n_samples": 4, "batch_size": 2}}
-    with pytest.raises(ValueError, match="give solver and nfe"):
+    with pytest.raises(ValueError, match="give nfe"):
         build(SampleRun, sample)
-    with pytest.raises(ValueError, match="drop solver/nfe"):
-        build(SampleRun, {**sample, "lambdas": "abc", "solver": "euler"})
+    with pytest.raises(ValueError, match="drop sigmas and gaussian"):
+        build(SampleRun, {**sample, "lambdas": "abc", "gaussian": "def"})
+    with pytest.raises(ValueError, match="sigmas is the whole grid: drop nfe and family"):
+        build(SampleRun, {**sample, "sigmas": [80, 1, 0], "nfe": 2})
+    with pytest.raises(ValueError, match="needs a gaussian artifact id"):
+        build(SampleRun, {**sample, "nfe": 3, "first_step": "analytic"})
     assert build(SampleRun, {**sample, "solver": "euler", "nfe": 3}).sampling.batch_size == 2
+    assert build(SampleRun, {**sample, "nfe": 3}).job(None).solver == STUDENT_SOLVER  # the one default
     with pytest.raises(ValueError, match="not both"):
         build(ScoreRun, {"model": "gaussian", "samples": ["a"], "lambdas": ["b"]})
 

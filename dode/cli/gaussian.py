@@ -5,52 +5,45 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dode.core.grids import FAMILIES
-from dode.distillation.first_step import SAMPLES, SOLVER, STEPS
+from dode.cli.options import add_config_options, config_mapping
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    from dode.distillation.first_step import GaussianRun
+
     p = sub.add_parser(
         name, help="fit a Gaussian of a model's distribution (the analytic first step's) and register it",
         description="Fits mean and covariance (top-k eigenpairs plus an isotropic rest above 4,096 dimensions) to "
         "the model's own many-step samples, or to data, and registers it as a 'gaussian' artifact with lineage to "
-        "the model. Prints its id: pass it as `dode sample --first-step analytic --gaussian ID` or to the flows.")
-    p.add_argument("--model", required=True, help="registered model name or diffusers folder")
-    p.add_argument("--data", default=None, metavar="PATH",
-                   help="fit to data instead: a .npy of uint8 images (N, C, H, W) or 'reference' for the model's "
-                        "built-in reference data (e.g. the bundled digits)")
-    p.add_argument("--n", type=int, default=SAMPLES, help="model samples to fit to (default %(default)s)")
-    p.add_argument("--steps", type=int, default=STEPS, help="grid steps of the sampler (default %(default)s)")
-    p.add_argument("--solver", default=SOLVER, help="sampler of the model samples (default %(default)s)")
-    p.add_argument("--grid", default="karras", choices=FAMILIES[:-1], help="grid family (default %(default)s)")
-    p.add_argument("--first-seed", type=int, default=0, help="seed of the first model sample (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default %(default)s)")
-    p.add_argument("--rank", type=int, default=None,
-                   help="eigenpairs kept (default: all up to 4,096 dimensions, else 64)")
+        "the model. The options are its configuration (dode.distillation.first_step.GaussianRun). Prints its id: "
+        "pass it as `dode sample --first-step analytic --gaussian ID` or to the flows.")
+    add_config_options(p, GaussianRun)
     p.add_argument("--registry", default=None, metavar="URI", help="registry path or URL (default $DODE_REGISTRY)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dode.common import progress
+    from dode.common.config import build
     from dode.common.images import to_model
-    from dode.distillation.first_step import from_data, from_model
+    from dode.distillation.first_step import GaussianRun, from_data, from_model
     from dode.models import load_model
     from dode.store.gaussians import save_gaussian
     from dode.store.location import registry_location
     from dode.store.registry import Registry
 
+    config = build(GaussianRun, config_mapping(args, GaussianRun))
     registry = Registry(registry_location(args.registry))
     registry.check_writable()
-    model = load_model(args.model)
-    if args.data is None:
+    model = load_model(config.model)
+    if config.data is None:
         with progress.bars():  # a bar on a terminal, a line per 5 % in a log
-            gauss = from_model(model, args.n, steps=args.steps, solver=args.solver, first_seed=args.first_seed,
-                               batch_size=args.batch_size, rank=args.rank, family=args.grid)
-        key = f"{model.name}/gaussian/model-{args.solver}-{args.grid}{args.steps}-n{args.n}-seed{args.first_seed}"
+            gauss = from_model(model, config)
+        key = (f"{model.name}/gaussian/model-{config.solver}-{config.family}{config.steps}-n{config.n_samples}"
+               f"-seed{config.first_seed}")
     else:
-        images, source = data_images(model, args.data)
-        gauss = from_data(to_model(images), model, rank=args.rank, source={"data": source})
+        images, source = data_images(model, config.data)
+        gauss = from_data(to_model(images), model, rank=config.rank, source={"data": source})
         key = f"{model.name}/gaussian/data-{source}"
     parents = [a.id for a in registry.find("model", fingerprint=model.fingerprint)[:1]]
     art = save_gaussian(registry, gauss, key, parents, {"model": model.name, **gauss.source})

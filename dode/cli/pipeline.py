@@ -10,42 +10,28 @@ import argparse
 import hashlib
 from pathlib import Path
 
+from dode.cli.options import add_config_options, config_mapping
 from dode.common import progress
-from dode.core.grids import FAMILIES
-from dode.core.solvers import SOLVERS
-from dode.distillation.config import FitConfig
-from dode.distillation.teacher import TeacherConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
+    from dode.integrations.diffusers.distill import PipelineDistillConfig
+
     p = subparsers.add_parser(
         name,
         help="fit D-ODE lambdas for a text-to-image diffusers pipeline (classifier-free guidance included)",
         description="Distil one lambda per network evaluation for a Stable Diffusion (1.x/2.x or SDXL) "
         "pipeline over a file of prompts; register them and/or write a DODEScheduler folder, which also "
-        "serves the img2img and inpainting pipelines on the same components.",
+        "serves the img2img and inpainting pipelines on the same components. The options are its configuration "
+        "(dode.integrations.diffusers.distill.PipelineDistillConfig).",
     )
     p.add_argument(
         "model", metavar="PATH_OR_ID", help="diffusers pipeline folder (save_pretrained) or hub id"
     )
-    p.add_argument("--solver", default="euler", choices=sorted(SOLVERS), help="base solver (default %(default)s)")
-    p.add_argument("--nfe", type=int, required=True, help="network evaluations of the student (heun: odd)")
     p.add_argument(
         "--prompts", type=Path, required=True, metavar="FILE", help="text file, one prompt per line"
     )
-    p.add_argument(
-        "--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale (<= 1: off)"
-    )
-    p.add_argument(
-        "--negative-prompt", default=None, help="unconditional branch text (default: empty prompt)"
-    )
-    p.add_argument("--grid", default="karras", choices=FAMILIES, help="student grid family (default %(default)s)")
-    p.add_argument("--teacher-factor", type=int, default=None,
-                   help=f"teacher steps per student step (default {TeacherConfig().factor})")
-    p.add_argument("--samples-per-prompt", type=int, default=4, help="seeded latents per prompt to fit on")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first latent (default %(default)s)")
-    p.add_argument("--correction", default=None, choices=("data", "noise"),
-                   help=f"D-ODE correction flavour (default {FitConfig().correction})")
+    add_config_options(p, PipelineDistillConfig)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument(
         "--registry", default=None, metavar="URI", help="registry (default: $DODE_REGISTRY or ./dode-registry)"
@@ -83,7 +69,8 @@ def load_pipeline(path_or_id: str, device: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from dode.core.grids import GridSpec
+    from dode.common.config import build
+    from dode.integrations.diffusers.distill import PipelineDistillConfig, distill_pipeline
     from dode.integrations.diffusers.scheduler import DODEScheduler
     from dode.store.lambdas import save_lambdas
     from dode.store.location import registry_location
@@ -91,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.no_register and args.out is None:
         raise ValueError("--no-register without --out would throw the lambdas away; pass --out DIR")
+    config = build(PipelineDistillConfig, config_mapping(args, PipelineDistillConfig))
     prompts = read_prompts(args.prompts)
-    grid = GridSpec.for_nfe(args.grid, args.solver, args.nfe)
     registry = None if args.no_register else Registry(registry_location(args.registry))
     if registry is not None:
         registry.check_writable()  # fail before the distillation, not after
@@ -100,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Distil on the pipeline's own guided denoiser.
     with progress.bars(not args.quiet):
-        lam = distill_lambdas(pipe, prompts, args)
+        lam = distill_pipeline(pipe, prompts, config)
     print(f"lambdas ({lam.solver}, {lam.nfe} evaluations): {', '.join(f'{v:+.4f}' for v in lam.values)}")
     print(guard_line(lam.guard))
 
@@ -109,16 +96,16 @@ def run(args: argparse.Namespace) -> int:
     if registry is not None:
         params = {
             "model": args.model,
-            "grid": grid.to_dict(),
-            "guidance_scale": args.guidance_scale,
-            "negative_prompt": args.negative_prompt,
+            "grid": config.grid.to_dict(),
+            "guidance_scale": config.guidance_scale,
+            "negative_prompt": config.negative_prompt,
             "n_prompts": len(prompts),
             "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
-            "samples_per_prompt": args.samples_per_prompt,
+            "samples_per_prompt": config.samples_per_prompt,
             "teacher": lam.teacher,
-            "seed": args.seed,
+            "seed": config.seed,
         }
-        art = save_lambdas(registry, lam, f"pipeline/{args.model}/{args.solver}/nfe{args.nfe}", params=params)
+        art = save_lambdas(registry, lam, f"pipeline/{args.model}/{config.solver}/nfe{config.nfe}", params=params)
         artifact_id = art.id
         print(f"registered lambdas {art.id}")
     if args.out is not None:
@@ -139,27 +126,3 @@ def guard_line(guard: dict | None) -> str:
     kept = f"kept {guard['chosen']}" + (" (not the fit: not clearly better)" if guard.get("changed") else "")
     return (f"guard: {kept}; held-out mse on {guard['split']['guard']} samples: {scores}"
             + (f"; Frechet distance: {fd}" if fd else ""))
-
-
-def distill_lambdas(pipe, prompts: list[str], args: argparse.Namespace):
-    """``dode.integrations.diffusers.distill.distill_pipeline`` with the command line's settings."""
-    from dode.integrations.diffusers.distill import distill_pipeline
-
-    return distill_pipeline(
-        pipe,
-        prompts,
-        solver=args.solver,
-        nfe=args.nfe,
-        grid=args.grid,
-        guidance_scale=args.guidance_scale,
-        negative_prompt=args.negative_prompt,
-        samples_per_prompt=args.samples_per_prompt,
-        seed=args.seed,
-        teacher=given(factor=args.teacher_factor),
-        fit=given(correction=args.correction),
-    )
-
-
-def given(**options: object) -> dict[str, object]:
-    """The options given on the command line (the others take the configuration's defaults)."""
-    return {k: v for k, v in options.items() if v is not None}

@@ -1,12 +1,23 @@
 """The frozen-configuration base: configurations are validated by constructing them, and bad input becomes one
-ValueError naming each bad field (``build``)."""
+ValueError naming each bad field (``build``). Booleans and integers are strict (``Flag``, ``Int``, ``Count``):
+"false", "no" or 1 are not a boolean, 1.0 or true not an integer (a YAML ``factor: yes`` is refused, not 1);
+numbers (``Number``) take integers and floats, finite."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+)
 
 C = TypeVar("C", bound=BaseModel)
 MAX_SAMPLES = 10_000_000  # far beyond any run here; protects against typos
@@ -44,4 +55,7 @@ def checked(check: Any) -> Any:
     return AfterValidator(run)
 
 
-Count = Annotated[int, Field(ge=1, le=MAX_SAMPLES)]
+Flag = StrictBool  # True or False only
+Int = StrictInt  # an int, never a bool, a float or a string
+Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # an int or a float, finite; never a bool or a string
+Count = Annotated[StrictInt, Field(ge=1, le=MAX_SAMPLES)]

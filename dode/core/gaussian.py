@@ -32,7 +32,8 @@ FULL_RANK_MAX_DIM = 4096  # up to this many dimensions the covariance is kept wh
 DEFAULT_RANK = 64  # eigenpairs kept beyond that
 MAX_GAUSSIAN_JSON_BYTES = 256 << 20  # a Gaussian's JSON: d = 370,000 dimensions at rank 64
 ORTHONORMAL_TOL = 1e-6  # |B^T B z - z| / |z| for a probe z: fitted bases reach 1e-12
-FIRST_STEPS: tuple[str, ...] = ("network", "analytic", "flowmap")  # how the first evaluation at sigma_max is made
+NETWORK = "network"  # the first evaluation at sigma_max made by the network (no Gaussian)
+FIRST_STEPS: tuple[str, ...] = (NETWORK, "analytic", "flowmap")  # how the first evaluation at sigma_max is made
 
 
 def _encode(t: Tensor) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from dode.core.gaussian import FIRST_STEPS
+from dode.core.gaussian import FIRST_STEPS, NETWORK
 from dode.core.schedules import VP_SPACINGS, check_sigmas, karras_sigmas, vp_sigmas
 from dode.core.solvers import get_solver
 from dode.core.types import Denoiser, Tensor
@@ -73,7 +73,7 @@ class GridSpec:
         raise ValueError(f"solver {solver!r} cannot make exactly {nfe} evaluations; valid NFEs near it: {near}")
 
     @classmethod
-    def for_calls(cls, family: str, solver: str, calls: int, first_step: str = "network", **kw: float) -> GridSpec:
+    def for_calls(cls, family: str, solver: str, calls: int, first_step: str = NETWORK, **kw: float) -> GridSpec:
         """The grid on which ``solver`` makes exactly ``calls`` network calls with ``first_step``: ``for_nfe``
         for the network's; one evaluation more for ``analytic`` (the Gaussian answers the first); one grid
         step more for ``flowmap`` (the Gaussian's flow map takes it)."""

@@ -10,7 +10,7 @@ from dode.core.correction import CORRECTIONS, Lambdas, corrected_denoised, corre
 from dode.core.fitted import check_sampler, fitted_grid, implied_first, implied_grid
 from dode.core.gaussian import FirstStep
 from dode.core.schedules import check_sigmas
-from dode.core.solvers import Solver, get_solver
+from dode.core.solvers import DEFAULT_SOLVER, Solver, get_solver
 from dode.core.types import Denoiser, Evaluation, SolverState, Tensor
 
 Update = Callable[[float], SolverState]  # the solver update after evaluation k, as a function of lambda_k
@@ -152,7 +152,7 @@ def sample(
     if lambdas is None:
         if sigmas is None:
             raise ValueError("pass sigmas (the grid to sample on), or lambdas (which imply the grid they were fitted on)")
-        return integrate(denoiser, noise, sigmas, solver or "euler", lambda k, update: 0.0,
+        return integrate(denoiser, noise, sigmas, solver or DEFAULT_SOLVER, lambda k, update: 0.0,
                          correction=correction or "data", on_state=on_state, first=first)
     solver, correction = solver or lambdas.solver, correction or lambdas.correction
     check_sampler(lambdas, solver, correction)

@@ -19,9 +19,9 @@ from dode.core.correction import Lambdas
 from dode.core.gaussian import FirstStep
 from dode.core.sampling import prepare
 from dode.core.types import Denoiser, Tensor
-from dode.distillation.config import FitConfig
+from dode.distillation.config import STUDENT_SOLVER, FitConfig
 from dode.distillation.guard import Features, candidates, select
-from dode.distillation.objectives import SELECTING, FitProblem, FitResult, get_objective
+from dode.distillation.objectives import SELECTING, FitProblem, FitResult, run_objective
 from dode.distillation.teacher import TeacherConfig, teacher_states
 
 
@@ -29,7 +29,7 @@ def distill(
     denoiser: Denoiser,
     noise: Tensor,
     sigmas: Tensor,
-    solver: str = "euler",
+    solver: str = STUDENT_SOLVER,
     teacher: TeacherConfig | Mapping[str, Any] | None = None,
     fit: FitConfig | Mapping[str, Any] | None = None,
     *,
@@ -140,8 +140,8 @@ def fit_split(problem: FitProblem, teacher: dict, fit: FitConfig) -> tuple[FitRe
     split (the objective never receives it: fitted on the fit split, selecting on the selection split) and what
     the lambdas record about the fit."""
     unguarded = replace(problem, heldout_noise=problem.heldout_noise[:0], heldout_final=problem.heldout_final[:0])
-    result = get_objective(fit.objective)(unguarded, **fit.options)
+    result = run_objective(fit.objective, unguarded, fit.options)
     record = {"teacher": teacher, "n_fit": len(problem.noise), "objective": fit.objective,
-              "options": dict(fit.options), "fit": result.info,
+              "options": fit.options.model_dump(), "fit": result.info,
               "first_step": problem.first.to_dict() if problem.first is not None else {}}
     return result, record

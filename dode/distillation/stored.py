@@ -17,7 +17,7 @@ from dode.core.correction import Lambdas
 from dode.core.gaussian import FirstStep
 from dode.core.sampling import prepare
 from dode.core.types import Denoiser, Tensor
-from dode.distillation.config import FitConfig
+from dode.distillation.config import STUDENT_SOLVER, FitConfig
 from dode.distillation.fit import checked_targets, guarded_fit, split_problem
 from dode.distillation.guard import Features
 from dode.distillation.teacher import student_targets
@@ -28,7 +28,7 @@ def distill_from_states(
     noise: Tensor,
     sigmas: Tensor,
     states: Mapping[int, Tensor],
-    solver: str = "euler",
+    solver: str = STUDENT_SOLVER,
     *,
     teacher: Mapping[str, Any] | None = None,
     fit: FitConfig | Mapping[str, Any] | None = None,

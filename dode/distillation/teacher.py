@@ -20,15 +20,17 @@ import torch
 from pydantic import Field, model_validator
 
 from dode.common import progress
-from dode.common.config import Config, Count
-from dode.core.gaussian import FirstStep
-from dode.core.rng import MAX_SEED, seeded_noise
+from dode.common.config import Count, Int
+from dode.core.gaussian import NETWORK, FirstStep
+from dode.core.rng import seeded_noise
 from dode.core.sampling import prepare, sample
 from dode.core.schedules import is_karras, karras_sigmas, refine, vp_sigmas
 from dode.core.solvers import SOLVERS, get_solver
 from dode.core.types import Denoiser, Evaluation, Tensor
-from dode.distillation.config import Seed
+from dode.distillation.config import Seed, SeededBatches, Solver
 
+MAX_TEACHER_STEPS = 100_000  # teacher grid steps (student steps x factor): far beyond any fit here
+MAX_HELD_STATES = 2_000_000  # teacher states a fit holds in memory (samples x student grid points)
 StateSink = Callable[[int, Tensor, "Tensor | None"], None]  # (teacher grid index, state, raw D at that state)
 
 
@@ -41,15 +43,15 @@ def student_targets(solver: str, steps: int, first: FirstStep | None = None) -> 
     return tuple(skip + solver_.out_index(k, steps - skip) for k in range(solver_.nfe(steps - skip)))
 
 
-class TeacherConfig(Config):
+class TeacherConfig(SeededBatches):
     """How the distillation targets are made: the teacher ``solver`` on the ``factor``-fold refined student
     grid (``exact`` alignment) or the reference code's Euler teacher (``official``; its solver defaults to
     euler there and may be nothing else), run from ``n_samples`` seeded noises from ``first_seed`` on, in
     batches of ``batch_size``. One teacher serves every student of a grid, so its solver is fixed
     independently of the students: ``dpmpp_2m`` (2nd order, one evaluation per step) by default."""
 
-    solver: str = Field("dpmpp_2m", description="teacher solver (official alignment: euler)")
-    factor: int = Field(10, ge=1, le=1000, description="teacher steps per student step")
+    solver: Solver = Field("dpmpp_2m", description="teacher solver (official alignment: euler)")
+    factor: Int = Field(10, ge=1, le=1000, description="teacher steps per student step")
     alignment: Literal["exact", "official"] = Field(
         "exact", description="teacher targets: exact (the refined student grid) or official (the reference code's)")
     n_samples: Count = Field(256, description="teacher/distillation samples")
@@ -65,12 +67,29 @@ class TeacherConfig(Config):
 
     @model_validator(mode="after")
     def _check(self) -> TeacherConfig:
-        get_solver(self.solver)
         if self.alignment == "official" and self.solver != "euler":
             raise ValueError("official alignment uses the reference code's Euler teacher; drop the teacher solver")
-        if self.first_seed > MAX_SEED - self.n_samples:
-            raise ValueError(f"the teacher's seeds first_seed .. first_seed + n_samples must stay within 0 .. {MAX_SEED}")
         return self
+
+    def check_budget(self, steps: int) -> None:
+        """The teacher of a ``steps``-step student grid within the stated bounds: at most MAX_TEACHER_STEPS
+        teacher steps (``steps`` x ``factor``) and MAX_HELD_STATES states held for the fit (``n_samples`` x
+        (``steps`` + 1)); refused before any work otherwise."""
+        if steps * self.factor > MAX_TEACHER_STEPS:
+            raise ValueError(f"the teacher would run {steps} student steps x factor {self.factor} = "
+                             f"{steps * self.factor} steps, above the bound of {MAX_TEACHER_STEPS:,}; lower the "
+                             "steps (nfe) or the teacher factor")
+        if self.n_samples * (steps + 1) > MAX_HELD_STATES:
+            raise ValueError(f"the fit would hold {self.n_samples} teacher samples x {steps + 1} grid points = "
+                             f"{self.n_samples * (steps + 1)} states in memory, above the bound of "
+                             f"{MAX_HELD_STATES:,}; lower the teacher n_samples or the steps (nfe)")
+
+    def check_first_step(self, first_step: str) -> None:
+        """An analytic first step (not the network's) needs exact alignment: the reference code's indexing
+        (``official``) has no first step to skip."""
+        if first_step != NETWORK and self.alignment != "exact":
+            raise ValueError("an analytic first step needs alignment=exact (the reference code's indexing has no "
+                             "first step to skip)")
 
     @classmethod
     def own(cls, student: str, **fields: Any) -> TeacherConfig:
@@ -102,9 +121,8 @@ class TeacherConfig(Config):
         point later, and so do their targets."""
         _, sigmas, _, _ = prepare(torch.zeros(1, 1), sigmas.detach().cpu(), solver, "data")
         steps = len(sigmas) - 1
-        if first is not None and self.alignment != "exact":
-            raise ValueError("an analytic first step needs alignment='exact' (the reference code's indexing "
-                             "has no first step to skip)")
+        self.check_budget(steps)
+        self.check_first_step(first.kind if first is not None else NETWORK)
         if self.alignment == "exact":
             targets = tuple(i * self.factor for i in student_targets(solver, steps, first))
             check_lands(self.solver, steps * self.factor, range(0, steps * self.factor + 1, self.factor))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dode.core.types import Denoiser, Tensor
-from dode.distillation.teacher import run_teacher
+from dode.distillation.teacher import TeacherConfig, run_teacher
 from dode.store.trajectory import TrajectoryWriter
 
 
@@ -22,7 +22,7 @@ def write_teacher(
     denoiser: Denoiser,
     noise: Tensor | Callable[[np.ndarray], Tensor],
     sigmas: Tensor,
-    solver: str = "euler",
+    solver: str = TeacherConfig.model_fields["solver"].default,
     *,
     keep: Iterable[int] | None = None,
     sample_ids: Sequence[int] | None = None,

@@ -26,27 +26,25 @@ import hashlib
 import io
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from dode.common.config import Config, Count
+from dode.common.config import Int, build
 from dode.common.devices import resolve_device
 from dode.common.images import to_uint8, write_png
 from dode.core.correction import Lambdas
 from dode.core.fitted import check_sampler, implied_grid
-from dode.core.gaussian import FIRST_STEPS, FirstStep
+from dode.core.gaussian import NETWORK, FirstStep
 from dode.core.grids import GridSpec
-from dode.core.rng import MAX_SEED, seeded_noise
+from dode.core.rng import seeded_noise
 from dode.core.sampling import sample
-from dode.core.solvers import get_solver
 from dode.core.types import Denoiser, Tensor
-from dode.distillation.config import Seed
-from dode.models import check_model_name, load_model
+from dode.distillation.config import FIRST_STEP, FirstStepKind, ModelName, SeededBatches, Solver
+from dode.models import load_model
 from dode.store.gaussians import load_gaussian
 from dode.store.lambdas import check_model, load_lambdas
 from dode.store.samples import MAX_CHUNKS, SAMPLES_SCHEMA_VERSION, iter_samples
@@ -55,28 +53,30 @@ CONVERSION = "uint8 = clip(round((x + 1) * 127.5), 0, 255) of model-space x in [
 ChunkHook = Callable[[int, Any, bool], None]  # (chunk index, chunk artifact, computed now) after each chunk
 
 
-class SamplingConfig(Config):
+class SamplingConfig(SeededBatches):
     """Large-batch sampling: ``n_samples`` seeded samples from ``first_seed`` on, in batches (and stored
     chunks) of ``batch_size``, split into ``num_shards`` shards."""
 
-    n_samples: Count = Field(1000, description="samples, from seed first_seed on")
-    first_seed: Seed = Field(0, description="first seed of the samples")
-    batch_size: Count = Field(250, description="samples per batch and per stored chunk")
-    num_shards: int = Field(1, ge=1, le=100_000, description="sampling shards per job")
-
-    @model_validator(mode="after")
-    def _seeds(self) -> SamplingConfig:
-        if self.first_seed > MAX_SEED - self.n_samples:
-            raise ValueError(f"the seeds first_seed .. first_seed + n_samples must stay within 0 .. {MAX_SEED}")
-        return self
+    num_shards: Int = Field(1, ge=1, le=100_000, description="sampling shards per job")
 
 
+def check_first_step(first_step: str, gaussian: str | None) -> None:
+    """The first step and its Gaussian go together: an analytic first step (analytic, flowmap) needs a
+    'gaussian' artifact id, and only it takes one."""
+    if (first_step == NETWORK) != (gaussian is None):
+        raise ValueError("an analytic first step (analytic, flowmap) needs a gaussian artifact id (make one with "
+                         "`dode gaussian`), and only it takes one")
 
-@dataclass(frozen=True)
-class SamplingJob:
-    """What to sample: model, solver, grid (``GridSpec.to_dict()``), optional lambdas artifact id, seeds, and
-    an analytic ``first_step`` with its 'gaussian' artifact (``gaussian_id``) for the base solver (lambdas
-    fitted with a first step carry their own: pass neither with them).
+
+JOB_FIELDS = ("model", "solver", "grid", "lambdas_id", "n_samples", "first_seed", "batch_size", "first_step",
+              "gaussian_id")
+
+
+class SamplingJob(SeededBatches):
+    """What to sample: the sampling configuration's seeds and batches, with the model, solver, grid
+    (``GridSpec.to_dict()``), optional lambdas artifact id and an analytic ``first_step`` with its 'gaussian'
+    artifact (``gaussian_id``) for the base solver (lambdas fitted with a first step carry their own: pass
+    neither with them). Its fields may also be given positionally, in the order of ``JOB_FIELDS``.
 
     With lambdas, ``grid`` is None: they imply the grid they were fitted on (learned or not). A grid given
     with them must be that grid (older jobs carried one); any other is refused when the job runs
@@ -86,56 +86,56 @@ class SamplingJob:
     batch and the chunk size (the unit of storage and of resumption).
     """
 
-    model: str
-    solver: str
+    model: ModelName
+    solver: Solver
     grid: dict[str, Any] | None
     lambdas_id: str | None = None
-    n_samples: int = 1000
-    first_seed: int = 0
-    batch_size: int = 256
-    first_step: str = "network"
+    first_step: FirstStepKind = FIRST_STEP
     gaussian_id: str | None = None
-    spec: GridSpec | None = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        check_model_name(self.model)
-        get_solver(self.solver)
+    def __init__(self, *args: Any, **fields: Any) -> None:
+        if len(args) > len(JOB_FIELDS):
+            raise TypeError(f"a SamplingJob takes at most {len(JOB_FIELDS)} positional fields {JOB_FIELDS}")
+        super().__init__(**dict(zip(JOB_FIELDS, args)), **fields)
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid(cls, grid: Any) -> Any:
+        if grid is None:
+            return None
+        try:
+            return GridSpec(**grid).to_dict()
+        except TypeError as err:
+            raise ValueError(f"grid must be a GridSpec.to_dict(), e.g. {{'family': 'karras', 'steps': 10}}: {err}") from None
+
+    @model_validator(mode="after")
+    def _job(self) -> SamplingJob:
         if self.grid is None and self.lambdas_id is None:
             raise ValueError("a job without lambdas needs a grid (GridSpec.to_dict(), e.g. {'family': 'karras', "
                              "'steps': 10}); only lambdas imply theirs")
-        try:
-            object.__setattr__(self, "spec", None if self.grid is None else GridSpec(**self.grid))
-        except TypeError as err:
-            raise ValueError(f"grid must be a GridSpec.to_dict(), e.g. {{'family': 'karras', 'steps': 10}}: {err}") from err
-        object.__setattr__(self, "grid", None if self.spec is None else self.spec.to_dict())
-        if self.first_step not in FIRST_STEPS:
-            raise ValueError(f"unknown first step {self.first_step!r}; choose one of {list(FIRST_STEPS)}")
-        if (self.first_step == "network") != (self.gaussian_id is None):
-            raise ValueError("an analytic first step needs a gaussian artifact id (gaussian_id), and only it does")
+        check_first_step(self.first_step, self.gaussian_id)
         if self.gaussian_id is not None and self.lambdas_id is not None:
             raise ValueError("lambdas carry the first step they were fitted with: pass no first step or gaussian "
                              "with them")
-        if self.n_samples < 1 or self.batch_size < 1:
-            raise ValueError(f"need n_samples >= 1 and batch_size >= 1, got {self.n_samples} and {self.batch_size}")
-        if not 0 <= self.first_seed <= MAX_SEED - self.n_samples:
-            raise ValueError(f"first_seed must be in [0, 2**63 - 1 - n_samples], got {self.first_seed}")
         if self.num_chunks > MAX_CHUNKS:
             raise ValueError(f"{self.n_samples} samples in chunks of {self.batch_size} make {self.num_chunks} chunks; a "
                              f"job has at most {MAX_CHUNKS}: raise the batch size or split the seeds over several jobs")
+        return self
+
+    @property
+    def spec(self) -> GridSpec | None:
+        return None if self.grid is None else GridSpec(**self.grid)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("spec")
-        return data
+        data = self.model_dump()
+        return {name: data[name] for name in JOB_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamplingJob:
-        fields = ("model", "solver", "grid", "lambdas_id", "n_samples", "first_seed", "batch_size", "first_step",
-                  "gaussian_id")
-        unknown = sorted(set(data) - set(fields))
+        unknown = sorted(set(data) - set(JOB_FIELDS))
         if unknown:
-            raise ValueError(f"unknown sampling job field(s) {unknown}; a job has {list(fields)}")
-        return cls(**data)
+            raise ValueError(f"unknown sampling job field(s) {unknown}; a job has {list(JOB_FIELDS)}")
+        return build(cls, data)
 
     def sampler(self) -> dict[str, Any]:
         """What maps a seed to a sample: model, solver, grid, lambdas, first step (not how many or in which
@@ -202,7 +202,7 @@ class _Run:
         lambdas, parents = None, []
         if job.lambdas_id:
             art = registry.get(job.lambdas_id)
-            lambdas, job, parents = load_lambdas(registry, art), replace(job, lambdas_id=art.id), [art.id]
+            lambdas, job, parents = load_lambdas(registry, art), job.model_copy(update={"lambdas_id": art.id}), [art.id]
         self.job, self.lambdas = job, lambdas
         self.model = load_model(job.model, device=str(self.device))
         self.sigmas = None if job.spec is None else job.spec.sigmas(self.model.denoiser)
@@ -215,7 +215,7 @@ class _Run:
             gauss = registry.get(job.gaussian_id)
             self.first = FirstStep(job.first_step, load_gaussian(registry, gauss, model=self.model.fingerprint,
                                                                  allow_other_model=allow_other_model))
-            job, parents = replace(job, gaussian_id=gauss.id), [*parents, gauss.id]
+            job, parents = job.model_copy(update={"gaussian_id": gauss.id}), [*parents, gauss.id]
             self.job = job
         parents += [a.id for a in registry.find("model", self.model.name, fingerprint=self.model.fingerprint)[:1]]
         self.parents = parents

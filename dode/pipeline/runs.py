@@ -3,32 +3,41 @@
 ``TeacherRun``, ``DistillRun``, ``SampleRun``, ``ScoreRun`` and ``PipelineRun`` hold the model, the cells
 and the parts the library takes (``dode.distillation.config``: ``TeacherConfig``, ``FitConfig``, ``SamplingConfig``;
 ``ScoringConfig`` here). Each Prefect flow takes its stage's as its one typed parameter (the UI renders it
-as a form), ``dode run STAGE`` derives its options from it (``flows.cli``), and a deployment's parameters
-build it the same way: a rule that spans fields lives in the validator of the configuration that holds
-them all, so bad input is refused before any work, with one message.
+as a form, its choices as choices), ``dode run STAGE`` derives its options from it (``dode.cli.options``;
+``dode sample`` takes ``SampleRun``'s by the same names), and a deployment's parameters build it the same way:
+booleans and integers are strict, a rule that spans fields lives in one validator (``TeacherConfig``'s
+``check_first_step`` and ``check_budget``, ``SeededBatches``' seed range, ``generate.check_first_step``), so
+bad input -- a run past a stated budget included -- is refused before any work, with one message.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import Field, model_validator
 
-from dode.common.config import Config, build, checked
-from dode.core.gaussian import FIRST_STEPS
-from dode.core.grids import FAMILIES, GridSpec
-from dode.core.solvers import SOLVERS
-from dode.distillation.config import FitConfig
+from dode.common.config import Config, Int, Number
+from dode.core.gaussian import NETWORK
+from dode.core.grids import GridSpec
+from dode.core.sampling import network_calls
+from dode.distillation.config import (
+    FAMILY,
+    FIRST_STEP,
+    STUDENT_SOLVER,
+    Family,
+    FirstStepKind,
+    FitConfig,
+    ModelName,
+    Solver,
+)
 from dode.distillation.teacher import TeacherConfig, check_official
 from dode.metrics.scores import check_metrics
-from dode.models import check_model_name
-from dode.pipeline.generate import SamplingConfig
-from dode.pipeline.sweep import check_choice, plan_cells, plan_variants
+from dode.pipeline.generate import SamplingConfig, SamplingJob, check_first_step
+from dode.pipeline.sweep import Variant, plan_cells, plan_variants
+from dode.store.lambdas import lambdas_artifact, load_lambdas
 
 DEFAULT_MODEL = "mixture-smooth"
-ModelName = Annotated[str, checked(check_model_name)]
-Family = Annotated[str, checked(lambda f: check_choice("grid family", f, FAMILIES))]
-FirstStepKind = Annotated[str, checked(lambda f: check_choice("first step", f, FIRST_STEPS))]
+FAMILY_HELP = "grid family"
 
 
 class ScoringConfig(Config):
@@ -55,13 +64,14 @@ class TeacherRun(Config):
     solver on that grid."""
 
     model: ModelName = Field(DEFAULT_MODEL, description="model name (e.g. digits-ddpm), a diffusers folder or hub id")
-    steps: int = Field(5, ge=1, le=100_000, description="student grid steps the teacher serves")
-    family: Family = Field("karras", description=f"grid family: {', '.join(FAMILIES[:-1])}")
+    steps: Int = Field(5, ge=1, le=100_000, description="student grid steps the teacher serves")
+    family: Family = Field(FAMILY, description=FAMILY_HELP)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
 
     @model_validator(mode="after")
     def _exact(self) -> TeacherRun:
         self.teacher.check_stored()
+        self.teacher.check_budget(self.steps)
         return self
 
     @property
@@ -74,11 +84,11 @@ class DistillRun(Config):
     network's or an analytic first evaluation (``first_step``)."""
 
     model: ModelName = Field(DEFAULT_MODEL, description="model name (e.g. digits-ddpm), a diffusers folder or hub id")
-    solver: str = Field("euler", description="base solver")
-    nfe: int = Field(5, ge=1, le=100_000, description="network calls per sample")
-    family: Family = Field("karras", description=f"grid family: {', '.join(FAMILIES[:-1])}")
+    solver: Solver = Field(STUDENT_SOLVER, description="base solver")
+    nfe: Int = Field(5, ge=1, le=100_000, description="network calls per sample")
+    family: Family = Field(FAMILY, description=FAMILY_HELP)
     first_step: FirstStepKind = Field(
-        "network", description="network, or analytic / flowmap: the first evaluation by a Gaussian of the model's "
+        FIRST_STEP, description="network, or analytic / flowmap: the first evaluation by a Gaussian of the model's "
         "own samples (nfe stays the network calls)")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     fit: FitConfig = Field(default_factory=FitConfig)
@@ -87,8 +97,8 @@ class DistillRun(Config):
     def _cell(self) -> DistillRun:
         check_calls(self.solver, self.nfe, self.family, self.first_step)
         check_alignment(self.teacher, [self.solver], self.family)
-        if self.first_step != "network" and self.teacher.alignment != "exact":
-            raise ValueError("an analytic first step needs alignment=exact")
+        self.teacher.check_first_step(self.first_step)
+        self.teacher.check_budget(self.grid.steps)
         return self
 
     @property
@@ -99,38 +109,76 @@ class DistillRun(Config):
 
 def check_calls(solver: str, nfe: int, family: str, first_step: str) -> None:
     """One solver at ``nfe`` network calls with ``first_step`` on a ``family`` grid."""
-    if first_step == "network":
-        plan_cells([solver], [], {solver: [nfe]}, family)  # solver, family, at least 2 calls, an exact grid
+    if first_step == NETWORK:
+        plan_cells([solver], [], {solver: [nfe]}, family)  # at least 2 calls, an exact grid
         return
-    check_choice("solver", solver, SOLVERS)
     GridSpec.for_calls(family, solver, nfe, first_step)
 
 
 class SampleRun(Config):
-    """The sample stage: a sampling job, base (``solver`` at ``nfe`` calls on a ``family`` grid, with a
-    ``first_step`` and its ``gaussian``) or with D-ODE ``lambdas`` (their solver, grid and first step)."""
+    """The sample stage (and ``dode sample``): a sampling job, base (``solver`` at ``nfe`` calls on a ``family``
+    grid, or on explicit ``sigmas``, with a ``first_step`` and its ``gaussian``) or with D-ODE ``lambdas``
+    (their solver, grid and first step: a solver, nfe, family or first step given with them must be theirs)."""
 
     model: ModelName = Field(DEFAULT_MODEL, description="model name (e.g. digits-ddpm), a diffusers folder or hub id")
-    solver: str | None = Field(None, description="base solver (not with lambdas)")
-    nfe: int | None = Field(None, ge=1, le=100_000, description="network calls per sample (not with lambdas)")
-    family: Family = Field("karras", description=f"grid family: {', '.join(FAMILIES[:-1])}")
-    lambdas: str | None = Field(None, description="lambdas artifact id: sample its solver, grid and first step")
-    first_step: FirstStepKind = Field("network", description="network, or analytic / flowmap with a gaussian")
-    gaussian: str | None = Field(None, description="gaussian artifact id for an analytic first step")
+    solver: Solver | None = Field(None, description=f"base solver (default {STUDENT_SOLVER}; with lambdas: theirs)")
+    nfe: Int | None = Field(None, ge=1, le=100_000, description="network calls per sample (with lambdas: theirs); "
+                            "with an analytic first step the grid has one step more than the calls")
+    family: Family | None = Field(None, description=f"{FAMILY_HELP} (default {FAMILY}; with lambdas: theirs)")
+    sigmas: tuple[Number, ...] | None = Field(None, description="an explicit grid instead of family and nfe: noise "
+                                              "levels, strictly decreasing, ending in 0 (e.g. 80,10,1,0.1,0)")
+    lambdas: str | None = Field(None, description="lambdas artifact id (or unique prefix): sample its solver, grid "
+                                "and first step")
+    first_step: FirstStepKind | None = Field(
+        None, description=f"how the evaluation at sigma_max is made (default {FIRST_STEP}): by the network, or by a "
+        "Gaussian of the model (analytic: closed form; flowmap: its exact flow to the next sigma) with a gaussian")
+    gaussian: str | None = Field(None, description="gaussian artifact id for an analytic first step (dode gaussian)")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
     @model_validator(mode="after")
     def _job(self) -> SampleRun:
-        if self.lambdas is None:
-            if self.solver is None or self.nfe is None:
-                raise ValueError("give solver and nfe (base sampling), or lambdas=<lambdas artifact id>")
-            check_calls(self.solver, self.nfe, self.family, self.first_step)
-            if self.first_step != "network" and not self.gaussian:
-                raise ValueError("an analytic first step needs gaussian=<gaussian artifact id> (dode gaussian)")
-        elif self.solver is not None or self.nfe is not None or self.gaussian or self.first_step != "network":
-            raise ValueError("lambdas fix the solver, grid and first step; drop solver/nfe/first_step/gaussian when "
-                             "sampling with lambdas")
+        if self.lambdas is not None:
+            if self.sigmas is not None or self.gaussian is not None:
+                raise ValueError("lambdas fix the grid and carry their own first step; drop sigmas and gaussian "
+                                 "when sampling with lambdas")
+            return self
+        if self.sigmas is not None and (self.nfe is not None or self.family is not None):
+            raise ValueError("sigmas is the whole grid: drop nfe and family")
+        if self.sigmas is None and self.nfe is None:
+            raise ValueError("give nfe (network calls per sample) or sigmas (an explicit grid), or "
+                             "lambdas=<lambdas artifact id>")
+        check_first_step(self.first_step or FIRST_STEP, self.gaussian)
+        _ = self.grid  # the solver makes exactly nfe calls on the grid
         return self
+
+    @property
+    def grid(self) -> GridSpec:
+        """The base sampler's grid: the explicit ``sigmas``, or the one on which the solver makes ``nfe`` calls."""
+        if self.sigmas is not None:
+            return GridSpec.explicit(list(self.sigmas))
+        return GridSpec.for_calls(self.family or FAMILY, self.solver or STUDENT_SOLVER, self.nfe,
+                                  self.first_step or FIRST_STEP)
+
+    def job(self, registry: Any) -> SamplingJob:
+        """The sampling job: the base sampler's, or that of the lambdas (read from ``registry``), whose solver
+        and grid it takes; a solver, nfe, family or first step given with them must be theirs."""
+        seeds = self.sampling.model_dump(include={"n_samples", "first_seed", "batch_size"})
+        if self.lambdas is None:
+            return SamplingJob(model=self.model, solver=self.solver or STUDENT_SOLVER, grid=self.grid.to_dict(),
+                               first_step=self.first_step or FIRST_STEP, gaussian_id=self.gaussian, **seeds)
+        registry.check_readable()
+        art = lambdas_artifact(registry, self.lambdas)
+        lam = load_lambdas(registry, art)
+        grid = GridSpec(**art.params["grid"]) if "grid" in art.params else GridSpec.explicit(lam.sigmas)
+        calls = network_calls(lam.solver, len(lam.sigmas) - 1, lam.first)
+        implied = {"solver": (self.solver, lam.solver), "nfe": (self.nfe, calls), "family": (self.family, grid.family),
+                   "first_step": (self.first_step, lam.first.kind if lam.first else FIRST_STEP)}
+        clash = [f"{name} {given} (they imply {theirs})" for name, (given, theirs) in implied.items()
+                 if given is not None and given != theirs]
+        if clash:
+            raise ValueError(f"lambdas {art.short} were fitted for solver {lam.solver}, NFE {calls} on a "
+                             f"{grid.family} grid; drop {', '.join(clash)}: the lambdas imply them")
+        return SamplingJob(model=self.model, solver=lam.solver, grid=None, lambdas_id=art.id, **seeds)
 
 
 class ScoreRun(Config):
@@ -156,13 +204,13 @@ class PipelineRun(Config):
     """The whole sweep: solvers x NFEs on a model, base vs D-ODE (and variants) vs teacher, scored."""
 
     model: ModelName = Field(DEFAULT_MODEL, description="model name (e.g. digits-ddpm), a diffusers folder or hub id")
-    solvers: tuple[str, ...] = Field(("euler", "ipndm", "dpmpp_2m"), description="base solvers to sweep")
-    nfes: tuple[int, ...] = Field((3, 4, 5, 6), description="network calls per sample to sweep (a solver skips "
+    solvers: tuple[Solver, ...] = Field(("euler", "ipndm", "dpmpp_2m"), description="base solvers to sweep")
+    nfes: tuple[Int, ...] = Field((3, 4, 5, 6), description="network calls per sample to sweep (a solver skips "
                                   "those it cannot make exactly)")
-    nfes_by_solver: dict[str, list[int]] = Field(default_factory=dict,
-                                                 description="NFEs for one solver instead of nfes, e.g. heun=3,5,7")
-    family: Family = Field("karras", description=f"grid family: {', '.join(FAMILIES[:-1])}")
-    variants: dict[str, dict[str, Any]] = Field(
+    nfes_by_solver: dict[Solver, list[Int]] = Field(default_factory=dict,
+                                                    description="NFEs for one solver instead of nfes, e.g. heun=3,5,7")
+    family: Family = Field(FAMILY, description=FAMILY_HELP)
+    variants: dict[str, Variant] = Field(
         default_factory=dict, description="more fits to compare, by name: {objective, options, solvers, nfes, "
         "first_step}, e.g. {\"λ+timesteps\": {\"objective\": \"final\", \"nfes\": [4, 5]}}")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
@@ -172,11 +220,11 @@ class PipelineRun(Config):
 
     @model_validator(mode="after")
     def _plan(self) -> PipelineRun:
-        check_alignment(self.teacher, [c["solver"] for c in self.cells], self.family)
-        variants = self.planned_variants
-        if self.teacher.alignment != "exact" and any(v["first_step"] != "network" for v in variants.values()):
-            raise ValueError("an analytic first step needs alignment=exact")
-        _ = self.variant_fits  # each variant's fit builds (its objective's option values checked)
+        cells = self.cells
+        check_alignment(self.teacher, [c["solver"] for c in cells], self.family)
+        for v in self.planned_variants.values():
+            self.teacher.check_first_step(v["first_step"])
+        self.teacher.check_budget(max(c["grid"]["steps"] for c in cells))
         return self
 
     @property
@@ -191,9 +239,9 @@ class PipelineRun(Config):
 
     @property
     def variant_fits(self) -> dict[str, FitConfig]:
-        """Each variant's fit: the sweep's, with the variant's objective and options (validated)."""
-        return {name: build(FitConfig, {**self.fit.model_dump(), "objective": v["objective"], "options": v["options"]})
-                for name, v in self.planned_variants.items()}
+        """Each variant's fit: the sweep's, with the variant's objective and options."""
+        return {name: self.fit.model_copy(update={"objective": v.objective, "options": v.options})
+                for name, v in self.variants.items()}
 
 
 STAGES: dict[str, type[Config]] = {"pipeline": PipelineRun, "teacher": TeacherRun, "distill": DistillRun,

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from dode.core.grids import GridSpec
+from dode.core.gaussian import NETWORK
 from dode.metrics.scores import FEATURES, resolve_metrics
 from dode.pipeline import steps
-from dode.pipeline.generate import SamplingJob
 from dode.pipeline.runs import DistillRun, SampleRun, ScoreRun, TeacherRun
 from dode.pipeline.sweep_run import (
     Executor,
@@ -24,7 +23,7 @@ from dode.pipeline.sweep_run import (
     score_all,
     teachers,
 )
-from dode.store.lambdas import lambdas_artifact, load_lambdas
+from dode.store.lambdas import load_lambdas
 
 
 class Outcome(NamedTuple):
@@ -49,7 +48,7 @@ def run_distill(config: DistillRun, uri: str, ex: Executor) -> Outcome:
     model_id = ex.call(steps.register_model, registry=uri, name=config.model)
     fit = {"grid": config.grid.to_dict(), "solver": config.solver, "fit": config.fit, "first_step": config.first_step}
     trajectories, gaussian, (lam_id,) = fit_all(uri, model_id, config.family, config.teacher, [fit],
-                                                config.first_step != "network", ex)
+                                                config.first_step != NETWORK, ex)
     trajectory = next(iter(trajectories.values()), None)
     lam = load_lambdas(steps.open_registry(uri), lam_id)
     value = {"lambdas": lam_id, "values": list(lam.values), "trajectory": trajectory, "gaussian": gaussian}
@@ -60,17 +59,10 @@ def run_distill(config: DistillRun, uri: str, ex: Executor) -> Outcome:
 def run_sample(config: SampleRun, uri: str, ex: Executor) -> Outcome:
     """A sampling job in ``config.sampling.num_shards`` shards: base, or with D-ODE lambdas (their solver, and
     the grid and first step they imply). Value: the samples artifact id."""
-    if config.lambdas is not None:
-        lam = lambdas_artifact(steps.open_registry(uri), config.lambdas)
-        solver, grid, lambdas = lam.params["solver"], None, lam.id
-    else:
-        solver, lambdas = config.solver, None
-        grid = GridSpec.for_calls(config.family, solver, config.nfe, config.first_step).to_dict()
+    job = config.job(steps.open_registry(uri))  # with lambdas: their solver and grid
+    lambdas = job.lambdas_id
     model_id = ex.call(steps.register_model, registry=uri, name=config.model)
-    s = config.sampling
-    job = SamplingJob(config.model, solver, grid, lambdas, s.n_samples, s.first_seed, s.batch_size, config.first_step,
-                      config.gaussian).to_dict()
-    (samples,) = sample_jobs(uri, [job], s.num_shards, ex)
+    (samples,) = sample_jobs(uri, [job.to_dict()], config.sampling.num_shards, ex)
     return Outcome(samples, [model_id, *([lambdas] if lambdas else []), samples])
 
 

@@ -21,12 +21,13 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+from dode.core.gaussian import NETWORK
 from dode.core.gaussian import first_step as make_first_step
 from dode.core.grids import GridSpec
 from dode.core.rng import seeded_noise
 from dode.core.sampling import network_calls
 from dode.distillation.config import FitConfig
-from dode.distillation.first_step import from_model
+from dode.distillation.first_step import GaussianConfig, from_model
 from dode.distillation.fit import distill as distill_lambdas
 from dode.distillation.stored import distill_from_states
 from dode.distillation.teacher import TeacherConfig, TeacherPlan
@@ -123,18 +124,19 @@ def register_model(registry: str, name: str) -> str:
 
 
 def gaussian(registry: str, model_id: str, teacher: TeacherConfig) -> str:
-    """The analytic first step's Gaussian of the model, fitted to its own many-step samples from the teacher's
-    seeds (``dode.distillation.first_step.from_model``), as a "gaussian" artifact."""
+    """The analytic first step's Gaussian of the model, fitted to its own many-step samples (``GaussianConfig``'s
+    count, the one ``dode gaussian`` uses) from the teacher's seeds (``dode.distillation.first_step.from_model``),
+    as a "gaussian" artifact."""
     reg = open_registry(registry)
     m = model(reg.get(model_id).params["name"])
-    n, seed = teacher.n_samples, teacher.first_seed
+    config = GaussianConfig(first_seed=teacher.first_seed, batch_size=teacher.batch_size)
+    n, seed = config.n_samples, config.first_seed
     params = {"model": m.name, "model_fingerprint": m.fingerprint, "n": n, "first_seed": seed}
     key = f"{m.name}/gaussian/model-samples-n{n}-seed{seed}"
     found = reg.find_intact("gaussian", key, **params)
     if found:
         return found[0].id
-    art = save_gaussian(reg, from_model(m, n, first_seed=seed, batch_size=teacher.batch_size), key, [model_id],
-                        params, provenance=provenance())
+    art = save_gaussian(reg, from_model(m, config), key, [model_id], params, provenance=provenance())
     log.info("gaussian of %s (%d model samples) -> %s", m.name, n, art.short)
     return art.id
 
@@ -177,7 +179,7 @@ def teacher(registry: str, model_id: str, grid: dict, teacher: TeacherConfig) ->
 
 
 def distill(registry: str, model_id: str, grid: dict, solver: str, teacher: TeacherConfig, fit: FitConfig,
-            first_step: str = "network", trajectory_id: str | None = None, gaussian_id: str | None = None) -> str:
+            first_step: str = NETWORK, trajectory_id: str | None = None, gaussian_id: str | None = None) -> str:
     """D-ODE lambdas for ``solver`` on a student grid, fitted as ``fit`` says. Exact alignment: to the stored
     states of teacher ``trajectory_id`` (the ``teacher`` step's, for this grid and ``teacher``); official:
     to the reference code's Euler teacher, run here from the teacher's seeds (its grid is the solver's own,

@@ -9,16 +9,28 @@ teacher's samples (``teacher_key``), drawn on the finest teacher grid among the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from dode.core.gaussian import FIRST_STEPS
+from pydantic import Field
+
+from dode.common.config import Int, build
+from dode.core.gaussian import NETWORK
 from dode.core.grids import FAMILIES, GridSpec
 from dode.core.solvers import SOLVERS
-from dode.distillation.objectives import check_options
+from dode.distillation.config import FIRST_STEP, FirstStepKind, ObjectiveChoice, ObjectiveName, Solver
 from dode.pipeline.generate import SamplingConfig, SamplingJob
 from dode.store.lambdas import load_lambdas
 
-VARIANT_KEYS = {"objective", "options", "solvers", "nfes", "first_step"}
+
+class Variant(ObjectiveChoice):
+    """A fit compared beside base and D-ODE: its objective and options, the cells it applies to (``solvers``,
+    ``nfes``: all when empty) and its first step (at the cell's network calls)."""
+
+    objective: ObjectiveName = Field(description="distillation objective (dode.distillation.objectives)")
+    solvers: tuple[Solver, ...] = Field((), description="the solvers it is fitted for (default: all)")
+    nfes: tuple[Int, ...] = Field((), description="the NFEs it is fitted for (default: all)")
+    first_step: FirstStepKind = Field(FIRST_STEP, description="network, analytic or flowmap")
 
 
 def check_choice(what: str, value: Any, choices: Any) -> None:
@@ -68,34 +80,28 @@ def teacher_job(model: str, cells: list[dict], sampling: SamplingConfig) -> dict
                        sampling.batch_size).to_dict()
 
 
-def plan_variants(variants: dict[str, dict] | None) -> dict[str, dict]:
-    """Extra fits compared beside base and D-ODE, by name: {name: {"objective", "options", "solvers", "nfes",
-    "first_step"}} (``solvers`` / ``nfes``: the cells they apply to, all when absent; ``first_step``: network
-    (default), analytic or flowmap, at the cell's network calls), e.g. the timesteps-only and lambda +
-    timesteps variants of the ``final`` objective. Validated here, before anything runs."""
+def plan_variants(variants: Mapping[str, Variant | Mapping[str, Any]] | None) -> dict[str, dict]:
+    """Extra fits compared beside base and D-ODE, by name: each a ``Variant`` (or a mapping of its fields:
+    objective, options, solvers, nfes, first_step), e.g. the timesteps-only and lambda + timesteps variants of
+    the ``final`` objective, as plain dicts (options: those given). Validated here, before anything runs."""
     plan = {}
     for name, v in (variants or {}).items():
-        if not isinstance(v, dict) or set(v) - VARIANT_KEYS or "objective" not in v:
-            raise ValueError(f"variant {name!r} must be a mapping with 'objective' and optionally "
-                             f"{sorted(VARIANT_KEYS - {'objective'})}, got {v!r:.120}")
-        if name in ("base", "dode", "teacher"):
-            raise ValueError(f"variant name {name!r} is taken; choose another")
-        check_options(v["objective"], v.get("options"))
-        for s in v.get("solvers") or ():
-            check_choice("solver", s, SOLVERS)
-        check_choice("first step", v.get("first_step", "network"), FIRST_STEPS)
-        if str(name).startswith("base+"):
-            raise ValueError(f"variant names starting 'base+' are taken (the base solver with a first step): {name!r}")
-        plan[str(name)] = {"objective": v["objective"], "options": dict(v.get("options") or {}),
-                           "solvers": list(v.get("solvers") or []), "nfes": list(v.get("nfes") or []),
-                           "first_step": v.get("first_step", "network")}
+        if name in ("base", "dode", "teacher") or str(name).startswith("base+"):
+            raise ValueError(f"variant name {name!r} is taken (base, dode, teacher, and base+ for the base solver "
+                             "with a first step); choose another")
+        try:
+            v = build(Variant, v)
+        except ValueError as err:
+            raise ValueError(f"variant {name!r}: {str(err).removeprefix('Variant: ')}") from None
+        plan[str(name)] = {"objective": v.objective, "options": v.options.model_dump(), "solvers": list(v.solvers),
+                           "nfes": list(v.nfes), "first_step": v.first_step}
     return plan
 
 
 def variant_grid(variant: dict, cell: dict) -> dict:
     """A variant's student grid in a cell: the cell's, or with an analytic first step the grid on which the
     solver makes the cell's network calls (``GridSpec.for_calls``)."""
-    if variant["first_step"] == "network":
+    if variant["first_step"] == NETWORK:
         return cell["grid"]
     return GridSpec.for_calls(cell["grid"]["family"], cell["solver"], cell["nfe"], variant["first_step"]).to_dict()
 
@@ -116,7 +122,7 @@ def first_bases(cell: dict, variants: dict[str, dict]) -> dict[str, dict]:
     """The base solver with each first step a cell's variants use, by side name ("base+analytic"): its grid
     and first step, so every first-step variant is compared with its own base."""
     return {f"base+{v['first_step']}": {"grid": variant_grid(v, cell), "first_step": v["first_step"]}
-            for v in variants.values() if v["first_step"] != "network" and variant_applies(v, cell)}
+            for v in variants.values() if v["first_step"] != NETWORK and variant_applies(v, cell)}
 
 
 def cell_fits(cell: dict) -> dict[str, str]:
@@ -181,7 +187,7 @@ def result_rows(registry: Any, cells: list[dict], teachers: dict[str, str], item
 
 def own_base(variant: dict) -> str:
     """The side a variant is judged against: the base solver with the same first step."""
-    return "base" if variant["first_step"] == "network" else f"base+{variant['first_step']}"
+    return "base" if variant["first_step"] == NETWORK else f"base+{variant['first_step']}"
 
 
 def sibling(name: str, variants: dict[str, dict]) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from dode.core.gaussian import NETWORK
 from dode.core.grids import GridSpec
 from dode.distillation.teacher import TeacherConfig
 from dode.metrics.scores import FEATURES, resolve_metrics
@@ -92,9 +93,9 @@ def report_meta(config: PipelineRun, fingerprint: str, uri: str) -> dict[str, st
             if t.alignment == "exact" else f"Euler on a fresh {t.factor}x-NFE grid (official alignment)",
             "distillation samples": f"{t.n_samples} (seeds from {t.first_seed}; guard {fit.guard}, holdout "
                                     f"{fit.holdout})",
-            "objective": f"{fit.objective} {fit.options or ''}".strip(),
+            "objective": f"{fit.objective} {fit.options.model_dump() or ''}".strip(),
             **{f"variant {k}": f"{v['objective']} {v['options'] or ''}".strip()
-               + (f", first step {v['first_step']}" if v["first_step"] != "network" else "")
+               + (f", first step {v['first_step']}" if v["first_step"] != NETWORK else "")
                for k, v in config.planned_variants.items()},
             "evaluation samples": f"{config.sampling.n_samples} per cell (seeds from {config.sampling.first_seed})",
             "correction": fit.correction, "registry": uri}
@@ -112,8 +113,8 @@ def fit_cells(uri: str, model_id: str, cells: list[dict], config: PipelineRun,
     first = {name: v["first_step"] for name, v in variants.items()}
     trajectories, gaussian, fitted = fit_all(uri, model_id, config.family, config.teacher, [
         {"grid": cells[i]["grid"] if name is None else variant_grid(variants[name], cells[i]),
-         "solver": cells[i]["solver"], "fit": fits.get(name, config.fit), "first_step": first.get(name, "network")}
-        for i, name in slots], any(f != "network" for f in first.values()), ex)
+         "solver": cells[i]["solver"], "fit": fits.get(name, config.fit), "first_step": first.get(name, NETWORK)}
+        for i, name in slots], any(f != NETWORK for f in first.values()), ex)
     out = [{**c, "variants": {}, "gaussian": gaussian, "first_bases": first_bases(c, variants)} for c in cells]
     for (i, name), lam in zip(slots, fitted):
         if name is None:
@@ -137,7 +138,7 @@ def fit_all(uri: str, model_id: str, family: str, teacher: TeacherConfig, fits: 
     fitted = ex.map(steps.distill, [
         {"registry": uri, "model_id": model_id, "grid": f["grid"], "solver": f["solver"], "teacher": teacher,
          "fit": f["fit"], "first_step": f["first_step"], "trajectory_id": trajectories.get(f["grid"]["steps"]),
-         "gaussian_id": gaussian_id if f["first_step"] != "network" else None} for f in fits])
+         "gaussian_id": gaussian_id if f["first_step"] != NETWORK else None} for f in fits])
     return trajectories, gaussian_id, fitted
 
 
@@ -206,7 +207,7 @@ def reevaluation_cells(uri: str, model_name: str, lambdas: tuple[str, ...]) -> l
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"lambdas {a.short} record no valid teacher ({printable(str(record))[:120]}); "
                              "re-evaluate other lambdas or distill these again") from None
-        first = {} if p.get("first_step", "network") == "network" else {"gaussian": p["gaussian"], "first_bases": {
+        first = {} if p.get("first_step", NETWORK) == NETWORK else {"gaussian": p["gaussian"], "first_bases": {
             f"base+{p['first_step']}": {"grid": p["grid"], "first_step": p["first_step"]}}}
         cells.append({"solver": p["solver"], "nfe": p["nfe"], "grid": p["grid"], "lambdas": a.id,
                       "teacher": {"solver": teacher.solver, "factor": teacher.factor}, **first})

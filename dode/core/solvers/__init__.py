@@ -22,6 +22,8 @@ SOLVERS: dict[str, Solver] = {
     "unipc_2": UniPC("unipc_2", 2),  # diffusers' UniPCMultistepScheduler default (solver_order=2)
 }
 
+DEFAULT_SOLVER = "euler"  # the base solver a student uses unless told (dode.sample, the configurations)
+
 
 def get_solver(name: str) -> Solver:
     """The registered solver called ``name``; a ValueError listing the valid names otherwise."""
@@ -31,4 +33,4 @@ def get_solver(name: str) -> Solver:
         raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)}") from None
 
 
-__all__ = ["MAX_HISTORY", "SOLVERS", "Solver", "get_solver"]
+__all__ = ["DEFAULT_SOLVER", "MAX_HISTORY", "SOLVERS", "Solver", "get_solver"]

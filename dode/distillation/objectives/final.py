@@ -14,21 +14,50 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch.utils.checkpoint import checkpoint
 
 from dode.common import progress
+from dode.common.config import Flag, Int, Number
 from dode.core.sampling import integrate
 from dode.core.types import Denoiser, Tensor
-from dode.distillation.objectives.problem import FitProblem, FitResult
+from dode.distillation.objectives.problem import FitProblem, FitResult, Options
 from dode.distillation.objectives.step import greedy_lambdas
 
 INITS = ("timesteps", "zero", "greedy")  # where lambda starts: after a timesteps-only fit, at 0, or at greedy D-ODE
 OPTIMIZERS = ("adam", "lbfgs")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}  # the fit's sampler state
 MIN_GAP = 1e-4  # smallest share of the log-sigma range a gap starts with (a grid touching sigma_lo)
+Rate = Annotated[Number, Field(gt=0)]
+
+
+class FinalOptions(Options):
+    """The options of the objective ``final`` (``fit_final``)."""
+
+    learn_lambdas: Flag = Field(True, description="fit lambda")
+    learn_sigmas: Flag = Field(True, description="fit the interior timesteps")
+    iterations: Int = Field(100, ge=0, description="optimiser steps (with init=timesteps: half timesteps-only)")
+    lr_lambdas: Rate = Field(0.05, description="Adam learning rate of lambda")
+    lr_sigmas: Rate = Field(0.1, description="Adam learning rate of the timestep logits")
+    micro_batch: Int = Field(32, ge=1, description="samples per backward pass (bounds memory)")
+    eval_every: Int = Field(10, ge=1, description="iterations between selection measurements")
+    patience: Int = Field(5, ge=0, description="measurements without improvement before stopping")
+    activation_checkpointing: Flag = Field(False, description="recompute network calls in the backward pass")
+    optimizer: Literal[OPTIMIZERS] = Field("adam", description="adam, or lbfgs for small problems")
+    init: Literal[INITS] = Field("timesteps", description="where lambda starts: after a timesteps-only fit, at 0, "
+                                 "or at greedy D-ODE")
+    max_fit: Int | None = Field(None, ge=1, description="fit on the first max_fit fit samples (default: all)")
+    dtype: Literal[tuple(DTYPES)] = Field("float64", description="the fit's sampler dtype")
+
+    @model_validator(mode="after")
+    def _learns(self) -> FinalOptions:
+        if not (self.learn_lambdas or self.learn_sigmas):
+            raise ValueError("needs learn_lambdas=true and/or learn_sigmas=true; for neither, "
+                             "sample with the base solver")
+        return self
 
 
 def sigma_floor(denoiser: Denoiser, sigmas: Tensor) -> float:
@@ -87,22 +116,10 @@ def final_error(problem: FitProblem, lam: Tensor, sigmas: Tensor, noise: Tensor,
     return float((x - target).square().mean())
 
 
-def fit_final(
-    problem: FitProblem,
-    learn_lambdas: bool = True,
-    learn_sigmas: bool = True,
-    iterations: int = 100,
-    lr_lambdas: float = 0.05,
-    lr_sigmas: float = 0.1,
-    micro_batch: int = 32,
-    eval_every: int = 10,
-    patience: int = 5,
-    activation_checkpointing: bool = False,
-    optimizer: str = "adam",
-    init: str = "timesteps",
-    max_fit: int | None = None,
-    dtype: str = "float64",
-) -> FitResult:
+DEFAULTS = FinalOptions()
+
+
+def fit_final(problem: FitProblem, options: FinalOptions = DEFAULTS) -> FitResult:
     """Adam (or L-BFGS, for small problems solved to high precision) on lambda and the grid logits through the
     unrolled sampler, on the first ``max_fit`` fit samples (all by default). Every ``eval_every`` iterations the
     held-out final error is measured; the best iterate is kept and fitting stops after ``patience``
@@ -116,38 +133,31 @@ def fit_final(
     bounds memory (gradients are accumulated); ``activation_checkpointing`` recomputes each network call in
     the backward pass instead of storing its activations. ``dtype`` float32 runs the fit's sampler in float32
     (selection and the guard stay float64; bench/fit_cost.py measures what each costs)."""
-    _check(learn_lambdas, learn_sigmas, iterations, micro_batch, eval_every, patience, lr_lambdas, lr_sigmas)
-    if max_fit is not None and (isinstance(max_fit, bool) or not isinstance(max_fit, int) or max_fit < 1):
-        raise ValueError(f"objective 'final': max_fit must be a positive integer or None, got {max_fit!r}")
-    if init not in INITS:
-        raise ValueError(f"objective 'final': unknown init {init!r}; choose one of {list(INITS)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"objective 'final': unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"objective 'final': unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
+    o = options
+    learn_lambdas, learn_sigmas, iterations, max_fit = o.learn_lambdas, o.learn_sigmas, o.iterations, o.max_fit
     start_time = time.perf_counter()
     sigmas = problem.sigmas
     greedy = tuple(greedy_lambdas(problem))
     zeros = (0.0,) * len(greedy)
     if max_fit is not None:  # fit on the first max_fit samples of the fit split (cost is linear in them)
         problem = replace(problem, noise=problem.noise[:max_fit], targets=tuple(t[:max_fit] for t in problem.targets))
-    problem = replace(problem, noise=problem.noise.to(DTYPES[dtype]),
-                      targets=tuple(t.to(DTYPES[dtype]) for t in problem.targets))
+    problem = replace(problem, noise=problem.noise.to(DTYPES[o.dtype]),
+                      targets=tuple(t.to(DTYPES[o.dtype]) for t in problem.targets))
     sigma_lo = sigma_floor(problem.denoiser, sigmas)
-    settings = {"micro_batch": micro_batch, "eval_every": eval_every, "patience": patience, "optimizer": optimizer,
-                "lr_lambdas": lr_lambdas, "lr_sigmas": lr_sigmas, "sigma_lo": sigma_lo,
-                "activation_checkpointing": activation_checkpointing}
+    settings = {"micro_batch": o.micro_batch, "eval_every": o.eval_every, "patience": o.patience,
+                "optimizer": o.optimizer, "lr_lambdas": o.lr_lambdas, "lr_sigmas": o.lr_sigmas, "sigma_lo": sigma_lo,
+                "activation_checkpointing": o.activation_checkpointing}
     alternatives: list[tuple[str, tuple[float, ...], Tensor]] = [("greedy", greedy, sigmas)]
     info: dict[str, Any] = {}
     grid, remaining = sigmas, iterations
-    if learn_lambdas and learn_sigmas and init == "timesteps":
+    if learn_lambdas and learn_sigmas and o.init == "timesteps":
         # Stage 1: the timesteps alone from lambda = 0; the joint fit starts from (and is selected against) it.
         remaining = iterations - iterations // 2
         stage, info["timesteps"] = run_fit(problem, zeros, sigmas, False, True, iterations // 2, **settings)
         grid = stage["grid"]
         alternatives.insert(0, ("timesteps", zeros, grid))
     # The fit itself (stage 2 after timesteps-only).
-    start = greedy if learn_lambdas and init == "greedy" else zeros
+    start = greedy if learn_lambdas and o.init == "greedy" else zeros
     best, fitted = run_fit(problem, start, grid, learn_lambdas, learn_sigmas, remaining, **settings)
     info.update(fitted, seconds=round(time.perf_counter() - start_time, 3), sigma_lo=sigma_lo,
                 start_sigmas=sigmas.tolist())
@@ -224,23 +234,6 @@ def make_optimiser(name: str, lam: Tensor | None, theta: Tensor | None, lr_lambd
     if name == "lbfgs":
         return torch.optim.LBFGS(leaves, lr=1.0, max_iter=1, max_eval=25, line_search_fn="strong_wolfe", tolerance_grad=0.0,
                                  tolerance_change=0.0)
-    if name != "adam":
-        raise ValueError(f"objective 'final': unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
     groups = [{"params": [t], "lr": lr} for t, lr in ((lam, lr_lambdas), (theta, lr_sigmas)) if t is not None]
     return torch.optim.Adam(groups)
 
-
-def _check(learn_lambdas: bool, learn_sigmas: bool, iterations: int, micro_batch: int, eval_every: int,
-           patience: int, lr_lambdas: float, lr_sigmas: float) -> None:
-    """One ValueError for options no fit can use."""
-    if not (learn_lambdas or learn_sigmas):
-        raise ValueError("objective 'final' needs learn_lambdas=True and/or learn_sigmas=True; for neither, "
-                         "sample with the base solver")
-    counts = {"iterations": (iterations, 0), "micro_batch": (micro_batch, 1), "eval_every": (eval_every, 1),
-              "patience": (patience, 0)}
-    for name, (value, low) in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"objective 'final': {name} must be an integer >= {low}, got {value!r}")
-    for name, value in (("lr_lambdas", lr_lambdas), ("lr_sigmas", lr_sigmas)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"objective 'final': {name} must be a positive number, got {value!r}")

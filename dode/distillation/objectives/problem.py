@@ -1,10 +1,13 @@
-"""What every distillation objective receives and returns."""
+"""What every distillation objective receives (a problem and its options) and returns."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import SerializerFunctionWrapHandler, model_serializer
+
+from dode.common.config import Config
 from dode.core.gaussian import FirstStep
 from dode.core.types import Denoiser, Tensor
 
@@ -51,3 +54,13 @@ class FitResult:
     info: dict[str, Any] = field(default_factory=dict)
     alternatives: tuple[tuple[str, tuple[float, ...], Tensor], ...] = ()
     criterion: str = "mse"  # how the guard ranks candidates: held-out "mse" or Frechet distance "fd"
+
+
+class Options(Config):
+    """An objective's options: a typed, frozen model beside the objective (``FinalOptions``), the type of the
+    objective's ``options`` parameter; an objective without that parameter takes none (this empty model).
+    Serialised with the options given only, as fits record them and registry keys hold them."""
+
+    @model_serializer(mode="wrap")
+    def _given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {name: value for name, value in handler(self).items() if name in self.model_fields_set}

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from dode.core.correction import fit_lambda
 from dode.core.sampling import Update, integrate
-from dode.distillation.objectives.problem import FitProblem, FitResult
+from dode.distillation.objectives.problem import FitProblem, FitResult, Options
 
 SHRINK = 0.5  # the guard's intermediate candidate: the fitted lambdas halved
+
+
+class StepOptions(Options):
+    """The greedy fit takes no options."""
+
+
+NONE = StepOptions()
 
 
 def greedy_lambdas(problem: FitProblem) -> list[float]:
@@ -29,7 +36,7 @@ def greedy_lambdas(problem: FitProblem) -> list[float]:
     return values
 
 
-def fit_step(problem: FitProblem) -> FitResult:
+def fit_step(problem: FitProblem, options: StepOptions = NONE) -> FitResult:
     """Greedy per-evaluation least squares to the teacher's states on the given grid; the guard may keep
     the lambdas, halve them or drop them, by their final error to the teacher on held-out noise."""
     values = tuple(greedy_lambdas(problem))

@@ -15,15 +15,46 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from pydantic import Field, model_validator
 
-from dode.common.config import build
+from dode.common.config import Config, Int, Number, build
 from dode.core.correction import Lambdas
 from dode.core.grids import GridSpec
 from dode.core.types import Tensor
-from dode.distillation.config import FitConfig
+from dode.distillation.config import FAMILY, STUDENT_SOLVER, Family, FitConfig, Seed, Solver
 from dode.distillation.fit import distill
 from dode.distillation.teacher import TeacherConfig
 from dode.models.vp import VPDenoiser, cycle_rows
+
+
+class PipelineDistillConfig(Config):
+    """How ``distill_pipeline`` (and ``dode distill-pipeline``) fits lambdas for a text-to-image pipeline: the
+    student (``solver`` at ``nfe`` evaluations on a ``family`` grid), the guidance, ``samples_per_prompt``
+    seeded latents per prompt from ``seed``, the teacher (its ``factor``, alignment and solver; its seeds are
+    the latents') and the fit."""
+
+    solver: Solver = Field(STUDENT_SOLVER, description="base solver")
+    nfe: Int = Field(10, ge=1, le=100_000, description="network evaluations of the student (heun: odd)")
+    family: Family = Field(FAMILY, description="student grid family")
+    guidance_scale: Number = Field(7.5, description="classifier-free guidance scale (<= 1: off)")
+    negative_prompt: str | None = Field(None, description="unconditional branch text (default: empty prompt)")
+    samples_per_prompt: Int = Field(4, ge=1, le=100_000, description="seeded latents per prompt to fit on")
+    seed: Seed = Field(0, description="seed of the first latent")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    fit: FitConfig = Field(default_factory=FitConfig)
+
+    @model_validator(mode="after")
+    def _fit(self) -> PipelineDistillConfig:
+        if self.samples_per_prompt < (2 if self.fit.guard else 1):
+            raise ValueError(f"samples_per_prompt must be >= {2 if self.fit.guard else 1} (the guard holds samples "
+                             f"out), got {self.samples_per_prompt}")
+        self.teacher.check_budget(self.grid.steps)
+        return self
+
+    @property
+    def grid(self) -> GridSpec:
+        """The student grid on which the solver makes ``nfe`` evaluations."""
+        return GridSpec.for_nfe(self.family, self.solver, self.nfe)
 
 
 def _stack(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
@@ -148,43 +179,28 @@ def latent_shape(pipe: Any) -> tuple[int, ...]:
     return (pipe.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
 
 
-def distill_pipeline(
-    pipe: Any,
-    prompts: Sequence[str],
-    *,
-    solver: str = "euler",
-    nfe: int = 10,
-    grid: str = "karras",
-    guidance_scale: float = 7.5,
-    negative_prompt: str | None = None,
-    samples_per_prompt: int = 4,
-    seed: int = 0,
-    teacher: TeacherConfig | Mapping[str, Any] | None = None,
-    fit: FitConfig | Mapping[str, Any] | None = None,
-) -> Lambdas:
-    """Fit D-ODE lambdas for ``pipe`` over ``prompts`` x ``samples_per_prompt`` seeded latents, the teacher
-    and the fit as ``teacher`` and ``fit`` say (``dode.distill``; the noise is the seeded latents here).
+def distill_pipeline(pipe: Any, prompts: Sequence[str], config: PipelineDistillConfig | Mapping[str, Any] | None = None,
+                     **fields: Any) -> Lambdas:
+    """Fit D-ODE lambdas for ``pipe`` over ``prompts`` x ``samples_per_prompt`` seeded latents as ``config``
+    (``PipelineDistillConfig``, or a mapping of its fields; ``fields`` override it) says: the teacher and the
+    fit as ``dode.distill`` (the noise is the seeded latents here).
 
     Noise row i belongs to prompt i mod P. With the guard a quarter of each prompt's samples (at least
     one) is held out (``fit.holdout`` is set so), so fit and held-out batches both cycle through all
     prompts. A learned grid (objective ``final``): ``DODEScheduler.from_scheduler(pipe.scheduler,
     lambdas=lam)`` then samples on ``lam.sigmas``. SD-1.x/2.x and SDXL pipelines alike.
     """
-    fit = build(FitConfig, fit)
-    if samples_per_prompt < (2 if fit.guard else 1):
-        raise ValueError(
-            f"samples_per_prompt must be >= {2 if fit.guard else 1} (the guard holds samples out), "
-            f"got {samples_per_prompt}"
-        )
-    den = pipeline_denoiser(pipe, prompts, guidance_scale=guidance_scale, negative_prompt=negative_prompt)
-    sigmas = GridSpec.for_nfe(grid, solver, nfe).sigmas(den)
-    gen = torch.Generator().manual_seed(seed)
+    given = config.model_dump() if isinstance(config, PipelineDistillConfig) else dict(config or {})
+    c = build(PipelineDistillConfig, {**given, **fields})
+    den = pipeline_denoiser(pipe, prompts, guidance_scale=c.guidance_scale, negative_prompt=c.negative_prompt)
+    sigmas = c.grid.sigmas(den)
+    gen = torch.Generator().manual_seed(c.seed)
     noise = torch.randn(
-        (len(prompts) * samples_per_prompt, *latent_shape(pipe)), generator=gen, dtype=torch.float64
+        (len(prompts) * c.samples_per_prompt, *latent_shape(pipe)), generator=gen, dtype=torch.float64
     )
-    held = max(1, round(samples_per_prompt / 4))
-    fit = build(FitConfig, {**fit.model_dump(), "holdout": held / samples_per_prompt})
-    return distill(den, noise.to(pipe.device), sigmas, solver, teacher, fit)
+    held = max(1, round(c.samples_per_prompt / 4))
+    fit = c.fit.model_copy(update={"holdout": held / c.samples_per_prompt})
+    return distill(den, noise.to(pipe.device), sigmas, c.solver, c.teacher, fit)
 
 
-__all__ = ["GuidedUNet", "distill_pipeline", "latent_shape", "pipeline_denoiser", "sdxl_added_conditioning"]
+__all__ = ["GuidedUNet", "PipelineDistillConfig", "distill_pipeline", "latent_shape", "pipeline_denoiser", "sdxl_added_conditioning"]

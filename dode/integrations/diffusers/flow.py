@@ -25,6 +25,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 
 from dode.core.types import Tensor
+from dode.distillation.config import STUDENT_SOLVER
 from dode.models.flow import FlowDenoiser, FlowSchedule, check_flow_start
 
 
@@ -46,7 +47,7 @@ class FlowSchedulerMixin:
         max_image_seq_len: int = 4096,
         time_shift_type: str = "exponential",
         shift_terminal: float | None = None,
-        solver: str = "euler",
+        solver: str = STUDENT_SOLVER,
         grid: dict[str, Any] | None = None,
         sigmas: Sequence[float] | None = None,
         correction: str = "data",

@@ -40,6 +40,7 @@ from dode.core.sampling import dode_step, network_calls
 from dode.core.schedules import check_sigmas, sigma_at
 from dode.core.solvers import get_solver
 from dode.core.types import Evaluation, SolverState, Tensor
+from dode.distillation.config import STUDENT_SOLVER
 from dode.integrations.diffusers.flow import FlowSchedulerMixin
 from dode.integrations.diffusers.loading import write_loader
 from dode.integrations.diffusers.stock import StockGrid, is_stock, stock_grid, stock_solver
@@ -134,7 +135,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         beta_schedule: str = "linear",
         trained_betas: Sequence[float] | None = None,
         prediction_type: str = "epsilon",
-        solver: str = "euler",
+        solver: str = STUDENT_SOLVER,
         grid: dict[str, Any] | None = None,
         sigmas: Sequence[float] | None = None,
         correction: str = "data",

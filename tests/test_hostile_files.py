@@ -112,7 +112,7 @@ def test_a_hostile_model_folder_is_refused_before_diffusers_reads_it(case, tmp_p
     folder = model_folder(tmp_path, part, edit)
     with pytest.raises(ValueError, match=re_escape(phrase)):
         load_model(str(folder))
-    rc, out, err = run_cli(capsys, "gaussian", "--model", folder, "--n", "4", "--registry", tmp_path / "registry")
+    rc, out, err = run_cli(capsys, "gaussian", "--model", folder, "--n-samples", "4", "--registry", tmp_path / "registry")
     one_line(rc, err, phrase)
     assert out == "" and Registry(tmp_path / "registry").list() == []
 
@@ -197,7 +197,7 @@ def test_forged_gaussians_are_refused(gauss_registry, tmp_path, capsys):
         with pytest.raises(ValueError, match=re_escape(phrase)):
             load_gaussian(reg, id, model=model.fingerprint)
         rc, out, err = run_cli(capsys, "sample", "--model", "gaussian", "--first-step", "analytic", "--gaussian", id,
-                               "--nfe", "2", "--n-samples", "2", "--quiet", "--registry", reg.uri)
+                               "--nfe", "2", "--sampling-n-samples", "2", "--quiet", "--registry", reg.uri)
         one_line(rc, err, phrase)
         assert out == ""
     assert load_gaussian(reg, good.id, model=model.fingerprint).fingerprint == gauss.fingerprint
@@ -218,11 +218,11 @@ def test_gaussian_moments_streamed_equal_the_batch_fit():
 
 
 def test_dode_gaussian_bounds_n_before_sampling_and_prints_progress_lines(tmp_path, capsys):
-    rc, out, err = run_cli(capsys, "gaussian", "--model", "mixture-smooth", "--n", "1000000000",
+    rc, out, err = run_cli(capsys, "gaussian", "--model", "mixture-smooth", "--n-samples", "1000000000",
                            "--registry", tmp_path / "registry")
-    one_line(rc, err, "n must be an integer in 1..10,000,000")
+    one_line(rc, err, "n_samples: Input should be less than or equal to 1000000")
     assert out == ""
-    rc, _, err = run_cli(capsys, "gaussian", "--model", "mixture-smooth", "--n", "200", "--batch-size", "10",
+    rc, _, err = run_cli(capsys, "gaussian", "--model", "mixture-smooth", "--n-samples", "200", "--batch-size", "10",
                            "--steps", "2", "--registry", tmp_path / "registry")
     lines = [line for line in err.splitlines() if line.startswith("gaussian of mixture-smooth:")]
     assert rc == 0 and len(lines) == 20 and lines[-1].endswith("200/200 sample (100%)"), err
@@ -231,7 +231,7 @@ def test_dode_gaussian_bounds_n_before_sampling_and_prints_progress_lines(tmp_pa
 # Registries that cannot hold what is published.
 def test_a_registry_in_memory_is_refused_for_publishing(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DODE_REGISTRY", "memory://x")
-    rc, out, err = run_cli(capsys, "sample", "--model", "gaussian", "--nfe", "2", "--n-samples", "2", "--quiet")
+    rc, out, err = run_cli(capsys, "sample", "--model", "gaussian", "--nfe", "2", "--sampling-n-samples", "2", "--quiet")
     one_line(rc, err, "lives in this process's memory and dies with it")
     assert out == ""
 
@@ -240,7 +240,7 @@ def test_a_registry_in_memory_is_refused_for_publishing(tmp_path, capsys, monkey
 def test_a_registry_inside_a_registry_is_refused(inside, gauss_registry, capsys):
     reg, _, good, _ = gauss_registry
     before = snapshot(Path(reg.uri))
-    rc, _, err = run_cli(capsys, "sample", "--model", "gaussian", "--nfe", "2", "--n-samples", "2", "--quiet",
+    rc, _, err = run_cli(capsys, "sample", "--model", "gaussian", "--nfe", "2", "--sampling-n-samples", "2", "--quiet",
                          "--registry", Path(reg.uri) / inside.format(id=good.id))
     one_line(rc, err, f"is inside the registry {reg.uri}")
     assert snapshot(Path(reg.uri)) == before and reg.verify() == []
@@ -296,8 +296,8 @@ def test_format_diffusers_never_writes_inside_the_registry(lambdas_registry, cap
 def samples_registry(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
     code = "import sys; from dode.cli import main; sys.exit(main())"
-    done = subprocess.run([sys.executable, "-c", code, "sample", "--model", "gaussian", "--nfe", "2", "--n-samples",
-                           "30000", "--batch-size", "10000", "--quiet", "--registry", str(tmp / "registry")],
+    done = subprocess.run([sys.executable, "-c", code, "sample", "--model", "gaussian", "--nfe", "2",
+                           "--sampling-n-samples", "30000", "--sampling-batch-size", "10000", "--quiet", "--registry", str(tmp / "registry")],
                           capture_output=True, text=True, check=True)
     return tmp / "registry", done.stdout.strip()
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +31,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # the name pipelines look up on load
 from diffusers.utils import BaseOutput
 
-from dode.core.correction import CORRECTIONS, Lambdas
+from dode.core.correction import CORRECTIONS, MAX_ABS_LAMBDA, Lambdas
 from dode.core.fitted import fitted_grid, same_grid
 from dode.core.gaussian import FirstStep
 from dode.core.grids import GridSpec
@@ -41,7 +40,6 @@ from dode.core.schedules import check_sigmas, sigma_at
 from dode.core.solvers import get_solver
 from dode.core.types import Evaluation, SolverState, Tensor
 from dode.integrations.diffusers.flow import FlowSchedulerMixin
-from dode.integrations.diffusers.loading import write_loader
 from dode.integrations.diffusers.stock import StockGrid, is_stock, stock_grid, stock_solver
 from dode.models.flow import is_flow_config
 from dode.models.vp import PREDICTION_TYPES, VPDenoiser
@@ -172,6 +170,10 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"unknown correction {correction!r}; choose one of {list(CORRECTIONS)}")
         if grid is not None and sigmas is not None:
             raise ValueError("pass either grid (a GridSpec dict) or explicit sigmas, not both")
+        bad = [v for v in lambdas or () if not isinstance(v, (int, float)) or not abs(v) <= MAX_ABS_LAMBDA]
+        if bad:  # a config read from a folder is data: NaN, inf or 1e300 would give NaN images
+            raise ValueError(f"lambdas must be finite numbers of magnitude at most {MAX_ABS_LAMBDA:g}, got "
+                             f"{bad[:3]!r:.80}; this scheduler config is corrupt: save the scheduler again")
         if lambdas is not None and grid is None and sigmas is None and base_scheduler is None:
             raise ValueError("lambdas need the grid they were fitted on: pass sigmas=lambdas.sigmas or grid=")
         self.grid_spec = GridSpec(**grid) if grid is not None else None
@@ -285,14 +287,6 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         art = registry.get(id_or_prefix)
         lam = load_lambdas(registry, art)
         return cls.from_scheduler(base_scheduler_config, lambdas=lam, artifact_id=art.id)
-
-    def save_pretrained(self, save_directory: str | Path, push_to_hub: bool = False, **kwargs: Any) -> None:
-        """The config, plus the loader module diffusers needs to load this component in a fresh process
-        (``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``; see dode.integrations.diffusers.loading)."""
-        if push_to_hub:
-            raise ValueError("push_to_hub is not supported: save_pretrained to a folder, then upload it")
-        super().save_pretrained(save_directory, **kwargs)
-        write_loader(save_directory, self.__module__, type(self))
 
     # ---- the diffusers scheduler protocol -------------------------------------------------------
 
@@ -593,6 +587,13 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 class DODEFlowScheduler(FlowSchedulerMixin, DODEScheduler):
     """DODEScheduler for flow-matching pipelines (SD3, FLUX), in FlowMatchEulerDiscreteScheduler's place;
     ``DODEScheduler.from_scheduler`` builds it from a flow-matching scheduler (``dode.integrations.diffusers.flow``)."""
+
+
+# The public home of both classes is ``dode`` (as numpy's functions live in ``numpy``): a pipeline's save_pretrained
+# records a component as [its class's module, its name], so model_index.json says ["dode", "DODEScheduler"], and
+# ``import dode`` + ``DiffusionPipeline.from_pretrained(folder)`` finds the class in the installed package. The
+# saved folder holds configs and weights only: nothing in it is code, nothing in it runs.
+DODEScheduler.__module__ = DODEFlowScheduler.__module__ = "dode"
 
 
 __all__ = ["WRONG_PIPELINE", "DODEFlowScheduler", "DODEScheduler", "DODESchedulerOutput", "SchedulerMixin"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from test_diffusers_pipelines import tiny_sdxl_pipeline
-from test_diffusers_scheduler import tiny_sd_pipeline
+from test_diffusers_scheduler import one_thread, tiny_sd_pipeline  # noqa: F401  (the shared fixture)
 from tiny_flow_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline
 
 import dode
@@ -24,12 +24,7 @@ BUILD = {"from_scheduler": lambda stock: DODEScheduler.from_scheduler(stock),
          "from_config": lambda stock: DODEScheduler.from_config(stock.config)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(pipe, scheduler, **kwargs):

@@ -39,10 +39,14 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument(
         "--negative-prompt", default=None, help="unconditional branch text (default: empty prompt)"
     )
-    p.add_argument("--grid", default="karras", choices=FAMILIES, help="student grid family (default %(default)s)")
+    p.add_argument("--grid", default=None, choices=FAMILIES,
+                   help="student grid family (default: karras; flow for flow-matching pipelines such as SD3, FLUX)")
     p.add_argument("--teacher-factor", type=int, default=None,
                    help=f"teacher steps per student step (default {TeacherConfig().factor})")
     p.add_argument("--samples-per-prompt", type=int, default=4, help="seeded latents per prompt to fit on")
+    p.add_argument("--height", type=int, default=None,
+                   help="image height in pixels for flow-matching pipelines (SD3, FLUX; default: the pipeline's)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels, as --height")
     p.add_argument("--seed", type=int, default=0, help="seed of the first latent (default %(default)s)")
     p.add_argument("--correction", default=None, choices=("data", "noise"),
                    help=f"D-ODE correction flavour (default {FitConfig().correction})")
@@ -85,6 +89,7 @@ def load_pipeline(path_or_id: str, device: str):
 def run(args: argparse.Namespace) -> int:
     from dode.core.grids import GridSpec
     from dode.integrations.diffusers.scheduler import DODEScheduler
+    from dode.models.flow import is_flow_config
     from dode.store.lambdas import save_lambdas
     from dode.store.location import registry_location
     from dode.store.registry import Registry
@@ -92,11 +97,13 @@ def run(args: argparse.Namespace) -> int:
     if args.no_register and args.out is None:
         raise ValueError("--no-register without --out would throw the lambdas away; pass --out DIR")
     prompts = read_prompts(args.prompts)
-    grid = GridSpec.for_nfe(args.grid, args.solver, args.nfe)
+    GridSpec.for_nfe(args.grid or "karras", args.solver, args.nfe)  # solver and nfe checked before any loading
     registry = None if args.no_register else Registry(registry_location(args.registry))
     if registry is not None:
         registry.check_writable()  # fail before the distillation, not after
     pipe = load_pipeline(args.model, args.device)
+    family = args.grid or ("flow" if is_flow_config(pipe.scheduler.config) else "karras")
+    grid = GridSpec.for_nfe(family, args.solver, args.nfe)
 
     # Distil on the pipeline's own guided denoiser.
     with progress.bars(not args.quiet):
@@ -157,6 +164,8 @@ def distill_lambdas(pipe, prompts: list[str], args: argparse.Namespace):
         seed=args.seed,
         teacher=given(factor=args.teacher_factor),
         fit=given(correction=args.correction),
+        height=args.height,
+        width=args.width,
     )
 
 

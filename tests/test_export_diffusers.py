@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 
+import diffusers
+import numpy
 import pytest
 import torch
-from diffusers import (
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-)
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from test_diffusers_scheduler import tiny_unet2d
 
 import dode
@@ -85,34 +82,43 @@ def run_start(spec: dict, sigmas: list[float]) -> float:
     return sigmas[0] if spec["scheduler"]["class"] == "EulerDiscreteScheduler" else (sigmas[0] ** 2 + 1) ** 0.5
 
 
-def test_the_exported_flow_grid_in_flow_match_euler_is_the_dode_sampler_and_is_not_shifted_twice():
+@pytest.mark.parametrize(("solver", "family"), [("euler", "flow"), ("euler", "karras"), ("unipc", "karras"),
+                                               ("unipc_2", "karras")])
+def test_the_exported_flow_grid_in_a_stock_scheduler_is_the_dode_sampler_and_is_not_shifted_twice(solver, family):
     """A flow-matching model (a UNet predicting velocity, SD3's shift 3): the stored grid is post-shift, so the
     stock scheduler takes t = sigma / (1 + sigma) with shift 1; with the model's own shift it would be shifted
-    again (and sample elsewhere)."""
+    again (and sample elsewhere). UniPC takes flow grids from a finite sigma."""
     unet, schedule = tiny_unet2d(), FlowSchedule(shift=3.0)
     den = FlowDenoiser(unet_call(unet), schedule)
-    grid = GridSpec("flow", 6).sigmas(den)
-    lam = dode.Lambdas([0.1] * 6, "euler", grid.tolist())
+    grid = GridSpec("flow", 6).sigmas(den) if family == "flow" else dode.karras_sigmas(6, 0.01, 50.0)
+    lam = dode.Lambdas([0.1] * 6, solver, grid.tolist())
     training = {**schedule.to_config(), "_class_name": "FlowMatchEulerDiscreteScheduler"}
     spec = json.loads(json.dumps(diffusers_schedule(lam, training, "abc")))
-    assert spec["scheduler"]["class"] == "FlowMatchEulerDiscreteScheduler"
     noise = torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ours = dode.sample(den, noise, grid, "euler")
-    theirs = run_flow_stock(spec["scheduler"]["config"], spec["scheduler"]["set_timesteps"], unet, noise)
+        ours = dode.sample(den, noise, grid, solver)
+    start = noise * float(grid[0] / (1 + grid[0]))  # x_t at t_0 of dode's x_T = sigma_0 n
+    theirs = run_flow_stock(spec["scheduler"], unet, start)
     assert (ours - theirs).abs().max() <= 1e-5 * ours.abs().max()
-    twice = run_flow_stock(schedule.to_config(), spec["scheduler"]["set_timesteps"], unet, noise)
-    assert (ours - twice).abs().max() > 1e-2 * ours.abs().max()
+    if solver == "euler":
+        twice = run_flow_stock({**spec["scheduler"], "config": schedule.to_config()}, unet, start)
+        assert (ours - twice).abs().max() > 1e-3 * ours.abs().max()
 
 
-def run_flow_stock(config: dict, set_timesteps: dict, unet, noise: torch.Tensor) -> torch.Tensor:
-    scheduler = FlowMatchEulerDiscreteScheduler(**config)
-    scheduler.set_timesteps(**set_timesteps)
-    x = noise
+def run_flow_stock(stock: dict, unet, x: torch.Tensor) -> torch.Tensor:
+    scheduler = getattr(diffusers, stock["class"])(**stock["config"])
+    scheduler.set_timesteps(**{key: numpy.asarray(value) for key, value in stock["set_timesteps"].items()})
     with torch.no_grad():
         for t in scheduler.timesteps:
             x = scheduler.step(unet(x, t).sample, t, x).prev_sample
     return x.to(torch.float64)
+
+
+def test_unipc_from_t_one_is_refused():
+    grid = GridSpec("flow", 6).sigmas(FlowDenoiser(None, FlowSchedule(shift=3.0)))
+    training = {**FlowSchedule(shift=3.0).to_config(), "_class_name": "FlowMatchEulerDiscreteScheduler"}
+    with pytest.raises(ValueError, match="moves to 0.999999.*DODEScheduler.from_artifact"):
+        diffusers_schedule(dode.Lambdas([0.0] * 6, "unipc", grid.tolist()), training, "abc")
 
 
 @pytest.mark.parametrize(("lam", "message"), [
@@ -171,7 +177,7 @@ def test_a_text_to_image_model_gets_the_grid_in_the_pipeline_call(den):
     lam = dode.Lambdas([0.0] * 5, "euler", learned_grid(den, 5, False))
     spec = diffusers_schedule(lam, TRAINING, "abc")
     text = snippet(spec, "StableDiffusionPipeline")
-    assert 'pipe("a prompt", **spec["set_timesteps"])' in text and "sigmas=" in text and "unet(" not in text
+    assert 'pipe("a prompt", **grid)' in text and "sigmas=" in text and "unet(" not in text
 
 
 def test_a_digits_flow_artifact_exports_for_flow_match_euler_and_its_snippet_samples_as_dode(tmp_path):

@@ -7,7 +7,9 @@ schedulers cannot apply them); refused with one error saying what to use instead
   where the grid's sigmas are those of integer training timesteps (it takes no other grid). UniPC takes custom
   grids only for flow-matching models (diffusers 0.42), Heun and the rest none.
 - Flow-matching models: ``euler`` -> ``FlowMatchEulerDiscreteScheduler(sigmas=t)``, t = sigma / (1 + sigma), with
-  ``shift=1`` and no dynamic shifting: that scheduler shifts given sigmas, and the stored grid is already shifted.
+  ``shift=1`` and no dynamic shifting: that scheduler shifts given sigmas, and the stored grid is already shifted;
+  ``unipc`` / ``unipc_2`` -> ``UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=1, sigmas=t)`` where the
+  grid starts below t = 1 - 1e-6 (UniPC moves a first time of 1 there, and its first step then differs).
 - An analytic first step (the Gaussian's evaluation at sigma_0, no network call) is made by no stock scheduler:
   refused, pointing at ``DODEScheduler``, which takes it.
 
@@ -37,10 +39,15 @@ STOCK_FOR_SOLVER = {  # dode solver -> (stock class, its config for that solver,
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, "timesteps"),
     "dpmpp_3m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}, "timesteps"),
 }
+UNIPC_FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 1.0, "solver_type": "bh2",
+              "use_dynamic_shifting": False, "shift_terminal": None, "final_sigmas_type": "zero"}
 FLOW_STOCK_FOR_SOLVER = {  # the same for flow-matching models; shift 1: the given times are used as they are
     "euler": ("FlowMatchEulerDiscreteScheduler", {"shift": 1.0, "use_dynamic_shifting": False,
                                                   "shift_terminal": None}, "sigmas"),
+    "unipc_2": ("UniPCMultistepScheduler", {**UNIPC_FLOW, "solver_order": 2}, "sigmas"),
+    "unipc": ("UniPCMultistepScheduler", {**UNIPC_FLOW, "solver_order": 3}, "sigmas"),
 }
+UNIPC_T_MAX = 1 - 1e-6  # UniPC moves a first time above this down to it (its log(alpha_t) at t = 1 is -inf)
 FLOW_CLASSES = {name for name, _, _ in FLOW_STOCK_FOR_SOLVER.values()}
 TRAINING_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
 UNCONDITIONAL = ("DDPMPipeline", "DDIMPipeline", "DODEPipeline")  # pipelines with a UNet and no prompt
@@ -71,9 +78,12 @@ def diffusers_schedule(lam: Lambdas, training: dict[str, Any] | None, artifact_i
     name, solver_config, takes = table[lam.solver]
     if flow:
         schedule = FlowSchedule.from_config(training)
-        config = {**schedule.to_config(), **solver_config}
+        config = {"num_train_timesteps": schedule.num_train_timesteps, **solver_config}
         t = sigma_to_flow_time(sigmas[:-1])
         timesteps, given = (schedule.num_train_timesteps * t).tolist(), t.tolist()
+        if name == "UniPCMultistepScheduler" and given[0] > UNIPC_T_MAX:
+            raise _refuse(lam, f"the grid starts at t = {given[0]:.9g}, which {name} moves to {UNIPC_T_MAX} (its "
+                          "first step then differs); a grid from a finite sigma exports", artifact_id)
     else:
         from diffusers import DDPMScheduler
 
@@ -101,17 +111,19 @@ import json
 from pathlib import Path
 
 import diffusers
+import numpy
 import torch
 
 spec = json.loads((Path(__file__).parent / "schedule.json").read_text())["scheduler"]
+grid = {{key: numpy.asarray(value) for key, value in spec["set_timesteps"].items()}}  # UniPC takes arrays only
 pipe = diffusers.DiffusionPipeline.from_pretrained("path/to/your/pipeline")  # the model the grid was learned on
 scheduler = getattr(diffusers, spec["class"]).from_config(pipe.scheduler.config, **spec["config"])
 '''
 TEXT_TO_IMAGE = '''pipe.scheduler = scheduler
-image = pipe("a prompt", **spec["set_timesteps"]).images[0]  # {takes}=...: the learned grid
+image = pipe("a prompt", **grid).images[0]  # {takes}=...: the learned grid
 '''
 UNCONDITIONAL_LOOP = '''# {pipeline} takes no grid (and never scales its inputs): the denoising loop over its UNet.
-scheduler.set_timesteps(**spec["set_timesteps"])
+scheduler.set_timesteps(**grid)
 unet, size = pipe.unet, pipe.unet.config.sample_size
 x = torch.randn(4, unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
 {start}

@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     p = subparsers.add_parser(
         name,
         help="fit D-ODE lambdas for a text-to-image diffusers pipeline (classifier-free guidance included)",
-        description="Distil one lambda per network evaluation for a Stable Diffusion (1.x/2.x or SDXL) "
+        description="Distil one lambda per network evaluation for a Stable Diffusion (1.x/2.x, SDXL, SD3) or FLUX "
         "pipeline over a file of prompts; register them and/or write a DODEScheduler folder, which also "
         "serves the img2img and inpainting pipelines on the same components.",
     )

@@ -45,6 +45,8 @@ __getattr__, __dir__ = lazy_face(__name__, {
     "DODEScheduler": "dode.integrations.diffusers.scheduler",
     "DODEFlowScheduler": "dode.integrations.diffusers.scheduler",
     "DODEPipeline": "dode.integrations.diffusers.pipeline",
+    # diffusers loads a component ["dode", "DODEScheduler"] by the base class it finds under this name in dode
+    "SchedulerMixin": "dode.integrations.diffusers.scheduler",
 })
 
 __all__ = ["SOLVERS", "DODEFlowScheduler", "DODEPipeline", "DODEScheduler", "FirstStep", "FitConfig", "Gaussian",

@@ -45,7 +45,6 @@ MOVED = {
     "dode.cli.commands": "dode.pipeline.commands",
     "dode.diffusers_scheduler": "dode.integrations.diffusers.scheduler",
     "dode.diffusers_flow": "dode.integrations.diffusers.flow",
-    "dode.diffusers_loading": "dode.integrations.diffusers.loading",
     "dode.diffusers_pipeline": "dode.integrations.diffusers.pipeline",
     "dode.diffusers_stock": "dode.integrations.diffusers.stock",
     "dode.export_diffusers": "dode.integrations.diffusers.export",

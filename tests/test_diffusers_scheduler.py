@@ -245,16 +245,14 @@ def test_config_round_trip_keeps_lambdas(sd64, tmp_path):
 
 
 def test_pipeline_folder_round_trip(sd_folder, tmp_path):
-    """A whole pipeline saved with a DODEScheduler loads it back with its lambdas: the scheduler folder ships its
-    loader module, which diffusers runs only with trust_remote_code=True (and then in any process)."""
+    """A whole pipeline saved with a DODEScheduler loads it back with its lambdas, dode imported (model_index.json
+    names it ["dode", "DODEScheduler"]; tests/test_diffusers_loading.py loads it in a fresh process)."""
     pipe = StableDiffusionPipeline.from_pretrained(sd_folder)
     pipe.scheduler = DODEScheduler.from_scheduler(
         pipe.scheduler, solver="dpmpp_2m", nfe=3, lambdas=[0.0, 0.5, -0.2]
     )
     pipe.save_pretrained(tmp_path / "with-dode")
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        StableDiffusionPipeline.from_pretrained(tmp_path / "with-dode")
-    back = StableDiffusionPipeline.from_pretrained(tmp_path / "with-dode", trust_remote_code=True)
+    back = StableDiffusionPipeline.from_pretrained(tmp_path / "with-dode")
     assert isinstance(back.scheduler, DODEScheduler)
     assert list(back.scheduler.config.lambdas) == [0.0, 0.5, -0.2]
     assert torch.equal(back.scheduler.sigmas, pipe.scheduler.sigmas)

@@ -65,6 +65,24 @@ def test_lambda_zero_reproduces_the_stock_scheduler(unet, name, steps):
     assert (planted - ref).abs().max() > 1e-3 * ref.abs().max()  # the lambdas act on the same run
 
 
+@pytest.mark.parametrize("name", sorted(STOCK))
+def test_the_swap_idiom_from_config_is_from_scheduler(unet, name):
+    """``pipe.scheduler = DODEScheduler.from_config(pipe.scheduler.config)``: the config names no class, yet the
+    scheduler built is from_scheduler's (same solver, grid, timesteps), and so is the stock run at lambda = 0;
+    from_config's lambdas= and config overrides go where from_scheduler's do."""
+    cls, config, solver = STOCK[name]
+    stock = cls(**config)
+    ref = latents(unet, stock, 5)
+    swapped = DODEScheduler.from_config(stock.config)
+    assert type(swapped) is DODEScheduler and swapped.config.solver == solver
+    assert (latents(unet, swapped, 5) - ref).abs().max() <= 1e-5 * ref.abs().max()
+    planted = [0.2] * len(stock_timesteps(stock, 5))
+    with_lambdas = latents(unet, DODEScheduler.from_config(stock.config, lambdas=planted), 5)
+    assert torch.equal(with_lambdas, latents(unet, DODEScheduler.from_scheduler(stock, lambdas=planted), 5))
+    moved = DODEScheduler.from_config(stock.config, beta_end=0.02)
+    assert torch.equal(moved.alphas_cumprod, cls(**{**config, "beta_end": 0.02}).alphas_cumprod)
+
+
 def test_the_stock_grid_round_trips_and_fixes_its_steps_with_lambdas(unet, tmp_path):
     stock = DPMSolverMultistepScheduler(**SD, use_karras_sigmas=True)
     sched = DODEScheduler.from_scheduler(stock, lambdas=[0.0, 0.1, -0.1, 0.2, 0.0])

@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> None:
     p = subparsers.add_parser(
         name,
         help="fit D-ODE lambdas for a text-to-image diffusers pipeline (classifier-free guidance included)",
-        description="Distil one lambda per network evaluation for a Stable Diffusion (1.x/2.x or SDXL) "
+        description="Distil one lambda per network evaluation for a Stable Diffusion (1.x/2.x, SDXL, SD3) or FLUX "
         "pipeline over a file of prompts; register them and/or write a DODEScheduler folder, which also "
         "serves the img2img and inpainting pipelines on the same components. The options are its configuration "
         "(dode.integrations.diffusers.distill.PipelineDistillConfig).",
@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from dode.common.config import build
     from dode.integrations.diffusers.distill import PipelineDistillConfig, distill_pipeline
     from dode.integrations.diffusers.scheduler import DODEScheduler
+    from dode.models.flow import is_flow_config
     from dode.store.lambdas import save_lambdas
     from dode.store.location import registry_location
     from dode.store.registry import Registry
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if registry is not None:
         registry.check_writable()  # fail before the distillation, not after
     pipe = load_pipeline(args.model, args.device)
+    grid = config.grid_for(is_flow_config(pipe.scheduler.config))
 
     # Distil on the pipeline's own guided denoiser.
     with progress.bars(not args.quiet):
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if registry is not None:
         params = {
             "model": args.model,
-            "grid": config.grid.to_dict(),
+            "grid": grid.to_dict(),
             "guidance_scale": config.guidance_scale,
             "negative_prompt": config.negative_prompt,
             "n_prompts": len(prompts),

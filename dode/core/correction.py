@@ -23,6 +23,8 @@ def floats(values: Any, name: str) -> list[float]:
     if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
         raise ValueError(f"lambdas field {name!r} must be a list of numbers, got {values!r:.80}")
     try:
+        if any(isinstance(v, (str, bytes, bool)) for v in values):  # "0.5" or true in a file is not a number
+            raise TypeError
         return [float(v) for v in values]
     except (TypeError, ValueError):
         raise ValueError(f"lambdas field {name!r} must be a list of numbers, got {values!r:.80}") from None

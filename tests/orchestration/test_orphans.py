@@ -40,9 +40,9 @@ def test_the_ephemeral_server_ends_when_dode_run_is_killed(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "DODE_REGISTRY": str(tmp_path / "registry")}
     env.pop("PREFECT_API_URL", None)
     code = "import sys; from dode.cli import main; sys.exit(main())"
-    with open(tmp_path / "run.log", "wb") as log:  # a teacher of 10^6 samples: still running when killed
+    with open(tmp_path / "run.log", "wb") as log:  # a teacher of 600,000 samples x 2,000 steps: still running
         proc = subprocess.Popen([sys.executable, "-c", code, "run", "teacher", "--model", "mixture-smooth", "--steps",
-                                 "2", "--teacher-factor", "2", "--teacher-n-samples", "1000000"], env=env, stdout=log,
+                                 "2", "--teacher-factor", "1000", "--teacher-n-samples", "600000"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     started = []
     try:

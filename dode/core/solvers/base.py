@@ -25,12 +25,13 @@ MAX_HISTORY = 4
 class Stock:
     """A stock diffusers scheduler that is a solver at lambda = 0 (``dode.integrations.diffusers.stock``): its class
     name, the settings that make it this solver (e.g. ``{"solver_order": 2}``), and how its ``set_timesteps`` takes
-    a custom grid of a DDPM-trained model (``dode.integrations.diffusers.export``): as ``sigmas``, as integer
-    ``timesteps``, or not at all (None)."""
+    a custom grid (``dode.integrations.diffusers.export``): as ``sigmas``, as integer ``timesteps``, or not at all
+    (None); ``flow`` for a scheduler of flow-matching models (its ``sigmas`` are the times t = sigma / (1 + sigma))."""
 
     scheduler: str
     config: Mapping[str, Any] = field(default_factory=dict)
     takes: Literal["sigmas", "timesteps"] | None = None
+    flow: bool = False
 
 
 class Solver(Protocol):

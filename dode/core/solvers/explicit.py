@@ -20,7 +20,9 @@ class Euler(OneEvalPerStep):
     name: str = "euler"
     order: int = 1
     infinite_start = True
-    stock = (Stock("EulerDiscreteScheduler", takes="sigmas"), Stock("DDIMScheduler"))  # DDIM: Euler in sigma space
+    stock = (Stock("EulerDiscreteScheduler", takes="sigmas"), Stock("DDIMScheduler"),  # DDIM: Euler in sigma space
+             Stock("FlowMatchEulerDiscreteScheduler", {"shift": 1.0, "use_dynamic_shifting": False,
+                                                      "shift_terminal": None}, "sigmas", flow=True))
     official = ("karras", "ddim")
 
     def advance(self, sigmas: Tensor, state: SolverState, ev: Evaluation, denoised: Tensor) -> SolverState:

@@ -39,6 +39,8 @@ def uni_bh2(x: Tensor, sigma_s: Tensor, sigma_t: Tensor, d_s: Tensor, points: Po
         rhos = torch.linalg.solve(rks[None, :] ** powers[:, None], torch.stack(g))
     return x_t - b_h * sum(a * (d_m - d_s) / r for a, r, (_, d_m) in zip(rhos, rks, points))
 
+UNIPC_FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 1.0, "solver_type": "bh2",
+              "use_dynamic_shifting": False, "shift_terminal": None, "final_sigmas_type": "zero"}  # given times as is
 
 @dataclass(frozen=True)
 class UniPC(OneEvalPerStep):
@@ -57,7 +59,8 @@ class UniPC(OneEvalPerStep):
 
     @property
     def stock(self) -> tuple[Stock, ...]:  # type: ignore[override]
-        return (Stock("UniPCMultistepScheduler", {"solver_type": "bh2", "solver_order": self.order}),)
+        return (Stock("UniPCMultistepScheduler", {"solver_type": "bh2", "solver_order": self.order}),
+                Stock("UniPCMultistepScheduler", {**UNIPC_FLOW, "solver_order": self.order}, "sigmas", flow=True))
 
     def step_order(self, k: int, steps: int) -> int:
         return min(self.order, k + 1, steps - k)

@@ -1,8 +1,10 @@
-"""D-ODE for text-conditioned latent pipelines (the Stable Diffusion family), with classifier-free guidance.
+"""D-ODE for text-conditioned latent pipelines, with their guidance: the Stable Diffusion family (UNets on DDPM
+schedules) and the flow-matching transformers (Stable Diffusion 3, FLUX).
 
-The pipeline's UNet, prompts (SDXL: with pooled embeddings and time ids) and guidance become one
-sigma-space denoiser (``GuidedUNet`` inside the project's ``VPDenoiser``); ``dode.distill`` fits
-lambdas on it; ``DODEScheduler.from_scheduler`` ships them back into the pipeline:
+The pipeline's network, prompts (SDXL: with pooled embeddings and time ids; SD3 and FLUX: pooled projections) and
+guidance become one sigma-space denoiser (``GuidedUNet`` inside the project's ``VPDenoiser``, or
+``GuidedNetwork`` on the transformer inside ``FlowDenoiser``); ``dode.distill`` fits lambdas on it;
+``DODEScheduler.from_scheduler`` ships them back into the pipeline:
 
     lam = distill_pipeline(pipe, prompts, solver="euler", nfe=8, guidance_scale=7.5)
     pipe.scheduler = DODEScheduler.from_scheduler(pipe.scheduler, lambdas=lam)
@@ -24,6 +26,7 @@ from dode.core.types import Tensor
 from dode.distillation.config import FAMILY, STUDENT_SOLVER, Family, FitConfig, Seed, Solver
 from dode.distillation.fit import distill
 from dode.distillation.teacher import TeacherConfig
+from dode.models.flow import FlowDenoiser, FlowSchedule, check_flow_start, flux_call, is_flow_config, sd3_call
 from dode.models.vp import VPDenoiser, cycle_rows
 
 
@@ -35,7 +38,11 @@ class PipelineDistillConfig(Config):
 
     solver: Solver = Field(STUDENT_SOLVER, description="base solver")
     nfe: Int = Field(10, ge=1, le=100_000, description="network evaluations of the student (heun: odd)")
-    family: Family = Field(FAMILY, description="student grid family")
+    family: Family | None = Field(None, description=f"student grid family (default: {FAMILY}; flow for "
+                                  "flow-matching pipelines such as SD3, FLUX)")
+    height: Int | None = Field(None, ge=8, le=16_384, description="image height in pixels for flow-matching "
+                               "pipelines (SD3, FLUX; default: the pipeline's)")
+    width: Int | None = Field(None, ge=8, le=16_384, description="image width in pixels, as height")
     guidance_scale: Number = Field(7.5, description="classifier-free guidance scale (<= 1: off)")
     negative_prompt: str | None = Field(None, description="unconditional branch text (default: empty prompt)")
     samples_per_prompt: Int = Field(4, ge=1, le=100_000, description="seeded latents per prompt to fit on")
@@ -53,8 +60,12 @@ class PipelineDistillConfig(Config):
 
     @property
     def grid(self) -> GridSpec:
-        """The student grid on which the solver makes ``nfe`` evaluations."""
-        return GridSpec.for_nfe(self.family, self.solver, self.nfe)
+        """The student grid on which the solver makes ``nfe`` evaluations (a UNet pipeline's default family)."""
+        return GridSpec.for_nfe(self.family or FAMILY, self.solver, self.nfe)
+
+    def grid_for(self, flow: bool) -> GridSpec:
+        """The student grid of a flow-matching (``flow``) or a UNet pipeline: ``family``, else its default."""
+        return GridSpec.for_nfe(self.family or ("flow" if flow else FAMILY), self.solver, self.nfe)
 
 
 def _stack(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +127,79 @@ class GuidedUNet:
         return eps_u + self.guidance_scale * (eps_c - eps_u)
 
 
+class GuidedNetwork:
+    """Any network ``call(x, t, **conditioning)`` with classifier-free guidance as one model(x, t): the conditioning
+    is one row per prompt (nested dicts too), row i of a batch takes prompt i mod P; with ``uncond``, one batched
+    call on [x, x] with [uncond, cond] and out = out_u + g (out_c - out_u), as SD3's pipeline does."""
+
+    def __init__(self, call: Any, cond: dict[str, Any], uncond: dict[str, Any] | None = None,
+                 guidance_scale: float = 1.0) -> None:
+        self.call, self.cond, self.uncond, self.guidance_scale = call, cond, uncond, float(guidance_scale)
+        self.parameters = call.parameters  # the dtype and device the adapter casts inputs to
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        cond = _cycle(self.cond, len(x))
+        if self.uncond is None:
+            return self.call(x, t, **cond)
+        both = _stack(_cycle(self.uncond, len(x)), cond)
+        out_u, out_c = self.call(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
+        return out_u + self.guidance_scale * (out_c - out_u)
+
+
+def _cycle(kwargs: dict[str, Any], n: int) -> dict[str, Any]:
+    """Every tensor of ``kwargs`` (nested dicts too) cycled to n rows."""
+    return {k: _cycle(v, n) if isinstance(v, dict) else cycle_rows(v, n) for k, v in kwargs.items()}
+
+
+def flow_latent_shape(pipe: Any, height: int | None, width: int | None) -> tuple[tuple[int, ...], int]:
+    """One latent's shape (C, H, W) and the image sequence length dynamic shifting counts, for an SD3- or FLUX-style
+    pipeline at ``height`` x ``width`` pixels (its default size when None), as the pipeline computes them."""
+    net, flux = pipe.transformer, hasattr(pipe.transformer.config, "guidance_embeds")
+    height = height or pipe.default_sample_size * pipe.vae_scale_factor
+    width = width or pipe.default_sample_size * pipe.vae_scale_factor
+    if flux:  # FLUX packs 2 x 2 patches of 16 / 4 channels
+        h, w = (2 * (int(side) // (pipe.vae_scale_factor * 2)) for side in (height, width))
+        return (net.config.in_channels // 4, h, w), (h // 2) * (w // 2)
+    h, w = (int(side) // pipe.vae_scale_factor for side in (height, width))
+    return (net.config.in_channels, h, w), (h // net.config.patch_size) * (w // net.config.patch_size)
+
+
+def flow_pipeline_denoiser(pipe: Any, prompts: Sequence[str], *, guidance_scale: float, negative_prompt: str | None,
+                           height: int | None = None, width: int | None = None,
+                           max_sequence_length: int | None = None) -> tuple[FlowDenoiser, tuple[int, ...]]:
+    """The sigma-space denoiser of an SD3- or FLUX-style pipeline for ``prompts`` (row i -> prompt i mod P) and
+    one latent's shape. SD3: classifier-free guidance over the pipeline's own ``encode_prompt`` (the empty prompt,
+    or ``negative_prompt``, unconditional); FLUX: the guidance embedding (``guidance_embeds``) and no second branch,
+    as FluxPipeline's default call. The dynamic shift ``mu`` is the pipeline's at that size."""
+    flux = hasattr(pipe.transformer.config, "guidance_embeds")
+    guided = guidance_scale > 1.0 and not flux
+    lengths = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
+    with torch.no_grad():
+        if flux:
+            embeds, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=pipe.device, **lengths)
+        else:
+            embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
+                prompt=prompts, prompt_2=None, prompt_3=None, device=pipe.device, do_classifier_free_guidance=guided,
+                negative_prompt=None if negative_prompt is None else [negative_prompt] * len(prompts), **lengths)
+    shape, seq_len = flow_latent_shape(pipe, height, width)
+    cond = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+    if flux:
+        call, shared = flux_call(pipe.transformer), {"txt_ids": text_ids}
+        embedded = pipe.transformer.config.guidance_embeds
+
+        def network(x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+            g = torch.full((len(x),), guidance_scale, device=x.device, dtype=torch.float32) if embedded else None
+            return call(x, t, guidance=g, **shared, **kwargs)
+
+        network.parameters = call.parameters
+        model = GuidedNetwork(network, cond)
+    else:
+        uncond = {"encoder_hidden_states": neg, "pooled_projections": neg_pooled} if guided else None
+        model = GuidedNetwork(sd3_call(pipe.transformer), cond, uncond, guidance_scale)
+    schedule = FlowSchedule.from_config(pipe.scheduler.config)
+    return FlowDenoiser(model, schedule, mu=schedule.mu(seq_len) if schedule.use_dynamic_shifting else None), shape
+
+
 def sdxl_added_conditioning(
     pipe: Any, pooled: Tensor, pooled_uncond: Tensor | None
 ) -> tuple[dict, dict | None]:
@@ -153,9 +237,7 @@ def pipeline_denoiser(
             )
     if not hasattr(pipe.scheduler, "alphas_cumprod"):
         raise ValueError("the pipeline's scheduler has no DDPM training schedule (alphas_cumprod)")
-    prompts = list(prompts)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("pass at least one prompt (a list of strings)")
+    prompts = _prompts(prompts)
     guided = guidance_scale > 1.0
     with torch.no_grad():
         encoded = pipe.encode_prompt(
@@ -173,6 +255,13 @@ def pipeline_denoiser(
     return VPDenoiser(model, pipe.scheduler.alphas_cumprod, pipe.scheduler.config.prediction_type)
 
 
+def _prompts(prompts: Sequence[str]) -> list[str]:
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("pass at least one prompt (a list of strings)")
+    return prompts
+
+
 def latent_shape(pipe: Any) -> tuple[int, ...]:
     """One latent's shape (C, H, W) from the pipeline's UNet config."""
     size = pipe.unet.config.sample_size
@@ -188,19 +277,31 @@ def distill_pipeline(pipe: Any, prompts: Sequence[str], config: PipelineDistillC
     Noise row i belongs to prompt i mod P. With the guard a quarter of each prompt's samples (at least
     one) is held out (``fit.holdout`` is set so), so fit and held-out batches both cycle through all
     prompts. A learned grid (objective ``final``): ``DODEScheduler.from_scheduler(pipe.scheduler,
-    lambdas=lam)`` then samples on ``lam.sigmas``. SD-1.x/2.x and SDXL pipelines alike.
+    lambdas=lam)`` then samples on ``lam.sigmas``. SD-1.x/2.x and SDXL pipelines alike (``grid`` default "karras"),
+    and the flow-matching SD3 and FLUX pipelines (a ``transformer`` and a FlowMatchEulerDiscreteScheduler; ``grid``
+    default "flow", the scheduler's shifted grid, from t = 1 where the pipelines' noise is; ``height``/``width``
+    the image size in pixels, the pipeline's default when None, which sets the latents and FLUX's shift).
     """
-    given = config.model_dump() if isinstance(config, PipelineDistillConfig) else dict(config or {})
+    given = config.model_dump(exclude_unset=True) if isinstance(config, PipelineDistillConfig) else dict(config or {})
     c = build(PipelineDistillConfig, {**given, **fields})
-    den = pipeline_denoiser(pipe, prompts, guidance_scale=c.guidance_scale, negative_prompt=c.negative_prompt)
-    sigmas = c.grid.sigmas(den)
+    if hasattr(pipe, "transformer") and is_flow_config(pipe.scheduler.config):
+        den, shape = flow_pipeline_denoiser(pipe, _prompts(prompts), guidance_scale=c.guidance_scale,
+                                            negative_prompt=c.negative_prompt, height=c.height, width=c.width)
+    else:
+        if c.height is not None or c.width is not None:
+            raise ValueError("height and width apply to flow-matching (SD3, FLUX) pipelines; a UNet pipeline "
+                             "distils at its UNet's sample_size")
+        den = pipeline_denoiser(pipe, prompts, guidance_scale=c.guidance_scale, negative_prompt=c.negative_prompt)
+        shape = latent_shape(pipe)
+    sigmas = c.grid_for(isinstance(den, FlowDenoiser)).sigmas(den)
+    if isinstance(den, FlowDenoiser):
+        check_flow_start(c.solver, sigmas)
     gen = torch.Generator().manual_seed(c.seed)
-    noise = torch.randn(
-        (len(prompts) * c.samples_per_prompt, *latent_shape(pipe)), generator=gen, dtype=torch.float64
-    )
+    noise = torch.randn((len(prompts) * c.samples_per_prompt, *shape), generator=gen, dtype=torch.float64)
     held = max(1, round(c.samples_per_prompt / 4))
     fit = c.fit.model_copy(update={"holdout": held / c.samples_per_prompt})
     return distill(den, noise.to(pipe.device), sigmas, c.solver, c.teacher, fit)
 
 
-__all__ = ["GuidedUNet", "PipelineDistillConfig", "distill_pipeline", "latent_shape", "pipeline_denoiser", "sdxl_added_conditioning"]
+__all__ = ["GuidedNetwork", "GuidedUNet", "PipelineDistillConfig", "distill_pipeline", "flow_latent_shape",
+           "flow_pipeline_denoiser", "latent_shape", "pipeline_denoiser", "sdxl_added_conditioning"]

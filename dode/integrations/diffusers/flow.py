@@ -22,11 +22,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.configuration_utils import register_to_config
 
 from dode.core.types import Tensor
 from dode.distillation.config import STUDENT_SOLVER
-from dode.models.flow import FlowDenoiser, FlowSchedule, check_flow_start
+from dode.models.flow import FlowDenoiser, FlowSchedule, check_flow_start, flow_time_to_sigma
+
+
+def _is_pipeline_default(times: Tensor) -> bool:
+    """Whether flow times are FluxPipeline's default for N = len(times) steps, linspace(1, 1/N, N)."""
+    n = len(times)
+    return bool(torch.allclose(times, torch.linspace(1.0, 1 / n, n, dtype=torch.float64), rtol=0, atol=1e-12))
 
 
 class FlowSchedulerMixin:
@@ -89,20 +96,40 @@ class FlowSchedulerMixin:
         mu: float | None = None,
         timesteps: Sequence[float] | None = None,
     ) -> None:
-        """The grid for ``num_inference_steps`` (the configured grid, else the flow default at ``mu``), or the
-        given flow times ``sigmas`` shifted as FlowMatchEulerDiscreteScheduler shifts them; resets the state."""
+        """The grid for ``num_inference_steps`` or the given flow times ``sigmas``; resets the state.
+
+        The flow-matching default grid (no grid in the config, or ``grid`` of family "flow" without lambdas) and
+        given ``sigmas`` are FlowMatchEulerDiscreteScheduler's, number for number: its float32 times (shifted by
+        its ``shift`` or the pipeline's ``mu``) as sigma = t / (1 - t), and its float32 network timesteps, so
+        lambda = 0 gives the stock run to float32 rounding (a timestep one float32 step off moves a transformer's
+        time embedding by ~6e-5). A fixed grid (lambdas, or explicit ``sigmas``) stays: FluxPipeline's default
+        ``sigmas=linspace(1, 1/N, N)``, passed on every call, then says only N = num_inference_steps; other
+        given sigmas must be that grid."""
         if timesteps is not None:
             raise ValueError("pass sigmas= (flow times t in (0, 1]); custom timesteps= are not supported")
         self.schedule = self.schedule.with_mu(mu)
-        grid = None
-        if sigmas is not None:
-            times = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
-            grid = self.schedule.schedule.sigmas(len(times), mu, times=times)
-        elif self.grid_spec is None and self.config.sigmas is None:
+        given = None if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
+        if self.config.sigmas is not None or self.config.lambdas is not None:
+            if given is not None and _is_pipeline_default(given):
+                num_inference_steps, given = len(given), None
+            grid = None if given is None else self.schedule.schedule.sigmas(len(given), mu, times=given)
+            super().set_timesteps(None if grid is not None else num_inference_steps, device, grid)
+            return
+        if given is None and self.grid_spec is not None and self.grid_spec.family != "flow":
+            super().set_timesteps(num_inference_steps, device)
+            return
+        if given is None and num_inference_steps is None:
+            num_inference_steps = getattr(self.grid_spec, "steps", None)
             if num_inference_steps is None:
                 raise ValueError("this scheduler has no grid: pass num_inference_steps")
-            grid = self.schedule.flow_sigmas(num_inference_steps)
-        super().set_timesteps(None if grid is not None else num_inference_steps, device, grid)
+        if self.schedule.schedule.use_dynamic_shifting and mu is None:
+            raise ValueError("this schedule uses dynamic shifting: pass mu (FlowSchedule.mu(image_seq_len))")
+        stock = FlowMatchEulerDiscreteScheduler.from_config(self.schedule.schedule.to_config())
+        stock.set_timesteps(None if given is not None else num_inference_steps, sigmas=sigmas, mu=mu)
+        super().set_timesteps(None, device, flow_time_to_sigma(stock.sigmas.to(torch.float64)))
+        steps = len(self.sigmas) - 1
+        at = [self.ode_solver.eval_index(k, steps) for k in range(self.ode_solver.nfe(steps))]
+        self.timesteps = stock.timesteps[at].to(device=device, dtype=torch.float32)
 
     def step(
         self,

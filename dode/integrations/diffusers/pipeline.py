@@ -7,6 +7,11 @@ lambdas are dropped; diffusers logs the ignored config keys). This loop honours 
 and ``scale_model_input``, so sigma-space schedulers (``DODEScheduler``, diffusers' Euler/Heun) sample
 correctly, and it recovers a DODEScheduler from such a rebuilt scheduler
 (``DODEPipeline(unet=ddim_pipe.unet, scheduler=ddim_pipe.scheduler)``).
+
+A saved folder is data: ``DODEPipeline.from_pretrained(folder)`` reads its model_index.json (bounded), accepts only
+this class as the pipeline, and takes dode's components from the installed package, so no module in the folder
+is imported. Folders saved by earlier dode versions shipped loader modules (``dode_pipeline.py``, a scheduler module)
+named in model_index.json; they load the same way, their modules unread.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from dode.integrations.diffusers.loading import is_dode_loader, point_model_index_at_loader, write_loader
 from dode.integrations.diffusers.scheduler import DODEScheduler
 from dode.models.vp import ClassConditionalUNet, is_class_conditional
+from dode.store.manifest import load_json
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DODE_CONFIG_KEYS = frozenset({"solver", "correction", "lambdas"})  # what marks a DODEScheduler's config
-LOADER = "dode_pipeline"  # the saved folder's loader module (dode.integrations.diffusers.loading)
+LEGACY_LOADER = ["dode_pipeline", "DODEPipeline"]  # _class_name in folders earlier dode versions saved
+DODE_COMPONENTS = ("DODEScheduler", "DODEFlowScheduler")  # classes a component entry may take from ``dode``
 
 
 def recovered_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
@@ -51,21 +57,34 @@ class DODEPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=recovered_scheduler(scheduler))
 
-    def save_pretrained(self, save_directory: str | Path, *args: Any, push_to_hub: bool = False, **kwargs: Any) -> None:
-        """The diffusers folder, plus ``dode_pipeline.py`` named in model_index.json, so that
-        ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it in a fresh process."""
-        if push_to_hub:
-            raise ValueError("push_to_hub is not supported: save_pretrained to a folder, then upload it")
-        super().save_pretrained(save_directory, *args, **kwargs)
-        write_loader(save_directory, LOADER, type(self))
-        point_model_index_at_loader(save_directory, LOADER, type(self))
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """diffusers' reader of model_index.json (``from_pretrained`` calls it first), refusing any pipeline class
+        but this one: a folder naming a module of its own (``["evil", "DODEPipeline"]``) gets one ValueError
+        before anything is imported. dode components saved under an old module path (with a loader module
+        beside them) are read as ``["dode", class]``, so diffusers takes them from the installed package."""
+        loaded = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if config.get("_class_name") not in (cls.__name__, LEGACY_LOADER):
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is not a {cls.__name__} folder: its model_index.json names the "
+                f"pipeline {config.get('_class_name')!r:.80}, not {cls.__name__!r}; a pipeline class that ships with "
+                "a folder is code, so load it with DiffusionPipeline.from_pretrained(folder, trust_remote_code=True) "
+                "if you trust its author"
+            )
+        config["_class_name"] = cls.__name__
+        for name, entry in config.items():
+            if (isinstance(entry, list) and len(entry) == 2 and str(entry[0]).startswith("dode.")
+                    and entry[1] in DODE_COMPONENTS):
+                config[name] = ["dode", entry[1]]
+        return loaded
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> DODEPipeline:
-        """diffusers' loader; a local folder whose ``dode_pipeline.py`` is exactly the loader dode writes needs
-        no ``trust_remote_code`` (it only imports this class); anything else is diffusers' decision."""
-        if is_dode_loader(pretrained_model_name_or_path, LOADER, cls):
-            kwargs.setdefault("trust_remote_code", True)
+        """diffusers' loader on a local folder or hub id; a local model_index.json is read bounded first."""
+        index = Path(pretrained_model_name_or_path, "model_index.json")
+        if index.is_file():
+            load_json(index.read_bytes(), f"{index}")
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @torch.no_grad()

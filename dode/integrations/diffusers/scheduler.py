@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,8 +41,7 @@ from dode.core.solvers import get_solver
 from dode.core.types import Evaluation, SolverState, Tensor
 from dode.distillation.config import STUDENT_SOLVER
 from dode.integrations.diffusers.flow import FlowSchedulerMixin
-from dode.integrations.diffusers.loading import write_loader
-from dode.integrations.diffusers.stock import StockGrid, is_stock, stock_grid, stock_solver
+from dode.integrations.diffusers.stock import StockGrid, is_stock, stock_class_name, stock_grid, stock_solver
 from dode.models.flow import is_flow_config
 from dode.models.vp import PREDICTION_TYPES, VPDenoiser
 from dode.store.lambdas import load_lambdas
@@ -56,6 +54,8 @@ TRAINING_KEYS = (
     "trained_betas",
     "prediction_type",
 )
+SAMPLER_KEYS = frozenset({"solver", "grid", "sigmas", "base_scheduler", "initial_noise", "first_step"})  # own config
+SWAP_KEYS = ("lambdas", "nfe", "correction", "artifact_id")  # from_config's kwargs that go to from_scheduler
 INITIAL_NOISE = ("sigma", "vp")  # x_T = sigma_0 n (dode.sample's), or sqrt(sigma_0^2 + 1) n (unit noise in VP space)
 
 WRONG_PIPELINE = (
@@ -175,7 +175,7 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("pass either grid (a GridSpec dict) or explicit sigmas, not both")
         if lambdas is not None and grid is None and sigmas is None and base_scheduler is None:
             raise ValueError("lambdas need the grid they were fitted on: pass sigmas=lambdas.sigmas or grid=")
-        if lambdas is not None:
+        if lambdas is not None:  # a config read from a folder is data: NaN, inf or 1e300 would give NaN images
             lambda_values(lambdas, "lambdas")  # finite and bounded, as stored lambdas
         self.grid_spec = GridSpec(**grid) if grid is not None else None
         self.timesteps: Tensor | None = None
@@ -203,7 +203,8 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         ``lambdas.sigmas`` exactly, learned or not). Without ``solver`` and ``grid``, a stock diffusers scheduler
         (Euler, Heun, DPM-Solver++, UniPC, DDIM: ``dode.integrations.diffusers.stock``) is reproduced: its solver, its grid
         at the pipeline's ``num_inference_steps``, its network timesteps and initial noise, so lambda = 0 gives
-        what it gives. Otherwise name the ``solver`` and ``nfe`` (and ``grid``: a family name, default
+        what it gives; a flow-matching Euler scheduler too (solver "euler" on the pipeline's grid; with plain
+        lambda values, the flow grid of one evaluation per value). Otherwise name the ``solver`` and ``nfe`` (and ``grid``: a family name, default
         "karras", a ``GridSpec`` or its dict; ``GridSpec.explicit(sigmas)`` for given sigmas); plain lambda
         values then apply on that grid.
         """
@@ -257,10 +258,15 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
             if nfe is not None and values is None:
                 stock.set_timesteps(GridSpec.for_nfe("karras", stock.config.solver, nfe).steps)
             return stock
+        if kind is DODEFlowScheduler and solver is None and grid is None:  # flow matching's Euler: its own grid
+            if values is None and nfe is None:  # the pipeline's grid at its num_inference_steps (and mu)
+                return kind(**training, solver="euler", correction=correction or "data", artifact_id=artifact_id)
+            solver = "euler"
         if solver is None:
             raise ValueError("name solver= and nfe= (or pass lambdas=dode.Lambdas, which carries both, or a stock "
-                             "Euler / Heun / DPM-Solver++ / UniPC / DDIM scheduler to reproduce)")
+                             "Euler / Heun / DPM-Solver++ / UniPC / DDIM / FlowMatchEuler scheduler to reproduce)")
         family = "flow" if kind is DODEFlowScheduler else "karras"  # the default grid family
+        nfe = len(values) if nfe is None and values is not None else nfe
         spec = _grid_for(family if grid is None else grid, solver, nfe)
         placed = {"sigmas": list(spec.values)} if spec.family == "explicit" else {"grid": spec.to_dict()}
         return kind(
@@ -274,9 +280,20 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
-        """diffusers' from_config; a flow-matching config (one a ``DODEFlowScheduler`` saved) builds that
-        class, so ``DODEScheduler.from_pretrained`` loads every folder a DODEScheduler wrote."""
-        if cls is DODEScheduler and is_flow_config(dict(getattr(config, "config", config) or {})):
+        """diffusers' from_config, and the swap idiom ``pipe.scheduler = DODEScheduler.from_config(pipe.scheduler.config)``.
+
+        A stock scheduler's config (``dode.integrations.diffusers.stock``: Euler, Heun, DPM-Solver++, UniPC, DDIM,
+        flow matching's Euler) is reproduced at lambda = 0 exactly as ``from_scheduler`` does; ``kwargs`` then
+        take ``from_scheduler``'s ``lambdas``, ``nfe``, ``correction``, ``artifact_id`` and override the stock
+        config's keys. A DODEScheduler config, or any config with ``kwargs`` naming the sampler (``solver``,
+        ``grid``, ``sigmas``, ...), is this class's own (a flow-matching one builds ``DODEFlowScheduler``)."""
+        source = dict(getattr(config, "config", config) or {})
+        stock = None if "solver" in source or SAMPLER_KEYS & set(kwargs) else stock_class_name(source)
+        if stock is not None:
+            swap = {key: kwargs.pop(key) for key in SWAP_KEYS if key in kwargs}
+            built = cls.from_scheduler({**source, **kwargs, "_class_name": stock}, **swap)
+            return (built, {}) if return_unused_kwargs else built
+        if cls is DODEScheduler and is_flow_config(source):
             return DODEFlowScheduler.from_config(config, return_unused_kwargs, **kwargs)
         return super().from_config(config, return_unused_kwargs, **kwargs)
 
@@ -288,14 +305,6 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
         art = registry.get(id_or_prefix)
         lam = load_lambdas(registry, art)
         return cls.from_scheduler(base_scheduler_config, lambdas=lam, artifact_id=art.id)
-
-    def save_pretrained(self, save_directory: str | Path, push_to_hub: bool = False, **kwargs: Any) -> None:
-        """The config, plus the loader module diffusers needs to load this component in a fresh process
-        (``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``; see dode.integrations.diffusers.loading)."""
-        if push_to_hub:
-            raise ValueError("push_to_hub is not supported: save_pretrained to a folder, then upload it")
-        super().save_pretrained(save_directory, **kwargs)
-        write_loader(save_directory, self.__module__, type(self))
 
     # ---- the diffusers scheduler protocol -------------------------------------------------------
 
@@ -596,6 +605,13 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
 class DODEFlowScheduler(FlowSchedulerMixin, DODEScheduler):
     """DODEScheduler for flow-matching pipelines (SD3, FLUX), in FlowMatchEulerDiscreteScheduler's place;
     ``DODEScheduler.from_scheduler`` builds it from a flow-matching scheduler (``dode.integrations.diffusers.flow``)."""
+
+
+# The public home of both classes is ``dode`` (as numpy's functions live in ``numpy``): a pipeline's save_pretrained
+# records a component as [its class's module, its name], so model_index.json says ["dode", "DODEScheduler"], and
+# ``import dode`` + ``DiffusionPipeline.from_pretrained(folder)`` finds the class in the installed package. The
+# saved folder holds configs and weights only: nothing in it is code, nothing in it runs.
+DODEScheduler.__module__ = DODEFlowScheduler.__module__ = "dode"
 
 
 __all__ = ["WRONG_PIPELINE", "DODEFlowScheduler", "DODEScheduler", "DODESchedulerOutput", "SchedulerMixin"]

@@ -19,6 +19,7 @@ ending in 0 is refused with one error saying which setting to change.
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -88,9 +89,27 @@ STOCK_SOLVERS = {
 }
 
 
+FLOW_STOCK = "FlowMatchEulerDiscreteScheduler"  # flow matching's Euler: DODEFlowScheduler's solver "euler"
+
+
 def is_stock(config: dict[str, Any]) -> bool:
     """Whether ``config`` is one of the schedulers above (by its ``_class_name``)."""
     return config.get("_class_name") in STOCK_SOLVERS
+
+
+def stock_class_name(config: dict[str, Any]) -> str | None:
+    """The stock scheduler (above, or ``FLOW_STOCK``) a config was made by: its ``_class_name`` (a saved config),
+    else the class with the most ``__init__`` parameters that are all keys of it (a live ``scheduler.config`` names
+    no class; diffusers records every parameter, and keeps keys of the configs it was converted from); None for
+    any other config."""
+    import diffusers
+
+    names = (*STOCK_SOLVERS, FLOW_STOCK)
+    if config.get("_class_name"):
+        return config["_class_name"] if config["_class_name"] in names else None
+    params = {name: set(inspect.signature(getattr(diffusers, name).__init__).parameters) - {"self"} for name in names}
+    fits = sorted((len(p), name) for name, p in params.items() if p <= set(config))
+    return fits[-1][1] if fits and (len(fits) == 1 or fits[-1][0] > fits[-2][0]) else None
 
 
 def stock_solver(config: dict[str, Any]) -> str:
@@ -142,4 +161,4 @@ def _ddim_grid(scheduler: Any, timesteps: Tensor) -> StockGrid:
     return StockGrid(torch.cat([sigmas, sigmas.new_zeros(1)]), timesteps, "vp", ((1 - final) / final) ** 0.5)
 
 
-__all__ = ["STOCK_SOLVERS", "StockGrid", "is_stock", "stock_grid", "stock_solver"]
+__all__ = ["FLOW_STOCK", "STOCK_SOLVERS", "StockGrid", "is_stock", "stock_class_name", "stock_grid", "stock_solver"]

@@ -249,8 +249,10 @@ def test_a_registry_inside_a_registry_is_refused(inside, gauss_registry, capsys)
 # --format diffusers: the output-folder rule of every format.
 @pytest.fixture
 def lambdas_registry(tmp_path):
-    reg = Registry(tmp_path / "registry")
-    lam = save_lambdas(reg, Lambdas([0.1, 0.2], "euler", [2.0, 1.0, 0.0]), "m/euler")
+    reg = Registry(tmp_path / "registry")  # lambdas of a DDPM-trained model: a schedule stock schedulers take
+    config = (EMBEDDED_MODEL_DIR / "scheduler" / "scheduler_config.json").read_bytes()
+    model = reg.publish("model", "m", {"scheduler/scheduler_config.json": config})
+    lam = save_lambdas(reg, Lambdas([0.1, 0.2], "euler", [2.0, 1.0, 0.0]), "m/euler", parents=[model])
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "schedule.json").write_text("keep")

@@ -8,6 +8,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from diffusers import DDPMScheduler
 
 import dode
 from dode.core.solvers.base import Solver, Stock
@@ -109,12 +110,18 @@ def test_each_property_is_read_where_the_tables_were():
     assert stock_solvers("DDIMScheduler") == {None: "euler"}
 
 
-@pytest.mark.parametrize("name", sorted(n for n, s in dode.SOLVERS.items() if any(st.takes for st in s.stock)))
-def test_a_solver_whose_stock_scheduler_takes_a_schedule_is_exported_for_it(name):
-    stock: Stock = next(st for st in dode.get_solver(name).stock if st.takes)
-    sigmas = [float(s) for s in dode.karras_sigmas(3, 0.03, 14.0)]
-    training = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                "beta_end": 0.012}
+@pytest.mark.parametrize(("name", "flow"), sorted({(n, st.flow) for n, s in dode.SOLVERS.items() for st in s.stock
+                                                   if st.takes}))
+def test_a_solver_whose_stock_scheduler_takes_a_schedule_is_exported_for_it(name, flow):
+    stock: Stock = next(st for st in dode.get_solver(name).stock if st.takes and st.flow == flow)
+    if flow:  # a flow-matching model: the times t = sigma / (1 + sigma) of a grid from a finite sigma
+        training = {"num_train_timesteps": 1000, "shift": 1.0}
+        sigmas = [9.0, 1.0, 0.25, 0.0]
+    else:  # a DDPM-trained model: the sigmas of integer training timesteps (what integer ``timesteps=`` take)
+        training = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                    "beta_end": 0.012}
+        abar = DDPMScheduler(**training).alphas_cumprod.double()[[900, 500, 100]]
+        sigmas = [*((1 - abar) / abar).sqrt().tolist(), 0.0]
     spec = diffusers_schedule(dode.Lambdas([0.0] * 3, name, sigmas), training)["scheduler"]
     assert spec["class"] == stock.scheduler and stock.takes in spec["set_timesteps"]
-    assert spec["config"] == {**training, **stock.config}
+    assert spec["config"] == ({"num_train_timesteps": 1000} if flow else training) | dict(stock.config)

@@ -94,3 +94,20 @@ def test_a_gaussian_of_another_model_is_refused(gaussian, capsys):
                        "--first-step", "analytic", "--gaussian", gid, "--sampling-n-samples", "4",
                        "--registry", reg.uri)
     assert code == 2 and "approximates model" in err
+
+
+def test_the_flows_reuse_a_gaussian_of_the_same_model_and_size(tmp_path, capsys):
+    # Issue 28: the pipeline's Gaussian step takes one `dode gaussian` made (other seeds), not a fit of its own.
+    from dode.distillation.first_step import GaussianConfig
+    from dode.distillation.teacher import TeacherConfig
+    from dode.pipeline import steps
+
+    reg = tmp_path / "reg"
+    size = ["--n-samples", str(GaussianConfig().n_samples), "--registry", str(reg)]
+    code, made, err = run(capsys, "gaussian", "--model", "mixture-smooth", *size)
+    assert code == 0, err
+    model_id = steps.register_model(str(reg), "mixture-smooth")
+    assert steps.gaussian(str(reg), model_id, TeacherConfig()) == made
+    code, other, err = run(capsys, "gaussian", "--model", "gaussian", "--steps", "3", *size)
+    assert code == 0 and other != made  # another model's is not taken
+    assert len(Registry(reg).list("gaussian")) == 2

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from dode.common import progress
     from dode.common.config import build
     from dode.common.images import to_model
-    from dode.distillation.first_step import GaussianRun, from_data, from_model
+    from dode.distillation.first_step import GaussianRun, from_data, from_model, model_gaussian_key
     from dode.models import load_model
     from dode.store.gaussians import save_gaussian
     from dode.store.location import registry_location
@@ -39,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if config.data is None:
         with progress.bars():  # a bar on a terminal, a line per 5 % in a log
             gauss = from_model(model, config)
-        key = (f"{model.name}/gaussian/model-{config.solver}-{config.family}{config.steps}-n{config.n_samples}"
-               f"-seed{config.first_seed}")
+        key = model_gaussian_key(model.name, config)
     else:
         images, source = data_images(model, config.data)
         gauss = from_data(to_model(images), model, rank=config.rank, source={"data": source})

@@ -79,6 +79,21 @@ def from_model(model: Model, config: GaussianConfig | Mapping[str, Any] | None =
     return Gaussian.fit(torch.cat(parts), c.rank, model=model.fingerprint, source=source)
 
 
+def model_gaussian_key(model_name: str, config: GaussianConfig) -> str:
+    """The registry key of the Gaussian of a model's own samples made as ``config`` says (``dode gaussian`` and the
+    flows alike)."""
+    c = config
+    return f"{model_name}/gaussian/model-{c.solver}-{c.family}{c.steps}-n{c.n_samples}-seed{c.first_seed}"
+
+
+def same_size(config: GaussianConfig) -> dict[str, Any]:
+    """The params (``Gaussian.source``'s) that make two Gaussians of a model's samples interchangeable: the
+    count and the sampler, whatever their seeds; the flows reuse a stored one that matches (e.g. ``dode
+    gaussian``'s) instead of fitting their own."""
+    return {"from": "model", "n": config.n_samples, "solver": config.solver, "steps": config.steps,
+            "family": config.family}
+
+
 def from_data(images: Tensor, model: Model, *, rank: int | None = None, source: dict[str, Any] | None = None) -> Gaussian:
     """The Gaussian of data ``images`` (n, *model.shape) in the model's space (e.g. [-1, 1] pixels)."""
     if not isinstance(images, Tensor) or tuple(images.shape[1:]) != tuple(model.shape):

@@ -27,7 +27,7 @@ from dode.core.grids import GridSpec
 from dode.core.rng import seeded_noise
 from dode.core.sampling import network_calls
 from dode.distillation.config import FitConfig
-from dode.distillation.first_step import GaussianConfig, from_model
+from dode.distillation.first_step import GaussianConfig, from_model, model_gaussian_key, same_size
 from dode.distillation.fit import distill as distill_lambdas
 from dode.distillation.stored import distill_from_states
 from dode.distillation.teacher import TeacherConfig, TeacherPlan
@@ -124,20 +124,21 @@ def register_model(registry: str, name: str) -> str:
 
 
 def gaussian(registry: str, model_id: str, teacher: TeacherConfig) -> str:
-    """The analytic first step's Gaussian of the model, fitted to its own many-step samples (``GaussianConfig``'s
-    count, the one ``dode gaussian`` uses) from the teacher's seeds (``dode.distillation.first_step.from_model``),
-    as a "gaussian" artifact."""
+    """The analytic first step's Gaussian of the model: a stored Gaussian of its own samples of the same size and
+    sampler (``dode gaussian``'s too, whatever its seeds), else one fitted to ``GaussianConfig``'s count of its
+    many-step samples from the teacher's seeds (``dode.distillation.first_step.from_model``), as a "gaussian"
+    artifact."""
     reg = open_registry(registry)
     m = model(reg.get(model_id).params["name"])
     config = GaussianConfig(first_seed=teacher.first_seed, batch_size=teacher.batch_size)
-    n, seed = config.n_samples, config.first_seed
-    params = {"model": m.name, "model_fingerprint": m.fingerprint, "n": n, "first_seed": seed}
-    key = f"{m.name}/gaussian/model-samples-n{n}-seed{seed}"
-    found = reg.find_intact("gaussian", key, **params)
+    found = reg.find_intact("gaussian", model_fingerprint=m.fingerprint, **same_size(config))
     if found:
+        log.info("gaussian of %s found in the registry (%s)", m.name, found[0].short)
         return found[0].id
-    art = save_gaussian(reg, from_model(m, config), key, [model_id], params, provenance=provenance())
-    log.info("gaussian of %s (%d model samples) -> %s", m.name, n, art.short)
+    gauss = from_model(m, config)
+    art = save_gaussian(reg, gauss, model_gaussian_key(m.name, config), [model_id], {"model": m.name, **gauss.source},
+                        provenance=provenance())
+    log.info("gaussian of %s (%d model samples) -> %s", m.name, config.n_samples, art.short)
     return art.id
 
 

@@ -16,7 +16,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m flows.demo
+	$(PY) -m dode_flows.demo
 
 wheel: $(STAMP)  # dist/dode-*.whl: the library, the flows, the embedded models and prefect.yaml (tests/test_install.py)
 	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .

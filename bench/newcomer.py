@@ -124,7 +124,7 @@ def newcomer_flow(config: NewcomerRun = NewcomerRun(), registry: str | None = No
 STAGE_DEPLOYMENT = """
   - name: newcomer
     description: A newcomer's stage (added by bench/newcomer.py).
-    entrypoint: flows.stages:newcomer_flow
+    entrypoint: dode_flows.stages:newcomer_flow
     tags: [dode, stage]
     parameters:
       config: {model: mixture-smooth}

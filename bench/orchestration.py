@@ -3,7 +3,7 @@ its steps as plain calls (``InProcess``): one copy of the order, two executors.
 
 Both compute everything into fresh registries and must produce the same artifacts (same ids). The
 Prefect side runs on the local ephemeral server, started (and warmed by a small run) before timing,
-with the settings `dode run` uses there (``flows.cli.local_settings``: no flow heartbeats).
+with the settings `dode run` uses there (``dode_flows.cli.local_settings``: no flow heartbeats).
 
     .venv/bin/python bench/orchestration.py                       # the embedded model, a small sweep
     .venv/bin/python bench/orchestration.py --model mixture-smooth --repeats 1
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil
 import torch
 
-import flows  # noqa: F401 - Prefect defaults before Prefect is imported
+import dode_flows  # noqa: F401 - Prefect defaults before Prefect is imported
 from dode.common.config import build
 from dode.pipeline.runs import PipelineRun
 from dode.pipeline.sweep_run import InProcess, run_pipeline
@@ -51,8 +51,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from flows.cli import local_settings
-    from flows.pipeline import pipeline_flow
+    from dode_flows.cli import local_settings
+    from dode_flows.pipeline import pipeline_flow
 
     metrics = ["fd-digits", "rmse"] if args.model == "digits-ddpm" else ["fd-pixels", "rmse"]
     cfg = build(PipelineRun, {

@@ -56,7 +56,7 @@ def main() -> int:
                                   start_new_session=True)
         try:
             wait_for(f"{api}/health")
-            code = ("import json, sys\nfrom flows.pipeline import pipeline_flow\n"
+            code = ("import json, sys\nfrom dode_flows.pipeline import pipeline_flow\n"
                     f"state = pipeline_flow(config={SWEEP!r}, registry=sys.argv[1], return_state=True)\n"
                     "print(state.state_details.flow_run_id)\n")
             run = subprocess.run([sys.executable, "-c", code, f"{tmp}/registry"], env=env, cwd=ROOT, check=True,

@@ -27,7 +27,7 @@ from dode.pipeline import runs
 from dode.pipeline.report import text_table
 
 STAGES = runs.STAGES  # stage -> its configuration; its flow is the one named "dode-<stage>" (``entrypoint``)
-FLOW_MODULES = ("flows.pipeline", "flows.stages")
+FLOW_MODULES = ("dode_flows.pipeline", "dode_flows.stages")
 CONFIG = "config"  # the flows' configuration parameter
 
 
@@ -111,7 +111,7 @@ def nested(options: dict[str, Any], flow: Any) -> dict[str, Any]:
 @contextmanager
 def local_settings() -> Iterator[None]:
     """On the ephemeral server (no PREFECT_API_URL), flow runs send no heartbeats: they serve a server's
-    detection of crashed runs, and this server stops with the process (``flows.server``: also when it is
+    detection of crashed runs, and this server stops with the process (``dode_flows.server``: also when it is
     killed); each run saves ~1 s (its heartbeat thread's join). Against a real server, the settings are left
     alone."""
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings

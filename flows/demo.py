@@ -7,9 +7,9 @@ twin digits-flow, fewer cells (the digits-flow-sweep deployment). The pipeline f
 teachers, fits, sampling and scoring shards on a local Dask cluster (one single-threaded worker per
 core). Prints the results table and the path of the report.
 
-    python -m flows.demo                 # both sweeps (timed in docs/benchmarks/00-demo.md)
-    python -m flows.demo --quick         # 2 solvers x 2 NFEs, one analytic first-step fit, 256 samples (tests)
-    python -m flows.demo --no-dask       # everything in this process
+    python -m dode_flows.demo                 # both sweeps (timed in docs/benchmarks/00-demo.md)
+    python -m dode_flows.demo --quick         # 2 solvers x 2 NFEs, one analytic first-step fit, 256 samples (tests)
+    python -m dode_flows.demo --no-dask       # everything in this process
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def quick(config: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dode_flows.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small sweep (2 solvers x 2 NFEs, 256 samples)")
     parser.add_argument("--registry", default=None, help="registry path or URL (default $DODE_REGISTRY or ./dode-registry)")
     parser.add_argument("--dask", action=argparse.BooleanOptionalAction, default=None,

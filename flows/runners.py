@@ -83,7 +83,7 @@ def api_url_for_workers() -> Iterator[None]:
 
 
 class TaskExecutor:
-    """Runs library steps as their Prefect tasks (``flows.tasks``) on the flow's task runner: ``map`` submits
+    """Runs library steps as their Prefect tasks (``dode_flows.tasks``) on the flow's task runner: ``map`` submits
     every call at once (a Dask runner runs them in parallel), ``progress`` updates a progress artifact."""
 
     def __init__(self, progress: Any = None) -> None:
@@ -92,7 +92,7 @@ class TaskExecutor:
 
     def task(self, step: Any) -> Any:
         if step not in self.tasks:
-            raise ValueError(f"{getattr(step, '__name__', step)!r} is no step with a Prefect task in flows.tasks")
+            raise ValueError(f"{getattr(step, '__name__', step)!r} is no step with a Prefect task in dode_flows.tasks")
         return self.tasks[step]
 
     def call(self, step: Any, **params: Any) -> Any:

@@ -26,7 +26,7 @@ def sub_parsers(parser: argparse.ArgumentParser, prefix: str = "dode"):
 
 
 def stage_parsers():
-    from flows.cli import STAGES, load_flow, stage_parser
+    from dode_flows.cli import STAGES, load_flow, stage_parser
 
     return [(f"dode run {s}", stage_parser(s, load_flow(s))) for s in STAGES]
 

@@ -56,7 +56,8 @@ def documented_defaults() -> dict[str, dict[str, str]]:
 def actual_defaults(owner: object) -> dict[str, object]:
     """A configuration's field defaults (pydantic) or a function's keyword defaults."""
     if isinstance(owner, type) and issubclass(owner, pydantic.BaseModel):
-        return {name: f.get_default(call_default_factory=True) for name, f in owner.model_fields.items()}
+        defaults = {name: f.get_default(call_default_factory=True) for name, f in owner.model_fields.items()}
+        return {name: d.model_dump() if isinstance(d, pydantic.BaseModel) else d for name, d in defaults.items()}
     return {name: p.default for name, p in inspect.signature(owner).parameters.items()
             if p.default is not inspect.Parameter.empty}
 

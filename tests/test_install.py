@@ -52,16 +52,16 @@ def env_for(site: Path, home: Path) -> dict:
 
 def test_the_wheel_holds_every_module_the_models_and_the_deployments(installed):
     _, names, _ = installed
-    modules = {str(p.relative_to(ROOT)) for pkg in ("dode", "flows") for p in (ROOT / pkg).rglob("*.py")}
+    modules = {str(p.relative_to(ROOT)).replace("flows/", "dode_flows/", 1) if pkg == "flows" else str(p.relative_to(ROOT))
+               for pkg in ("dode", "flows") for p in (ROOT / pkg).rglob("*.py")}
     assert modules <= names, sorted(modules - names)
     shipped = {f"dode/_data/{p.relative_to(ROOT / 'data')}" for p in (ROOT / "data" / "models").rglob("*")
                if p.is_file()}
     assert shipped and shipped <= names, sorted(shipped - names)
-    assert "flows/prefect.yaml" in names and not any(n.startswith(("data/", "tests/", "dode/_data/registry"))
+    assert "dode_flows/prefect.yaml" in names and not any(n.startswith(("data/", "tests/", "dode/_data/registry"))
                                                      for n in names)
 
 
-@pytest.mark.slow
 def test_the_wheel_builds_without_warnings(installed):
     # Issue 28: no deprecated license table, no package data outside the packages configuration.
     _, _, build_log = installed
@@ -69,14 +69,18 @@ def test_the_wheel_builds_without_warnings(installed):
     assert not warnings, warnings
 
 
+@pytest.mark.slow
 def test_installed_dode_samples_and_runs_a_stage_outside_the_checkout(installed, tmp_path):
     site, _, _ = installed
     work, env = tmp_path / "work", env_for(site, tmp_path)
     work.mkdir()
+    (work / "flows").mkdir()  # a user's own flows/ folder does not shadow the installed flows (dode_flows)
+    (work / "flows" / "__init__.py").write_text("raise SystemExit('the user folder was imported')\n")
     dode = [site / "bin" / "dode"]
-    where = run([sys.executable, "-c", "import dode, flows; print(dode.__file__); print(flows.__file__)"], work, env)
+    where = run([sys.executable, "-c", "import dode, dode_flows; print(dode.__file__); print(dode_flows.__file__)"],
+                work, env)
     assert all(Path(line).is_relative_to(site) for line in where.split()), where
-    show_model = "from flows.demo import sweep_parameters; print(sweep_parameters('digits-sweep')['config']['model'])"
+    show_model = "from dode_flows.demo import sweep_parameters; print(sweep_parameters('digits-sweep')['config']['model'])"
     demo = run([sys.executable, "-c", show_model], work, env)
     assert demo.split() == ["digits-ddpm"]  # the deployments' prefect.yaml travels in the wheel
 

@@ -164,7 +164,7 @@ def restated(value: dict, config: type[BaseModel], where: str) -> list[str]:
 
 
 def test_the_deployments_restate_no_default_choice():
-    from flows import cli
+    from dode_flows import cli
 
     stages = {cli.entrypoint(stage): runs.STAGES[stage] for stage in cli.STAGES}
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())

@@ -20,7 +20,7 @@ COMMANDS: dict[str, str] = {
     "train-model": "dode.cli.train",  # (re)train the embedded digits model and classifier
     "distill-pipeline": "dode.cli.pipeline",  # fit lambdas for a diffusers pipeline
 }
-ENTRY_POINTS = "dode.commands"  # name -> add_parser(sub, name) of another package, e.g. run = flows.cli:add_parser
+ENTRY_POINTS = "dode.commands"  # name -> add_parser(sub, name) of another package, e.g. run = dode_flows.cli:add_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

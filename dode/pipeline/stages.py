@@ -2,7 +2,7 @@
 job; scores of given samples or a re-evaluation of registered lambdas.
 
 One copy of each order, beside the sweep's (``dode.pipeline.sweep_run``, whose fit order ``fit_all`` the distill
-stage shares): the Prefect flows (``flows.stages``) run each with ``flows.runners.TaskExecutor`` and add only the
+stage shares): the Prefect flows (``dode_flows.stages``) run each with ``dode_flows.runners.TaskExecutor`` and add only the
 Prefect artifacts, ``InProcess`` runs the same steps as plain calls. Each returns an ``Outcome``.
 """
 

@@ -1,5 +1,5 @@
 """The pipeline's steps, as plain library functions: find the artifact in the registry, else load -> library
-call -> publish; return its id. The Prefect tasks are these functions (``flows.tasks`` only adds the retry
+call -> publish; return its id. The Prefect tasks are these functions (``dode_flows.tasks`` only adds the retry
 and cache policy); ``bench/`` calls them in a plain loop to measure what the orchestration costs.
 
 Every step takes the registry URI, input artifact ids and frozen configurations (``dode.distillation.config``), and
@@ -65,7 +65,7 @@ HOOKS: list[Hooks] = [Hooks()]
 
 
 def use_hooks(hooks: Hooks) -> None:
-    """Install an orchestrator's hooks for this process (``flows.tasks`` installs Prefect's when imported)."""
+    """Install an orchestrator's hooks for this process (``dode_flows.tasks`` installs Prefect's when imported)."""
     HOOKS[0] = hooks
 
 

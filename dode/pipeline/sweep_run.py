@@ -1,7 +1,7 @@
 """The sweep's steps in their order -- teachers -> lambdas -> samples -> scores -> report -- run by an executor.
 
 One copy of the order: the Prefect flows run it with an executor whose steps are Prefect tasks, fanned out
-through the flow's task runner (``flows.runners.TaskExecutor``); ``InProcess`` runs the same steps as plain
+through the flow's task runner (``dode_flows.runners.TaskExecutor``); ``InProcess`` runs the same steps as plain
 calls (``bench/orchestration.py`` measures what Prefect costs by running both). The steps are
 ``dode.pipeline.steps``'s; they exchange registry ids and frozen configurations, never tensors.
 """

@@ -18,7 +18,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import pytest
 import torch
 
-import flows  # noqa: F401 - sets the flows' logging defaults before Prefect is imported
+import dode_flows  # noqa: F401 - sets the flows' logging defaults before Prefect is imported
 
 torch.set_num_threads(1)
 

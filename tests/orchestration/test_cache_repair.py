@@ -16,7 +16,7 @@ from dode.store.samples import load_samples
 
 
 def test_an_edited_lambdas_file_is_recomputed_and_repaired(prefect_harness, tmp_path):
-    from flows.stages import distill_flow
+    from dode_flows.stages import distill_flow
 
     common = {"config": {"model": "mixture-smooth", "solver": "euler", "nfe": 3,
                          "teacher": {"factor": 2, "n_samples": 16, "batch_size": 16}},
@@ -34,7 +34,7 @@ def test_an_edited_lambdas_file_is_recomputed_and_repaired(prefect_harness, tmp_
 def test_the_cache_check_of_a_sharded_job_reads_its_index_only(tmp_path, monkeypatch):
     """The cache key's cost does not grow with a job: trusting a cached samples id verifies the job's index
     artifact, not its chunks; a damaged chunk is refused when the samples are read."""
-    from flows.tasks import registry_holds
+    from dode_flows.tasks import registry_holds
 
     uri = str(tmp_path / "registry")
     job = SamplingJob("mixture-smooth", "euler", GridSpec("karras", 3).to_dict(), None, 32, 0, 4).to_dict()

@@ -11,7 +11,7 @@ CONFIG = {"model": "mixture-smooth", "solvers": ("euler", "dpmpp_2m"), "nfes": (
 
 
 def test_dask_local_cluster_equals_the_sequential_run(prefect_harness, tmp_path):
-    from flows.pipeline import pipeline_flow
+    from dode_flows.pipeline import pipeline_flow
 
     seq, par = Registry(tmp_path / "sequential"), Registry(tmp_path / "dask")
     a = pipeline_flow(config=CONFIG, registry=seq.uri)

@@ -1,10 +1,10 @@
-"""`python -m flows.demo --quick`: the demo's path on the embedded digits model (FD-digits), in a tmp registry."""
+"""`python -m dode_flows.demo --quick`: the demo's path on the embedded digits model (FD-digits), in a tmp registry."""
 
 from dode.store.registry import Registry
 
 
 def test_quick_demo_on_the_embedded_model(prefect_harness, tmp_path, capsys):
-    from flows.demo import main
+    from dode_flows.demo import main
 
     assert main(["--quick", "--no-dask", "--registry", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from dode.common.config import build
 from dode.distillation.teacher import TeacherConfig
 from dode.pipeline import runs
-from flows import cli
+from dode_flows import cli
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
 DEPLOYMENTS = SPEC["deployments"]
@@ -73,7 +73,7 @@ def test_a_bad_parameter_is_rejected_before_any_run(monkeypatch, root):
     from prefect.flows import load_flow_from_entrypoint
 
     monkeypatch.chdir(root)
-    flow = load_flow_from_entrypoint("flows.pipeline:pipeline_flow")
+    flow = load_flow_from_entrypoint("dode_flows.pipeline:pipeline_flow")
     with pytest.raises(ParameterTypeError):
         flow.validate_parameters({"config": {"nfes": "many"}})
     with pytest.raises(ValueError, match="solvers.0: Input should be 'euler', 'heun'"):
@@ -200,6 +200,6 @@ def test_the_deploy_commands_in_the_header_name_real_deployments():
 
 
 def test_the_flows_package_carries_the_deployments():
-    from flows import PREFECT_YAML
+    from dode_flows import PREFECT_YAML
 
     assert yaml.safe_load(PREFECT_YAML.read_text()) == SPEC

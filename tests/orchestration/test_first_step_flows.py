@@ -19,7 +19,7 @@ SMALL = {"model": "mixture-smooth", "solvers": ("dpmpp_2m",), "nfes": (3,),
 
 
 def test_pipeline_fits_and_samples_first_step_variants_at_the_cells_network_calls(prefect_harness, tmp_path):
-    from flows.pipeline import pipeline_flow
+    from dode_flows.pipeline import pipeline_flow
 
     reg = Registry(tmp_path / "registry")
     result = pipeline_flow(config=SMALL, registry=reg.uri)
@@ -42,7 +42,7 @@ def test_pipeline_fits_and_samples_first_step_variants_at_the_cells_network_call
 
 
 def test_distill_and_sample_stages_take_a_first_step(prefect_harness, tmp_path):
-    from flows.stages import distill_flow, sample_flow
+    from dode_flows.stages import distill_flow, sample_flow
 
     uri = str(tmp_path / "registry")
     teacher = {"factor": 4, "n_samples": 32, "batch_size": 32}

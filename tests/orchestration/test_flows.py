@@ -20,7 +20,7 @@ SMALL = {"model": "mixture-smooth", "solvers": ("euler", "heun", "dpmpp_2m"), "n
 
 
 def task_states(flow_run_id):
-    from flows.tasks import settled_task_runs
+    from dode_flows.tasks import settled_task_runs
 
     return [(r.name.rsplit("-", 1)[0], r.state.name) for r in settled_task_runs(flow_run_id)]
 
@@ -40,7 +40,7 @@ def read_artifacts():
 
 @pytest.fixture(scope="module")
 def swept(prefect_harness, tmp_path_factory):
-    from flows.pipeline import pipeline_flow
+    from dode_flows.pipeline import pipeline_flow
 
     reg = Registry(tmp_path_factory.mktemp("registry"))
     with warnings.catch_warnings(record=True) as caught:
@@ -110,7 +110,7 @@ def test_results_table_report_and_ui_artifacts(swept):
 
 
 def test_unchanged_rerun_is_cached_and_adds_nothing(swept):
-    from flows.pipeline import pipeline_flow
+    from dode_flows.pipeline import pipeline_flow
 
     reg, out, _, _ = swept
     before = {a.id for a in reg.list()}
@@ -123,7 +123,7 @@ def test_unchanged_rerun_is_cached_and_adds_nothing(swept):
 
 
 def test_stage_flows_reuse_the_pipeline_artifacts(swept):
-    from flows.stages import distill_flow, sample_flow, score_flow, teacher_flow
+    from dode_flows.stages import distill_flow, sample_flow, score_flow, teacher_flow
 
     reg, out, _, _ = swept
     row = next(r for r in out["rows"] if (r["solver"], r["nfe"], r["metric"]) == ("euler", 3, "fd-pixels"))
@@ -168,8 +168,8 @@ def test_registry_damage_beats_the_prefect_cache(prefect_harness, tmp_path):
     checks of a samples job is its index: a damaged chunk is refused when read, test_cache_repair.py.)"""
     import shutil
 
-    from flows.pipeline import pipeline_flow
-    from flows.stages import distill_flow
+    from dode_flows.pipeline import pipeline_flow
+    from dode_flows.stages import distill_flow
 
     teacher = {"factor": 2, "n_samples": 16, "batch_size": 16}
     tiny = {"model": "mixture-smooth", "solvers": ("euler",), "nfes": (3,), "teacher": teacher,
@@ -196,7 +196,7 @@ def test_registry_damage_beats_the_prefect_cache(prefect_harness, tmp_path):
 def test_official_alignment_through_the_distill_flow(swept):
     """`alignment=official` (the reference code's Euler teacher) through the flow equals the library's; it stores
     no teacher (its grid is the solver's own): the lambdas' parent is the model."""
-    from flows.stages import distill_flow
+    from dode_flows.stages import distill_flow
 
     reg = swept[0]
     trajectories = {a.id for a in reg.list("trajectory")}
@@ -219,7 +219,7 @@ def test_official_alignment_through_the_distill_flow(swept):
 def test_reevaluation_compares_each_lambdas_with_its_own_teacher(swept):
     """Re-evaluating lambdas fitted to different teachers (exact dpmpp_2m x4, official Euler x4): each is scored
     against the samples of its own teacher, not the first lambdas' teacher."""
-    from flows.stages import distill_flow, score_flow
+    from dode_flows.stages import distill_flow, score_flow
 
     reg = swept[0]
     ids = [distill_flow(config={"solver": "euler", "nfe": 3, "teacher": teacher}, registry=reg.uri)["lambdas"]

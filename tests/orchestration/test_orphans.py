@@ -1,5 +1,5 @@
 """No orphans (issue 27): the ephemeral Prefect server of a `dode run` ends with it, also when the run is killed
-with kill -9 (``flows.server``'s watchdog). Processes are found through /proc (Linux)."""
+with kill -9 (``dode_flows.server``'s watchdog). Processes are found through /proc (Linux)."""
 
 import os
 import signal

@@ -31,7 +31,7 @@ def chunks(reg):
 
 
 def test_a_killed_pipeline_resumes_without_recomputing(prefect_harness, tmp_path):
-    from flows.pipeline import pipeline_flow
+    from dode_flows.pipeline import pipeline_flow
 
     reg = Registry(tmp_path / "registry")
     with open(tmp_path / "first.log", "wb") as out:

@@ -13,7 +13,7 @@ CONFIG = {"model": "mixture-smooth", "solver": "euler", "nfe": 4, "teacher": {"n
 
 
 def test_dode_run_distill_gives_the_lambdas_of_dode_distill(prefect_harness, tmp_path):
-    from flows.cli import run_stage
+    from dode_flows.cli import run_stage
 
     reg = Registry(tmp_path / "registry")
     out = run_stage("distill", {"config": CONFIG, "registry": reg.uri})

@@ -13,11 +13,12 @@ The rooms, lowest floor first (a room imports only from the rooms below it):
 - ``dode.metrics``      FID as pytorch-fid, FD on other features, the guard's feature maps
 - ``dode.distillation`` the teacher, the fit and its objectives, the held-out guard, Gaussian fitting
 - ``dode.training``     training the embedded digits models and classifier
-- ``dode.pipeline``     stage configurations, the sweep's plan and steps, sampling jobs, reports
 - ``dode.integrations`` diffusers: the scheduler, pipelines, stock parity, export, prompt distillation
+- ``dode.pipeline``     stage configurations, the sweep's plan and steps, sampling jobs, reports
 - ``dode.cli``          the ``dode`` command line
 
-The names below load lazily: ``import dode`` (or any lower room) loads nothing it does not use.
+The names below load lazily: ``import dode`` (or any lower room) loads nothing it does not use. This face itself
+imports only ``dode.compat`` and ``dode.common.lazy`` (it sits on floor 1, beside ``dode.core``).
 """
 
 from dode import compat

@@ -1,4 +1,5 @@
-"""The single-stage flows: a teacher trajectory, one distillation, one sampling job, scores.
+"""The single-stage flows: a teacher trajectory, one distillation, one sampling job, scores, a diffusers pipeline's
+lambdas from prompts.
 
 Each takes its stage's configuration (``dode.pipeline.runs``) and runs on its own (``dode run STAGE``, or a deployment
 in prefect.yaml), finding what earlier runs stored: the distill flow reuses the teacher the pipeline
@@ -12,8 +13,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 import dode
-from dode.pipeline.runs import DistillRun, SampleRun, ScoreRun, TeacherRun
-from dode.pipeline.stages import Outcome, run_distill, run_sample, run_score, run_teacher
+from dode.pipeline.runs import DistillRun, PromptDistillRun, SampleRun, ScoreRun, TeacherRun
+from dode.pipeline.stages import (
+    Outcome,
+    run_distill,
+    run_distill_pipeline,
+    run_sample,
+    run_score,
+    run_teacher,
+)
 from dode.pipeline.steps import check_reference, open_registry, registry_uri
 
 from . import tasks
@@ -46,13 +54,34 @@ def distill_flow(config: DistillRun = DistillRun(), registry: str | None = None)
     """
     uri = registry_uri(registry)
     out = run_distill(config, uri, TaskExecutor())
+    publish_lambdas(uri, out, f"{config.model} {config.solver} NFE {config.nfe}")
+    return out.value
+
+
+@flow(name="dode-distill-pipeline", version=dode.__version__, task_runner=IN_PROCESS)
+def distill_pipeline_flow(config: PromptDistillRun, registry: str | None = None) -> dict:
+    """D-ODE lambdas for a diffusers text-to-image pipeline over prompts (found in the registry, else fitted), as
+    `dode distill-pipeline` registers them; returns {"lambdas": id, "values"}.
+
+    Args:
+        config: the distill-pipeline stage (dode.pipeline.runs.PromptDistillRun): pipeline, prompts, device, solver,
+            nfe, guidance, samples per prompt, teacher, fit
+        registry: registry path or URL (default $DODE_REGISTRY or ./dode-registry)
+    """
+    uri = registry_uri(registry)
+    out = run_distill_pipeline(config, uri, TaskExecutor())
+    publish_lambdas(uri, out, f"{config.pipeline} {config.solver} NFE {config.nfe} over {len(config.prompts)} prompts")
+    return out.value
+
+
+def publish_lambdas(uri: str, out: Outcome, what: str) -> None:
+    """A distillation's Prefect artifacts: its lambdas as a table (``what`` they were fitted for, the guard's
+    report), a link per registry entry; and a log line."""
     lam_id, values = out.value["lambdas"], out.value["values"]
     create_table_artifact([{"k": k, "lambda": v} for k, v in enumerate(values)], key="dode-lambdas",
-                          description=f"{config.model} {config.solver} NFE {config.nfe}: lambda per evaluation "
-                                      f"(guard {out.info['guard']})")
+                          description=f"{what}: lambda per evaluation (guard {out.info['guard']})")
     tasks.link_artifacts(open_registry(uri), out.artifacts)
     get_run_logger().info("lambdas %s: %s", lam_id[:12], [round(v, 4) for v in values])
-    return out.value
 
 
 @flow(name="dode-sample", version=dode.__version__, task_runner=IN_PROCESS)

@@ -195,9 +195,11 @@ register_model = task(steps.register_model, name="register-model", cache_policy=
 teacher = task(steps.teacher, name="teacher", **CACHED)
 gaussian = task(steps.gaussian, name="gaussian", **CACHED)
 distill = task(steps.distill, name="distill", **CACHED)
+distill_pipeline = task(steps.distill_pipeline, name="distill-pipeline", **CACHED)
 sample = task(steps.sample, name="sample", **CACHED, retries=1, retry_delay_seconds=1)
 gather_samples = task(steps.gather_samples, name="gather-samples", **CACHED, **RETRY_IO)
 reference_stats = task(steps.reference_stats, name="reference-stats", **CACHED, **RETRY_IO)
 score = task(steps.score, name="score", **CACHED, **RETRY_IO)
 report = task(steps.report, name="report", **CACHED, retries=2, retry_delay_seconds=1)
-STEPS = (register_model, teacher, gaussian, distill, sample, gather_samples, reference_stats, score, report)
+STEPS = (register_model, teacher, gaussian, distill, distill_pipeline, sample, gather_samples, reference_stats, score,
+         report)

@@ -129,7 +129,7 @@ def test_the_readme_command_table_is_the_command_line():
     assert set(rows) == set(commands), f"README's table {sorted(rows)}, dode has {sorted(commands)}"
     actions = rows["artifacts"][0].strip().replace("\\|", "|").split("|")
     assert set(actions) == set(subcommands(commands["artifacts"])), actions
-    assert set(re.findall(r"`(\w+)`", rows["run"][1].split(";")[0])) == set(STAGES)
+    assert set(re.findall(r"`([\w-]+)`", rows["run"][1].split(";")[0])) == set(STAGES)
 
 
 def test_the_readme_is_a_front_door():

@@ -5,7 +5,8 @@ declared once there, the same option names for every command that takes it (``do
 A field is ``--field``, a field of a part is ``--part-field`` (``--teacher-factor``, ``--fit-objective``,
 ``--sampling-n-samples``); an option left out takes the configuration's default. A choice (a ``Literal``) lists
 its choices; a boolean is ``--flag`` / ``--no-flag``; an array takes items, space- or comma-separated, and also
-its singular name (``--nfe 3 5`` or ``--nfe 3,5`` for ``nfes``); a mapping takes KEY=VALUE items
+its singular name (``--nfe 3 5`` or ``--nfe 3,5`` for ``nfes``; space-separated only where the field says its items
+may hold commas, ``dode.common.config.WHOLE_ITEMS``: ``--prompts "a cat, asleep" "a dog"``); a mapping takes KEY=VALUE items
 (``--nfes-by-solver heun=3,5,7``) or one JSON object (``--fit-options '{"iterations": 40}'``).
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from dode.common.bounded import load_json
+from dode.common.config import WHOLE_ITEMS
 
 SCALARS: dict[str, Callable[[str], Any]] = {"string": str, "integer": int, "number": float}  # JSON schema types
 
@@ -98,24 +100,25 @@ def option(name: str, prop: dict) -> dict[str, Any]:
     if kind == "array":
         items = schema.get("items", {})
         return {"nargs": "+", "action": Items, "type": SCALARS[items.get("type", "string")],
-                "choices": items.get("enum")}
+                "choices": items.get("enum"), "split": not WHOLE_ITEMS.items() <= prop.items()}
     if kind == "object":
         return {"nargs": "+", "action": Merge, "metavar": "KEY=VALUE", "type": key_value(schema)}
     return {"type": SCALARS[kind], **({"choices": schema["enum"]} if "enum" in schema else {})}
 
 
 class Items(argparse.Action):
-    """An array option: its items, space- or comma-separated, each converted (and checked against the choices)."""
+    """An array option: its items, space- or comma-separated (space-separated only, ``split`` False), each converted
+    (and checked against the choices)."""
 
     def __init__(self, *args: Any, type: Callable[[str], Any] = str, choices: Sequence[Any] | None = None,
-                 **kwargs: Any) -> None:
+                 split: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.item, self.item_choices = type, choices
+        self.item, self.item_choices, self.split = type, choices, split
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        items = []
-        for text in (v for value in values for v in value.split(",") if v != ""):
+        items, texts = [], [v for value in values for v in value.split(",") if v != ""] if self.split else values
+        for text in texts:
             try:
                 item = self.item(text)
             except ValueError:

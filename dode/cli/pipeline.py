@@ -7,7 +7,6 @@ DODEScheduler folder (``DODEScheduler.from_pretrained(DIR)``, or ``pipe.schedule
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 from dode.cli.options import add_config_options, config_mapping
@@ -54,26 +53,15 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def load_pipeline(path_or_id: str, device: str):
-    from diffusers import DiffusionPipeline
-
-    try:
-        pipe = DiffusionPipeline.from_pretrained(path_or_id)
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"could not load a diffusers pipeline from {path_or_id!r}: {err}. Pass a local folder written by "
-            "save_pretrained, or a hub id on a machine with network access"
-        ) from err
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
 def run(args: argparse.Namespace) -> int:
     from dode.common.config import build
-    from dode.integrations.diffusers.distill import PipelineDistillConfig, distill_pipeline
+    from dode.integrations.diffusers.distill import (
+        PipelineDistillConfig,
+        distill_pipeline,
+        load_pipeline,
+        register_pipeline_lambdas,
+    )
     from dode.integrations.diffusers.scheduler import DODEScheduler
-    from dode.models.flow import is_flow_config
-    from dode.store.lambdas import save_lambdas
     from dode.store.location import registry_location
     from dode.store.registry import Registry
 
@@ -85,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
     if registry is not None:
         registry.check_writable()  # fail before the distillation, not after
     pipe = load_pipeline(args.model, args.device)
-    grid = config.grid_for(is_flow_config(pipe.scheduler.config))
 
     # Distil on the pipeline's own guided denoiser.
     with progress.bars(not args.quiet):
@@ -96,18 +83,7 @@ def run(args: argparse.Namespace) -> int:
     # Ship: registry artifact and/or scheduler folder.
     artifact_id = None
     if registry is not None:
-        params = {
-            "model": args.model,
-            "grid": grid.to_dict(),
-            "guidance_scale": config.guidance_scale,
-            "negative_prompt": config.negative_prompt,
-            "n_prompts": len(prompts),
-            "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
-            "samples_per_prompt": config.samples_per_prompt,
-            "teacher": lam.teacher,
-            "seed": config.seed,
-        }
-        art = save_lambdas(registry, lam, f"pipeline/{args.model}/{config.solver}/nfe{config.nfe}", params=params)
+        art = register_pipeline_lambdas(registry, args.model, config, prompts, pipe, lam)
         artifact_id = art.id
         print(f"registered lambdas {art.id}")
     if args.out is not None:

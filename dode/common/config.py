@@ -59,3 +59,4 @@ Flag = StrictBool  # True or False only
 Int = StrictInt  # an int, never a bool, a float or a string
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # an int or a float, finite; never a bool or a string
 Count = Annotated[StrictInt, Field(ge=1, le=MAX_SAMPLES)]
+WHOLE_ITEMS = {"x-whole-items": True}  # an array field's json_schema_extra: its items may hold commas (a prompt)

@@ -1,7 +1,7 @@
 """The stage configurations: what each orchestrated stage runs, one frozen, validated object per stage.
 
-``TeacherRun``, ``DistillRun``, ``SampleRun``, ``ScoreRun`` and ``PipelineRun`` hold the model, the cells
-and the parts the library takes (``dode.distillation.config``: ``TeacherConfig``, ``FitConfig``, ``SamplingConfig``;
+``TeacherRun``, ``DistillRun``, ``SampleRun``, ``ScoreRun``, ``PipelineRun`` and ``PromptDistillRun`` (a diffusers
+text-to-image pipeline's lambdas from prompts) hold the model, the cells and the parts the library takes (``dode.distillation.config``: ``TeacherConfig``, ``FitConfig``, ``SamplingConfig``;
 ``ScoringConfig`` here). Each Prefect flow takes its stage's as its one typed parameter (the UI renders it
 as a form, its choices as choices), ``dode run STAGE`` derives its options from it (``dode.cli.options``;
 ``dode sample`` takes ``SampleRun``'s by the same names), and a deployment's parameters build it the same way:
@@ -12,11 +12,11 @@ bad input -- a run past a stated budget included -- is refused before any work, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
-from dode.common.config import Config, Int, Number
+from dode.common.config import WHOLE_ITEMS, Config, Int, Number
 from dode.core.gaussian import NETWORK
 from dode.core.grids import GridSpec
 from dode.core.sampling import network_calls
@@ -31,6 +31,7 @@ from dode.distillation.config import (
     Solver,
 )
 from dode.distillation.teacher import TeacherConfig, check_official
+from dode.integrations.diffusers.distill import PipelineDistillConfig
 from dode.metrics.scores import check_metrics
 from dode.pipeline.generate import SamplingConfig, SamplingJob, check_first_step
 from dode.pipeline.sweep import Variant, plan_cells, plan_variants
@@ -244,8 +245,40 @@ class PipelineRun(Config):
                 for name, v in self.variants.items()}
 
 
+MAX_PROMPTS, MAX_PROMPT_CHARS = 1000, 2000  # far beyond a distillation set; protect against a wrong file or flag
+MAX_PROMPT_SAMPLES = 100_000  # prompts x samples per prompt: the latents fitted on, all held at once
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)]
+
+
+class PromptDistillRun(PipelineDistillConfig):
+    """The distill-pipeline stage: lambdas for a diffusers text-to-image ``pipeline`` (Stable Diffusion 1.x/2.x,
+    SDXL, SD3, FLUX) fitted over ``prompts`` on ``device``, as ``dode distill-pipeline`` fits them
+    (``dode.integrations.diffusers.distill.PipelineDistillConfig``)."""
+
+    pipeline: str = Field(min_length=1, max_length=4096, description="diffusers pipeline folder (save_pretrained) or "
+                          "hub id")
+    prompts: tuple[Prompt, ...] = Field(min_length=1, max_length=MAX_PROMPTS, json_schema_extra=WHOLE_ITEMS,
+                                        description=f"prompts to fit on (1 to {MAX_PROMPTS}, each up to "
+                                        f"{MAX_PROMPT_CHARS} characters)")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d{1,3})?|mps)$", description="cpu, cuda, cuda:N or mps")
+
+    @model_validator(mode="after")
+    def _latents(self) -> PromptDistillRun:
+        if len(self.prompts) * self.samples_per_prompt > MAX_PROMPT_SAMPLES:
+            raise ValueError(f"{len(self.prompts)} prompts x {self.samples_per_prompt} samples per prompt = "
+                             f"{len(self.prompts) * self.samples_per_prompt} latents, above the bound of "
+                             f"{MAX_PROMPT_SAMPLES:,}; fit on fewer prompts or samples per prompt")
+        return self
+
+    @property
+    def distillation(self) -> PipelineDistillConfig:
+        """The fit's own configuration: every field but the pipeline, its prompts and the device."""
+        return PipelineDistillConfig.model_validate(self.model_dump(include=set(PipelineDistillConfig.model_fields)))
+
+
 STAGES: dict[str, type[Config]] = {"pipeline": PipelineRun, "teacher": TeacherRun, "distill": DistillRun,
-                                   "sample": SampleRun, "score": ScoreRun}
+                                   "sample": SampleRun, "score": ScoreRun, "distill-pipeline": PromptDistillRun}
 
 
-__all__ = ["STAGES", "DistillRun", "PipelineRun", "SampleRun", "ScoreRun", "ScoringConfig", "TeacherRun"]
+__all__ = ["STAGES", "DistillRun", "PipelineRun", "PromptDistillRun", "SampleRun", "ScoreRun", "ScoringConfig",
+           "TeacherRun"]

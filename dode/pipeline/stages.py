@@ -1,5 +1,5 @@
 """The single stages in their order, run by an executor: the teacher; teacher -> Gaussian -> distill; a sampling
-job; scores of given samples or a re-evaluation of registered lambdas.
+job; scores of given samples or a re-evaluation of registered lambdas; a diffusers pipeline's lambdas from prompts.
 
 One copy of each order, beside the sweep's (``dode.pipeline.sweep_run``, whose fit order ``fit_all`` the distill
 stage shares): the Prefect flows (``dode_flows.stages``) run each with ``dode_flows.runners.TaskExecutor`` and add only the
@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from dode.core.gaussian import NETWORK
 from dode.metrics.scores import FEATURES, resolve_metrics
 from dode.pipeline import steps
-from dode.pipeline.runs import DistillRun, SampleRun, ScoreRun, TeacherRun
+from dode.pipeline.runs import DistillRun, PromptDistillRun, SampleRun, ScoreRun, TeacherRun
 from dode.pipeline.sweep_run import (
     Executor,
     evaluate_cells,
@@ -54,6 +54,15 @@ def run_distill(config: DistillRun, uri: str, ex: Executor) -> Outcome:
     value = {"lambdas": lam_id, "values": list(lam.values), "trajectory": trajectory, "gaussian": gaussian}
     return Outcome(value, [model_id, *trajectories.values(), *([gaussian] if gaussian else []), lam_id],
                    {"guard": lam.guard})
+
+
+def run_distill_pipeline(config: PromptDistillRun, uri: str, ex: Executor) -> Outcome:
+    """A diffusers pipeline's lambdas over the prompts (``steps.distill_pipeline``: found, else fitted). Value:
+    {"lambdas": id, "values"}; info: the guard's report."""
+    lam_id = ex.call(steps.distill_pipeline, registry=uri, pipeline=config.pipeline, prompts=list(config.prompts),
+                     config=config.distillation, device=config.device)
+    lam = load_lambdas(steps.open_registry(uri), lam_id)
+    return Outcome({"lambdas": lam_id, "values": list(lam.values)}, [lam_id], {"guard": lam.guard})
 
 
 def run_sample(config: SampleRun, uri: str, ex: Executor) -> Outcome:

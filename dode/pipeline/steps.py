@@ -21,6 +21,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+from dode.common.devices import resolve_device
 from dode.core.gaussian import NETWORK
 from dode.core.gaussian import first_step as make_first_step
 from dode.core.grids import GridSpec
@@ -32,6 +33,14 @@ from dode.distillation.fit import distill as distill_lambdas
 from dode.distillation.stored import distill_from_states
 from dode.distillation.teacher import TeacherConfig, TeacherPlan
 from dode.distillation.teacher_parquet import write_teacher
+from dode.integrations.diffusers.distill import (
+    PipelineDistillConfig,
+    load_pipeline,
+    pipeline_lambdas_key,
+    pipeline_lambdas_params,
+    register_pipeline_lambdas,
+)
+from dode.integrations.diffusers.distill import distill_pipeline as fit_pipeline
 from dode.metrics.fid import stats_from_images, stats_to_bytes
 from dode.metrics.guard_features import guard_features
 from dode.metrics.reference import reference_images
@@ -223,6 +232,27 @@ def distill(registry: str, model_id: str, grid: dict, solver: str, teacher: Teac
     art = save_lambdas(reg, lam, key, [source.id, *([gauss.id] if gauss else [])], params, provenance=provenance())
     log.info("distilled %s (%s): lambdas %s (guard chose %s) -> %s", key, fit.objective,
              [round(v, 4) for v in lam.values], lam.guard.get("chosen", "off"), art.short)
+    return art.id
+
+
+def distill_pipeline(registry: str, pipeline: str, prompts: list[str], config: PipelineDistillConfig,
+                     device: str = "cpu") -> str:
+    """D-ODE lambdas for a diffusers text-to-image pipeline (its folder or hub id) over ``prompts``: found in the
+    registry by ``dode distill-pipeline``'s key and params (``pipeline_lambdas_key``, ``pipeline_lambdas_params``),
+    else the pipeline loaded on ``device``, fitted (``dode.integrations.diffusers.distill.distill_pipeline``) and
+    registered as that command registers them."""
+    reg = open_registry(registry)
+    key, params = pipeline_lambdas_key(pipeline, config), pipeline_lambdas_params(pipeline, config, prompts)
+    found = reg.find_intact("lambdas", key, **params)
+    if found:
+        log.info("lambdas %s found in the registry (%s)", key, found[0].short)
+        return found[0].id
+    reg.check_writable()  # fail before the distillation, not after
+    pipe = load_pipeline(pipeline, str(resolve_device(device)))
+    lam = fit_pipeline(pipe, prompts, config)
+    art = register_pipeline_lambdas(reg, pipeline, config, prompts, pipe, lam, provenance=provenance())
+    log.info("distilled %s over %d prompts: lambdas %s (guard chose %s) -> %s", key, len(prompts),
+             [round(v, 4) for v in lam.values], (lam.guard or {}).get("chosen", "off"), art.short)
     return art.id
 
 

@@ -13,6 +13,7 @@ guidance become one sigma-space denoiser (``GuidedUNet`` inside the project's ``
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ from dode.distillation.fit import distill
 from dode.distillation.teacher import TeacherConfig
 from dode.models.flow import FlowDenoiser, FlowSchedule, check_flow_start, flux_call, is_flow_config, sd3_call
 from dode.models.vp import VPDenoiser, cycle_rows
+from dode.store.lambdas import save_lambdas
+from dode.store.registry import Artifact, Registry
 
 
 class PipelineDistillConfig(Config):
@@ -303,5 +306,49 @@ def distill_pipeline(pipe: Any, prompts: Sequence[str], config: PipelineDistillC
     return distill(den, noise.to(pipe.device), sigmas, c.solver, c.teacher, fit)
 
 
+# Loading and registering: one key and one set of params for ``dode distill-pipeline`` and the distill-pipeline stage.
+def load_pipeline(path_or_id: str, device: str) -> Any:
+    """The diffusers pipeline of a folder written by ``save_pretrained`` (or a hub id), its progress bars off, on
+    ``device``; one ValueError that says what to pass when it does not load."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(path_or_id)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not load a diffusers pipeline from {path_or_id!r}: {err}. Pass a local folder written by "
+            "save_pretrained, or a hub id on a machine with network access"
+        ) from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def pipeline_lambdas_key(model: str, config: PipelineDistillConfig) -> str:
+    """The registry key of lambdas distilled for pipeline ``model`` (its folder or hub id, as given)."""
+    return f"pipeline/{model}/{config.solver}/nfe{config.nfe}"
+
+
+def pipeline_lambdas_params(model: str, config: PipelineDistillConfig, prompts: Sequence[str]) -> dict[str, Any]:
+    """What a fit of ``config`` over ``prompts`` for pipeline ``model`` is known by before the pipeline loads (the
+    prompts by their count and sha256): a registry lookup by these finds the same fit. Registered lambdas carry
+    more beside them (``register_pipeline_lambdas``: the grid, the teacher's record)."""
+    prompts = _prompts(prompts)
+    return {"model": model, "family": config.family, "height": config.height, "width": config.width,
+            "guidance_scale": config.guidance_scale, "negative_prompt": config.negative_prompt,
+            "n_prompts": len(prompts), "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+            "samples_per_prompt": config.samples_per_prompt, "seed": config.seed,
+            "teacher_config": config.teacher.model_dump(mode="json"), "fit": config.fit.model_dump(mode="json")}
+
+
+def register_pipeline_lambdas(registry: Registry, model: str, config: PipelineDistillConfig, prompts: Sequence[str],
+                              pipe: Any, lam: Lambdas, provenance: Mapping[str, Any] | None = None) -> Artifact:
+    """Publish lambdas ``distill_pipeline(pipe, prompts, config)`` fitted for pipeline ``model`` as a "lambdas"
+    artifact: ``pipeline_lambdas_key``, ``pipeline_lambdas_params`` and the student grid and teacher record."""
+    grid = config.grid_for(is_flow_config(pipe.scheduler.config))
+    params = {**pipeline_lambdas_params(model, config, prompts), "grid": grid.to_dict(), "teacher": lam.teacher}
+    return save_lambdas(registry, lam, pipeline_lambdas_key(model, config), params=params, provenance=provenance)
+
+
 __all__ = ["GuidedNetwork", "GuidedUNet", "PipelineDistillConfig", "distill_pipeline", "flow_latent_shape",
-           "flow_pipeline_denoiser", "latent_shape", "pipeline_denoiser", "sdxl_added_conditioning"]
+           "flow_pipeline_denoiser", "latent_shape", "load_pipeline", "pipeline_denoiser", "pipeline_lambdas_key",
+           "pipeline_lambdas_params", "register_pipeline_lambdas", "sdxl_added_conditioning"]

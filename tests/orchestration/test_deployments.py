@@ -65,7 +65,8 @@ def test_every_deployment_fits_with_the_libraries_default_teacher_solver():
     # One teacher per student grid serves every solver: its solver is the library's default everywhere.
     configs = [build(runs.STAGES[STAGE_OF[d["entrypoint"]]], d["parameters"]["config"]) for d in DEPLOYMENTS]
     teachers = [c.teacher for c in configs if "teacher" in type(c).model_fields]
-    assert len(teachers) == 6 and {t.solver for t in teachers} == {TeacherConfig().solver} == {"dpmpp_2m"}
+    # six deployments here have a teacher (a newcomer's stage may add one: not counted exactly)
+    assert len(teachers) >= 6 and {t.solver for t in teachers} == {TeacherConfig().solver} == {"dpmpp_2m"}
 
 
 def test_a_bad_parameter_is_rejected_before_any_run(monkeypatch, root):

@@ -41,7 +41,15 @@ from dode.core.solvers import get_solver
 from dode.core.types import Evaluation, SolverState, Tensor
 from dode.distillation.config import STUDENT_SOLVER
 from dode.integrations.diffusers.flow import FlowSchedulerMixin
-from dode.integrations.diffusers.stock import StockGrid, is_stock, stock_class_name, stock_grid, stock_solver
+from dode.integrations.diffusers.stock import (
+    FLOW_STOCK,
+    StockGrid,
+    is_stock,
+    stock_class_name,
+    stock_grid,
+    stock_solver,
+    stock_solvers,
+)
 from dode.models.flow import is_flow_config
 from dode.models.vp import PREDICTION_TYPES, VPDenoiser
 from dode.store.lambdas import load_lambdas
@@ -259,9 +267,9 @@ class DODEScheduler(SchedulerMixin, ConfigMixin):
                 stock.set_timesteps(GridSpec.for_nfe("karras", stock.config.solver, nfe).steps)
             return stock
         if kind is DODEFlowScheduler and solver is None and grid is None:  # flow matching's Euler: its own grid
+            solver = stock_solvers(FLOW_STOCK)[None]  # the solver whose Solver.stock names FlowMatchEuler
             if values is None and nfe is None:  # the pipeline's grid at its num_inference_steps (and mu)
-                return kind(**training, solver="euler", correction=correction or "data", artifact_id=artifact_id)
-            solver = "euler"
+                return kind(**training, solver=solver, correction=correction or "data", artifact_id=artifact_id)
         if solver is None:
             raise ValueError("name solver= and nfe= (or pass lambdas=dode.Lambdas, which carries both, or a stock "
                              "Euler / Heun / DPM-Solver++ / UniPC / DDIM / FlowMatchEuler scheduler to reproduce)")

@@ -161,4 +161,5 @@ def _ddim_grid(scheduler: Any, timesteps: Tensor) -> StockGrid:
     return StockGrid(torch.cat([sigmas, sigmas.new_zeros(1)]), timesteps, "vp", ((1 - final) / final) ** 0.5)
 
 
-__all__ = ["FLOW_STOCK", "STOCK_SOLVERS", "StockGrid", "is_stock", "stock_class_name", "stock_grid", "stock_solver"]
+__all__ = ["FLOW_STOCK", "STOCK_SOLVERS", "StockGrid", "is_stock", "stock_class_name", "stock_grid", "stock_solver",
+           "stock_solvers"]

@@ -309,7 +309,7 @@ def test_a_model_returning_nan_is_one_line_and_exit_2(tmp_path, capsys, monkeypa
 @pytest.mark.parametrize("options, message", [
     (["--fit-objective", "final", "--fit-options", "iterations=-1"], "iterations: Input should be greater than or equal"),
     (["--fit-objective", "final", "--fit-options", "lr_lambdas=nan"], "lr_lambdas: Input should be a valid number"),
-    (["--fit-objective", "final", "--fit-options", "lr_lambdas=NaN"], "lr_lambdas: Input should be a finite number"),
+    (["--fit-objective", "final", "--fit-options", "lr_lambdas=NaN"], "lr_lambdas: Input should be a valid number"),
     (["--fit-objective", "final", "--fit-options", "init=best"], "init: Input should be 'timesteps', 'zero' or"),
     (["--fit-objective", "step", "--fit-options", "iterations=3"], "has no option(s) ['iterations']"),
     (["--teacher-first-seed", "-1"], "teacher.first_seed: Input should be greater than or equal to 0"),

@@ -33,6 +33,8 @@ from dode.distillation.objectives.step import greedy_lambdas
 INITS = ("timesteps", "zero", "greedy")  # where lambda starts: after a timesteps-only fit, at 0, or at greedy D-ODE
 OPTIMIZERS = ("adam", "lbfgs")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}  # the fit's sampler state
+SELECTION_Z = 2.0  # a later iterate is selected when its paired gain exceeds this many standard errors
+TIE = 1e-9  # relative: selection errors closer than this are equal (rounding must not decide)
 MIN_LOG_GAP = 1e-3  # smallest distance of neighbouring learned log sigmas (the grid stays strictly decreasing)
 
 
@@ -96,12 +98,24 @@ def accumulate(problem: FitProblem, denoiser: Denoiser, lam: Tensor, grid: Any, 
     return total
 
 
-def final_error(problem: FitProblem, lam: Tensor, sigmas: Tensor, noise: Tensor, target: Tensor) -> float:
-    """Mean squared final error to the teacher's ``target`` from ``noise`` (no gradient)."""
+def final_error(problem: FitProblem, lam: Tensor, sigmas: Tensor, noise: Tensor, target: Tensor) -> Tensor:
+    """Each sample's mean squared final error to the teacher's ``target`` from ``noise`` (no gradient)."""
     values = lam.detach()
     x = integrate(problem.denoiser, noise, sigmas.detach(), problem.solver, lambda k, update: values[k],
                   correction=problem.correction, first=problem.first)
-    return float((x - target).square().mean())
+    return (x - target).reshape(len(x), -1).square().mean(1)
+
+
+def clearly_lower(errors: Tensor, best: Tensor | None) -> bool:
+    """Whether per-sample ``errors`` are lower than ``best``'s (the same samples) by more than their noise:
+    the mean paired difference d is below -SELECTION_Z standard errors of d (and below rounding, TIE of the
+    best mean). An iterate within the noise of an earlier one does not replace it, so rounding differences
+    between machines, thread counts and micro-batch sizes cannot flip the selection on a near-tie."""
+    if best is None:
+        return True
+    d = errors - best
+    noise = float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+    return float(d.mean()) < -SELECTION_Z * noise - TIE * float(best.mean())
 
 
 def fit_final(
@@ -214,11 +228,13 @@ def run_fit(problem: FitProblem, start: tuple[float, ...], start_grid: Tensor, l
 def optimise(problem: FitProblem, lam: Tensor, grid: Any, step: Any, iterations: int, eval_every: int,
              patience: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run ``step(losses)`` up to ``iterations`` times; every ``eval_every`` iterations measure the final error
-    on the selection split (else the fit split), keep the best iterate, and stop after ``patience``
-    measurements without improvement. Returns the best iterate and what the fit reports."""
+    on the selection split (else the fit split), keep the best iterate -- a later one only when it is clearly
+    lower (``clearly_lower``) -- and stop after ``patience`` measurements without a clear improvement. Returns
+    the best iterate and what the fit reports."""
     selecting = len(problem.selection_noise) > 0
     split = (problem.selection_noise, problem.selection_final) if selecting else (problem.noise, problem.final)
-    best: dict[str, Any] = {"score": math.inf, "iteration": 0, "lam": lam.detach().clone(), "grid": grid().detach()}
+    best: dict[str, Any] = {"score": math.inf, "errors": None, "iteration": 0, "lam": lam.detach().clone(),
+                            "grid": grid().detach()}
     curve: list[list[float]] = []
     losses: list[float] = []
     stale = 0
@@ -228,11 +244,13 @@ def optimise(problem: FitProblem, lam: Tensor, grid: Any, step: Any, iterations:
         if it % eval_every == 0 or it == iterations:
             with torch.no_grad():
                 current = grid().detach()
-            score = final_error(problem, lam, current, *split)
+            errors = final_error(problem, lam, current, *split)
+            score = float(errors.mean())
             curve.append([it, score])
             bar.set_postfix(selection_mse=f"{score:.3g}", refresh=False)
-            if score < best["score"]:
-                best, stale = {"score": score, "iteration": it, "lam": lam.detach().clone(), "grid": current}, 0
+            if clearly_lower(errors, best["errors"]):
+                best = {"score": score, "errors": errors, "iteration": it, "lam": lam.detach().clone(), "grid": current}
+                stale = 0
             else:
                 stale += 1
             if it == iterations or stale > patience:

@@ -64,3 +64,6 @@ def test_a_score_is_the_mean_of_its_disjoint_sets(tmp_path):
     assert got["spread"] == pytest.approx(np.std(want, ddof=1)) and got["n"] == 240 and got["sets"] == SETS
     paired = score_samples(reg, reg.get(samples("x2", x).id), "rmse", samples("y", y))
     assert paired["values"] == pytest.approx([rmse(x[p], y[p]) for p in parts])
+    few = score_samples(reg, samples("few", x[:150]), "fd-pixels", ref)  # 50 per set < 64 dims: one set
+    assert few["spread"] is None and few["sets"] == 1 and few["n"] == 150
+    assert few["value"] == pytest.approx(frechet_distance(stats_from_images(x[:150], ext), ref_stats))

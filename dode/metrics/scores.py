@@ -77,7 +77,8 @@ def rmse(x: np.ndarray, y: np.ndarray) -> float:
 def score_samples(registry: Any, samples: Any, metric: str, reference: Any) -> dict[str, Any]:
     """One metric of a samples artifact: {"metric", "label", "value", "spread", "values", "sets", "n"}: the
     mean over SETS disjoint evaluation sets (``dode.metrics.spread``), their standard deviation, each set's
-    value, and the number of samples in all. ``reference`` is a "reference-stats" artifact for a Fréchet
+    value, and the number of samples in all. A Fréchet distance whose sets would hold no more samples than
+    feature dimensions (a singular covariance) is measured once on all samples, its spread None. ``reference`` is a "reference-stats" artifact for a Fréchet
     distance, the teacher's samples (same seeds) for the RMSE."""
     if metric == "rmse":
         if samples.params["seeds"] != reference.params["seeds"]:
@@ -86,14 +87,24 @@ def score_samples(registry: Any, samples: Any, metric: str, reference: Any) -> d
         x, y = load_samples(registry, samples), load_samples(registry, reference)
         seeds = [s for _, seeds in chunk_list(registry, samples) for s in seeds]
         parts = dict(split_by_seed([(seeds, np.arange(len(x)))]))
+        if len(parts) < SETS:  # fewer samples than sets: one set, no spread
+            return {"metric": metric, "label": "RMSE to teacher", "value": rmse(x, y), "spread": None, "values": [],
+                    "sets": 1, "n": len(x)}
         values = [rmse(x[parts[k]], y[parts[k]]) for k in range(SETS)]
         return {"metric": metric, "label": "RMSE to teacher", **spread(values), "sets": SETS, "n": len(x)}
     moments = [StreamingMoments() for _ in range(SETS)]
     for k, images in split_by_seed(iter_samples(registry, samples)):
         for start in range(0, len(images), 500):
             moments[k].add(extractor(metric)(images[start:start + 500]))
-    ref = stats_from_bytes(registry.read_bytes(reference, STATS_FILE))
-    stats = [m.stats(extractor(metric).name, extractor(metric).fingerprint) for m in moments]
+    ref, ext = stats_from_bytes(registry.read_bytes(reference, STATS_FILE)), extractor(metric)
+    if min(m.n for m in moments) <= ref.dims:  # too few samples per set for a covariance: one set, no spread
+        whole = StreamingMoments()
+        for m in moments:
+            whole.merge(m)
+        stats = whole.stats(ext.name, ext.fingerprint)
+        return {"metric": metric, "label": stats.label, "value": frechet_distance(stats, ref), "spread": None,
+                "values": [], "sets": 1, "n": stats.n}
+    stats = [m.stats(ext.name, ext.fingerprint) for m in moments]
     return {"metric": metric, "label": stats[0].label, **spread([frechet_distance(st, ref) for st in stats]),
             "sets": SETS, "n": sum(st.n for st in stats)}
 

@@ -8,6 +8,7 @@ solver on the same grid. Settings:
   demo     the demo's variant: 40 iterations on 96 fit samples, holdout 0.5, Gaussian of 2,000 25-step samples
   recipe   start grid ending at 0.1, holdout 0.25, lambda from zero, 150 iterations, Gaussian of 4,000 50-step
            samples (issue 26's controlled experiment)
+  recipe-caller-grid  the recipe from the caller's grid (Karras down to the model's sigma_min)
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/recipe.py --calls 3 --settings demo recipe
 """
@@ -38,6 +39,8 @@ SETTINGS = {
              "options": {"iterations": 40, "max_fit": 96, "micro_batch": 96}},
     "recipe": {"gaussian": (4000, 50), "holdout": 0.25,
                "options": {"iterations": 150, "init": "zero", "start_sigma_min": 0.1, "micro_batch": 160}},
+    "recipe-caller-grid": {"gaussian": (4000, 50), "holdout": 0.25,
+                           "options": {"iterations": 150, "init": "zero", "micro_batch": 160}},
 }
 
 

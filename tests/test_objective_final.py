@@ -258,3 +258,12 @@ def test_a_model_trained_down_to_sigma_zero_gets_a_positive_sigma_floor():
 
     sigmas = dode.karras_sigmas(4, 0.002, 80.0)
     assert sigma_floor(FlowLike(), sigmas) == pytest.approx(0.0002)
+
+
+def test_a_later_iterate_replaces_the_selected_one_only_when_clearly_lower():
+    import math
+
+    from dode.distillation.objectives.final import SELECTION_TOL, clearly_lower
+
+    assert clearly_lower(1.0, math.inf) and clearly_lower(0.98, 1.0)
+    assert not clearly_lower(1 - SELECTION_TOL / 2, 1.0) and not clearly_lower(1.0, 1.0)

@@ -33,8 +33,7 @@ from dode.distillation.objectives.step import greedy_lambdas
 INITS = ("timesteps", "zero", "greedy")  # where lambda starts: after a timesteps-only fit, at 0, or at greedy D-ODE
 OPTIMIZERS = ("adam", "lbfgs")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}  # the fit's sampler state
-SELECTION_Z = 2.0  # a later iterate is selected when its paired gain exceeds this many standard errors
-TIE = 1e-9  # relative: selection errors closer than this are equal (rounding must not decide)
+SELECTION_TOL = 0.01  # relative: a later iterate is selected when its selection error is lower by more than this
 MIN_LOG_GAP = 1e-3  # smallest distance of neighbouring learned log sigmas (the grid stays strictly decreasing)
 
 
@@ -98,24 +97,19 @@ def accumulate(problem: FitProblem, denoiser: Denoiser, lam: Tensor, grid: Any, 
     return total
 
 
-def final_error(problem: FitProblem, lam: Tensor, sigmas: Tensor, noise: Tensor, target: Tensor) -> Tensor:
-    """Each sample's mean squared final error to the teacher's ``target`` from ``noise`` (no gradient)."""
+def final_error(problem: FitProblem, lam: Tensor, sigmas: Tensor, noise: Tensor, target: Tensor) -> float:
+    """Mean squared final error to the teacher's ``target`` from ``noise`` (no gradient)."""
     values = lam.detach()
     x = integrate(problem.denoiser, noise, sigmas.detach(), problem.solver, lambda k, update: values[k],
                   correction=problem.correction, first=problem.first)
-    return (x - target).reshape(len(x), -1).square().mean(1)
+    return float((x - target).square().mean())
 
 
-def clearly_lower(errors: Tensor, best: Tensor | None) -> bool:
-    """Whether per-sample ``errors`` are lower than ``best``'s (the same samples) by more than their noise:
-    the mean paired difference d is below -SELECTION_Z standard errors of d (and below rounding, TIE of the
-    best mean). An iterate within the noise of an earlier one does not replace it, so rounding differences
-    between machines, thread counts and micro-batch sizes cannot flip the selection on a near-tie."""
-    if best is None:
-        return True
-    d = errors - best
-    noise = float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else 0.0
-    return float(d.mean()) < -SELECTION_Z * noise - TIE * float(best.mean())
+def clearly_lower(score: float, best: float) -> bool:
+    """Whether a selection error is lower than the best so far by more than SELECTION_TOL of it: iterates
+    closer than that are a near-tie, and the earlier one stays selected, so rounding differences between
+    machines, thread counts and micro-batch sizes cannot flip the selection."""
+    return score < best * (1 - SELECTION_TOL)
 
 
 def fit_final(
@@ -233,8 +227,7 @@ def optimise(problem: FitProblem, lam: Tensor, grid: Any, step: Any, iterations:
     the best iterate and what the fit reports."""
     selecting = len(problem.selection_noise) > 0
     split = (problem.selection_noise, problem.selection_final) if selecting else (problem.noise, problem.final)
-    best: dict[str, Any] = {"score": math.inf, "errors": None, "iteration": 0, "lam": lam.detach().clone(),
-                            "grid": grid().detach()}
+    best: dict[str, Any] = {"score": math.inf, "iteration": 0, "lam": lam.detach().clone(), "grid": grid().detach()}
     curve: list[list[float]] = []
     losses: list[float] = []
     stale = 0
@@ -244,13 +237,11 @@ def optimise(problem: FitProblem, lam: Tensor, grid: Any, step: Any, iterations:
         if it % eval_every == 0 or it == iterations:
             with torch.no_grad():
                 current = grid().detach()
-            errors = final_error(problem, lam, current, *split)
-            score = float(errors.mean())
+            score = final_error(problem, lam, current, *split)
             curve.append([it, score])
             bar.set_postfix(selection_mse=f"{score:.3g}", refresh=False)
-            if clearly_lower(errors, best["errors"]):
-                best = {"score": score, "errors": errors, "iteration": it, "lam": lam.detach().clone(), "grid": current}
-                stale = 0
+            if clearly_lower(score, best["score"]):
+                best, stale = {"score": score, "iteration": it, "lam": lam.detach().clone(), "grid": current}, 0
             else:
                 stale += 1
             if it == iterations or stale > patience:

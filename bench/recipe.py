@@ -10,7 +10,11 @@ solver on the same grid. Settings:
            samples (issue 26's controlled experiment)
   recipe-caller-grid  the recipe from the caller's grid (Karras down to the model's sigma_min)
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/recipe.py --calls 3 --settings demo recipe
+    OMP_NUM_THREADS=1 .venv/bin/python bench/recipe.py --calls 2 3 4 --settings demo recipe
+    OMP_NUM_THREADS=1 .venv/bin/python bench/recipe.py --calls 3 --settings demo recipe --fit-seed 2000000
+
+Results: bench/results/recipe.json; bench/results/recipe-before-c6ff4de.json is this script (demo setting) run
+on the tree of commit c6ff4de, before issue 26's parameterisation, selection and guard changes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Recipe benchmark (issue 26): few network calls with the analytic first step, today's fit settings vs the recipe.
 
-digits-ddpm, DPM-Solver++(2M), the analytic first step, lambda + timesteps (``final``), guarded in the model's
-guard features, teacher 2M on the 10x refined grid, 256 distillation noises (seeds 1,000,000 on). FD-digits of
+digits-ddpm, a solver (DPM-Solver++(2M) by default), the analytic first step, lambda + timesteps (``final``),
+guarded in the model's guard features, teacher 2M on the 10x refined grid, 256 distillation noises (seeds 1,000,000 on). FD-digits of
 the guard's choice (uint8, against the 1,797 bundled digits) on three disjoint 2,000-sample evaluation sets
 (seeds 0-5,999 by seed mod 3: ``dode.metrics.spread``), printed as mean ± standard deviation, with the base
 solver on the same grid. Settings:
@@ -9,9 +9,11 @@ solver on the same grid. Settings:
   recipe   start grid ending at 0.1, holdout 0.25, lambda from zero, 150 iterations, Gaussian of 4,000 50-step
            samples (issue 26's controlled experiment)
   recipe-caller-grid  the recipe from the caller's grid (Karras down to the model's sigma_min)
+  demo-t   the demo's timesteps-only variant (learn_lambdas=False)
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/recipe.py --calls 2 3 4 --settings demo recipe
     OMP_NUM_THREADS=1 .venv/bin/python bench/recipe.py --calls 3 --settings demo recipe --fit-seed 2000000
+    OMP_NUM_THREADS=1 .venv/bin/python bench/recipe.py --solver unipc --calls 5 --settings demo-t demo
 
 Results: bench/results/recipe.json; bench/results/recipe-before-c6ff4de.json is this script (demo setting) run
 on the tree of commit c6ff4de, before issue 26's parameterisation, selection and guard changes.
@@ -37,10 +39,12 @@ from dode.metrics.guard_features import guard_features
 from dode.metrics.spread import SETS, spread, with_spread
 from dode.models import load_model
 
-SOLVER = "dpmpp_2m"
+TEACHER = "dpmpp_2m"  # the demo's teacher: DPM-Solver++(2M) on the 10x refined grid
 SETTINGS = {
     "demo": {"gaussian": (2000, 25), "holdout": 0.5,
              "options": {"iterations": 40, "max_fit": 96, "micro_batch": 96}},
+    "demo-t": {"gaussian": (2000, 25), "holdout": 0.5,
+               "options": {"iterations": 40, "max_fit": 96, "micro_batch": 96, "learn_lambdas": False}},
     "recipe": {"gaussian": (4000, 50), "holdout": 0.25,
                "options": {"iterations": 150, "init": "zero", "start_sigma_min": 0.1, "micro_batch": 160}},
     "recipe-caller-grid": {"gaussian": (4000, 50), "holdout": 0.25,
@@ -57,6 +61,7 @@ def fd_sets(x: torch.Tensor, seeds: range, data: torch.Tensor) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--solver", default="dpmpp_2m")
     parser.add_argument("--calls", nargs="+", type=int, default=[3])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--fit-seed", type=int, default=1_000_000, help="first seed of the 256 distillation noises")
@@ -73,7 +78,7 @@ def main() -> None:
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
     gaussians = {}
     for calls in args.calls:
-        grid = GridSpec.for_calls("karras", SOLVER, calls, "analytic").sigmas(den)
+        grid = GridSpec.for_calls("karras", args.solver, calls, "analytic").sigmas(den)
         for name in args.settings:
             setting = SETTINGS[name]
             if setting["gaussian"] not in gaussians:
@@ -81,16 +86,16 @@ def main() -> None:
                 gaussians[setting["gaussian"]] = from_model(model, n, steps=steps)
             first = FirstStep("analytic", gaussians[setting["gaussian"]])
             t0 = time.perf_counter()
-            lam = dode.distill(den, fit_noise, grid, SOLVER, {"solver": SOLVER}, {
+            lam = dode.distill(den, fit_noise, grid, args.solver, {"solver": TEACHER}, {
                 "objective": "final", "holdout": setting["holdout"], "options": setting["options"]},
                 features=features, first=first)
             seconds = time.perf_counter() - t0
-            x = dode.sample(den, eval_noise, torch.tensor(lam.sigmas, dtype=torch.float64), SOLVER, lam, first=first)
-            base = dode.sample(den, eval_noise, grid, SOLVER, first=first)
+            x = dode.sample(den, eval_noise, torch.tensor(lam.sigmas, dtype=torch.float64), args.solver, lam, first=first)
+            base = dode.sample(den, eval_noise, grid, args.solver, first=first)
             cell = {"fd": fd_sets(x, seeds, data), "base": fd_sets(base, seeds, data), "seconds": round(seconds, 1),
                     "guard": lam.guard["chosen"], "guard_fd": lam.guard.get("fd"), "sigmas": list(lam.sigmas),
                     "values": list(lam.values)}
-            results[f"{SOLVER}/{calls}/{name}/{args.fit_seed}"] = cell
+            results[f"{args.solver}/{calls}/{name}/{args.fit_seed}"] = cell
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=1))
             print(f"{calls} calls {name} (fit seed {args.fit_seed}): "

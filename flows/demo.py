@@ -3,8 +3,9 @@
 Solvers euler, heun, dpmpp_2m, unipc at 2-10 network calls (the few-step cells per solver in prefect.yaml), base vs greedy D-ODE vs the final objective's variants -- the analytic first step among them
 at 2-5 calls -- vs teacher, 2,000 samples per cell, scored by FD-digits and the RMSE to the teacher's
 samples: the parameters of the digits-sweep deployment in prefect.yaml; then the same for the flow-matching
-twin digits-flow, fewer cells (the digits-flow-sweep deployment). The pipeline flow runs on Prefect's ephemeral server, its
-teachers, fits, sampling and scoring shards on a local Dask cluster (one single-threaded worker per
+twin digits-flow, fewer cells (the digits-flow-sweep deployment). Every score is printed as the mean over
+three disjoint evaluation sets of the cell's samples (by seed) ± their standard deviation
+(``dode.metrics.spread``). The pipeline flow runs on Prefect's ephemeral server, its teachers, fits, sampling and scoring shards on a local Dask cluster (one single-threaded worker per
 core). Prints the results table and the path of the report.
 
     python -m dode_flows.demo                 # both sweeps (timed in docs/benchmarks/00-demo.md)

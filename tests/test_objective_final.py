@@ -10,14 +10,7 @@ import dode
 from dode.core.fitted import implied_grid
 from dode.distillation.guard import frechet, select
 from dode.distillation.objectives import OBJECTIVES, FitProblem, FitResult
-from dode.distillation.objectives.final import (
-    FinalOptions,
-    accumulate,
-    final_sample,
-    fit_final,
-    grid_from_logits,
-    logits_from_grid,
-)
+from dode.distillation.objectives.final import FinalOptions, LogSigmaGrid, accumulate, final_sample, fit_final
 from dode.models import GaussianDenoiser, digits_mixture
 from dode.store.lambdas import lambdas_from_json, lambdas_to_json
 
@@ -45,11 +38,8 @@ def test_gradient_matches_finite_differences(mixture, solver):
     nfe = dode.get_solver(solver).nfe(len(sigmas) - 1)
     p = problem(mixture, x, sigmas, solver, [teacher] * nfe)
     lam = (0.1 * torch.randn(nfe, generator=torch.Generator().manual_seed(1), dtype=torch.float64)).requires_grad_()
-    theta = logits_from_grid(sigmas, 0.001).requires_grad_()
-
-    def grid():
-        return grid_from_logits(theta, sigmas[0], 0.001)
-
+    grid = LogSigmaGrid(sigmas, 0.001)
+    theta = grid.u.requires_grad_()
     accumulate(p, mixture, lam, grid, 4, [lam, theta])
 
     def loss():
@@ -95,6 +85,52 @@ def test_planted_lambdas_are_recovered_from_the_final_sample_alone(mixture):
     assert result.values[1:] == pytest.approx(planted[1:], abs=1e-6)  # lambda_0 has no effect in the data flavour
 
 
+def test_every_learned_sigma_moves_even_one_at_the_floor(mixture):
+    # Issue 26: a Karras grid ending at the floor (the model's sigma_min) left the last gap of the softmax-cumsum
+    # parameterisation empty and its sigma pinned. Three Adam steps on the grid alone: each learned log sigma
+    # must move at least a fifth as far as the one that moves most.
+    sigmas, x = dode.karras_sigmas(4, 0.002, 80.0), noise(16)
+    teacher = dode.sample(mixture, x, dode.refine(sigmas, 5), "dpmpp_2m")
+    p = problem(mixture, x, sigmas, "dpmpp_2m", [teacher] * 4)
+    grid = LogSigmaGrid(sigmas, 0.002)
+    assert torch.allclose(grid(), sigmas, rtol=1e-12, atol=0)  # the start grid, its last sigma on the floor
+    lam = torch.zeros(4, dtype=torch.float64)
+    adam = torch.optim.Adam([grid.u.requires_grad_()], lr=0.1)
+    for _ in range(3):
+        adam.zero_grad()
+        accumulate(p, mixture, lam, grid, 16, [grid.u])
+        adam.step()
+        grid.project()
+    moved = (grid()[1:-1].log() - sigmas[1:-1].log()).abs().detach()
+    assert float(moved.min()) > 0.2 * float(moved.max()) > 0
+    learned = grid().detach()
+    assert (learned[1:] < learned[:-1]).all() and float(learned[-2]) >= 0.002
+
+
+def test_projection_keeps_any_step_a_strictly_decreasing_grid_in_its_bounds():
+    grid = LogSigmaGrid(dode.karras_sigmas(5, 0.01, 80.0), 0.01)
+    with torch.no_grad():
+        grid.u.copy_(torch.tensor([-9.0, 6.0, 0.5, 0.5], dtype=torch.float64))  # below the floor, above sigma_max, a tie
+    grid.project()
+    s = grid()
+    assert (s[1:] < s[:-1]).all() and float(s[-2]) == pytest.approx(0.01) and float(s[1]) < 80.0
+
+
+def test_the_fit_may_start_elsewhere_and_the_guard_still_judges_against_the_callers_grid(mixture):
+    sigmas = dode.karras_sigmas(3, 0.002, 80.0)
+    lam = dode.distill(mixture, noise(24), sigmas, "dpmpp_2m", fit={"objective": "final", "options": {
+        "iterations": 2, "start_sigma_min": 0.1}})
+    assert lam.fit["start_sigmas"] == sigmas.tolist() and lam.options["start_sigma_min"] == 0.1
+    if lam.guard["chosen"] == "base":
+        assert list(lam.sigmas) == sigmas.tolist()
+    with pytest.raises(ValueError, match="start_sigma_min must lie below"):
+        dode.distill(mixture, noise(24), sigmas, "dpmpp_2m", fit={"objective": "final", "options": {
+            "iterations": 2, "start_sigma_min": 100.0}})
+    with pytest.raises(ValueError, match="start_sigma_min moves the grid the fit starts from"):
+        dode.distill(mixture, noise(24), sigmas, "dpmpp_2m", fit={"objective": "final", "options": {
+            "learn_sigmas": False, "start_sigma_min": 0.1}})
+
+
 def test_micro_batches_give_the_parameters_of_one_full_batch(mixture):
     sigmas, x = dode.karras_sigmas(4, 0.002, 80.0), noise(12)
     teacher = dode.sample(mixture, x, dode.refine(sigmas, 4), "euler")
@@ -125,7 +161,7 @@ def test_guard_rejects_a_result_further_than_the_base_in_distribution(mixture):
     sigmas, x = dode.karras_sigmas(4, 0.002, 80.0), noise(48)
     teacher = dode.sample(mixture, x, dode.refine(sigmas, 5), "dpmpp_2m")
     p = problem(mixture, x, sigmas, "dpmpp_2m", [teacher] * 4, held=40)
-    overfit = FitResult((0.0, 2.0, -1.5, 2.0), grid_from_logits(torch.zeros(4, dtype=torch.float64), sigmas[0], 0.002),
+    overfit = FitResult((0.0, 2.0, -1.5, 2.0), dode.karras_sigmas(4, 0.002, 80.0, 1.0),
                         "final", {}, (("greedy", (0.0, 0.0, 0.0, 0.0), sigmas),), "fd")
     chosen, report = select(p, overfit, None)
     assert report["fd"]["final"] > report["fd"]["base"] and report["minus_base"]["final"][0] > 0
@@ -163,8 +199,8 @@ def test_guard_features_and_timesteps_only_baseline(mixture):
     lam = dode.distill(mixture, noise(40), sigmas, "euler", fit={"objective": "final", "options": {
         "learn_lambdas": False, "iterations": 10}}, features=features)
     assert seen and all(s[1:] == (1, 8, 8) for s in seen)
-    # 20 guard samples: the 8 features are projected to 20 / 4 = 5 principal directions
-    assert lam.guard["criterion"] == "fd" and lam.guard["features"] == 5
+    # 20 guard samples: the 8 features are projected to 20 // 8 = 2 principal directions
+    assert lam.guard["criterion"] == "fd" and lam.guard["features"] == 2
     if lam.guard["chosen"] == "final":
         assert lam.values == (0.0,) * 4
 
@@ -222,3 +258,12 @@ def test_a_model_trained_down_to_sigma_zero_gets_a_positive_sigma_floor():
 
     sigmas = dode.karras_sigmas(4, 0.002, 80.0)
     assert sigma_floor(FlowLike(), sigmas) == pytest.approx(0.0002)
+
+
+def test_a_later_iterate_replaces_the_selected_one_only_when_clearly_lower():
+    import math
+
+    from dode.distillation.objectives.final import SELECTION_TOL, clearly_lower
+
+    assert clearly_lower(1.0, math.inf) and clearly_lower(0.98, 1.0)
+    assert not clearly_lower(1 - SELECTION_TOL / 2, 1.0) and not clearly_lower(1.0, 1.0)

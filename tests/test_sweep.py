@@ -175,15 +175,18 @@ def test_reference_data_is_declared_by_the_model():
 
 def test_tables_show_every_row_and_dashes_for_missing_values():
     rows = [{"solver": "euler", "nfe": 3, "metric": "rmse", "label": "RMSE to teacher", "base": 0.5, "dode": 0.25,
-             "teacher": None, "change_pct": -50.0, "guard": {"dode": "fitted"}, "variants": {"timesteps": 0.125}},
+             "teacher": None, "change_pct": -50.0, "guard": {"dode": "fitted"}, "variants": {"timesteps": 0.125},
+             "spread": {"base": 0.01, "dode": 0.02, "timesteps": 0.005}},
             {"solver": "euler", "nfe": 3, "metric": "fd-pixels", "label": "FD-pixels", "base": 0.0, "dode": 2.0,
              "teacher": 1.0, "change_pct": None, "guard": {"dode": "base"}, "variants": {}}]
     text = text_table(rows).splitlines()
     assert text[0].split()[-4:] == ["D-ODE", "timesteps", "teacher", "change"]
-    assert text[2].split() == ["euler", "3", "RMSE", "to", "teacher", "0.5", "0.25", "0.125", "—", "-50.0%"]
-    assert text[3].split()[-3:] == ["—", "1", "—"]
+    assert text[2].split() == ["euler", "3", "RMSE", "to", "teacher", "0.5", "±", "0.01", "0.25", "±", "0.02",
+                               "0.125", "±", "0.005", "—", "-50.0%"]
+    assert text[3].split()[-3:] == ["—", "1", "—"] and "disjoint evaluation sets" in text[4]
     md = markdown_tables(rows)
-    assert "### RMSE to teacher" in md and "| euler | 3 | 0.5 | 0.25 | 0.125 | — | -50.0 % | dode: fitted |" in md
+    assert "### RMSE to teacher" in md
+    assert "| euler | 3 | 0.5 ± 0.01 | 0.25 ± 0.02 | 0.125 ± 0.005 | — | -50.0 % | dode: fitted |" in md
 
 
 def test_few_step_summary_judges_each_variant_against_its_own_base_and_sibling():

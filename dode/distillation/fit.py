@@ -67,7 +67,7 @@ def split(n: int, fit: FitConfig | Mapping[str, Any] | None = None) -> tuple[int
     every sample is fitted on (and an objective selects on its fit split).
 
     The defaults give the demo's 256 noises a 96 / 32 / 128 split for the final objective: 128 guard samples
-    measure the Frechet distance in 32 dimensions (``dode.distillation.guard.projection``: at least 4 samples per dimension).
+    measure the Frechet distance in 16 dimensions (``dode.distillation.guard.projection``: at least 8 samples per dimension).
     """
     fit = build(FitConfig, fit)
     if not fit.guard:

@@ -1,14 +1,21 @@
 """The held-out guard: never hand back fitted parameters unless they clearly beat the base solver on noise
 neither the fit nor the selection of iterations saw. Candidates are the objective's result, its
-alternatives and the base solver on the start grid; each samples the guard's noise and is compared to the
-teacher's final samples from that noise by mean squared error (``mse``) or, for objectives that may trade
-per-sample error for a better distribution, by the Frechet distance of their distributions (``fd``).
+alternatives and the base solver on the caller's grid (the grid ``dode.distill`` was given, whatever grid
+the fit started from); each samples the guard's noise and is compared to the teacher's final samples from
+that noise by mean squared error (``mse``) or, for objectives that may trade per-sample error for a better
+distribution, by the Frechet distance of their distributions (``fd``).
+
+Enough samples: the Frechet distance of n guard samples is measured in at most n / SAMPLES_PER_FEATURE
+feature dimensions (the top principal directions of the teacher's features where there are more), so each
+covariance entry rests on at least 8 samples per dimension.
 
 Clearly: a paired bootstrap over the guard's samples (Efron & Tibshirani, 1993, ch. 6) resamples the
-same rows for every candidate, the base and the teacher; a candidate is taken only when the upper
-``CONFIDENCE`` quantile of its measure minus the base's stays below zero, and among those the lowest
-measure wins. A candidate within the guard's own noise of the base is refused, so rounding differences
-between machines cannot flip the choice on a near-tie with the base.
+same rows for every candidate, the base and the teacher, and gives each candidate's difference to another
+a one-sided interval. Candidates are walked from the simplest (the base) to the most elaborate (the
+objective's result); one replaces the current choice only when the upper ``CONFIDENCE`` quantile of its
+measure minus the current choice's stays below zero. A candidate within the guard's noise of a simpler one
+is refused, so rounding differences between machines cannot flip the choice on a near-tie. The report
+states the guard's noise: the bootstrap standard deviation of the base's measure.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ CONFIDENCE = 0.95  # one-sided: a candidate is taken when this quantile of (cand
 SEED = 0  # the bootstrap's own generator: independent of torch's global random state
 CHUNK = 50  # resamples per batched eigensolve (bounds memory at CHUNK f^2 floats)
 TIE = 1e-9  # relative: measures closer than this are equal (rounding must not decide)
-SAMPLES_PER_FEATURE = 4  # the Frechet distance is measured in at most n_guard / 4 feature dimensions
+SAMPLES_PER_FEATURE = 8  # the Frechet distance is measured in at most n_guard / 8 feature dimensions
 
 
 def resample_weights(n: int, resamples: int = RESAMPLES) -> Tensor:
@@ -72,7 +79,7 @@ def frechet(a: Tensor, b: Tensor) -> float:
 
 def projection(reference: Tensor, n: int) -> Tensor | None:
     """The guard's feature rule: with n guard samples the Frechet distance is measured in at most
-    f = n // SAMPLES_PER_FEATURE dimensions (at least 4 samples per dimension keeps the covariance
+    f = n // SAMPLES_PER_FEATURE dimensions (at least 8 samples per dimension keeps the covariance
     estimable); where the features have more, their projection on the top f principal directions of the
     reference (teacher) features. None where they have no more."""
     f = max(1, n // SAMPLES_PER_FEATURE)
@@ -83,7 +90,8 @@ def projection(reference: Tensor, n: int) -> Tensor | None:
 
 
 def candidates(problem: FitProblem, result: FitResult) -> list[tuple[str, tuple[float, ...], Tensor]]:
-    """The result, its alternatives, and the base solver (lambda = 0 on the start grid), in preference order."""
+    """The result, its alternatives, and the base solver (lambda = 0 on the caller's grid, ``problem.sigmas``:
+    the grid ``dode.distill`` was given), from the most elaborate to the simplest."""
     base = ("base", tuple(0.0 * v for v in result.values), problem.sigmas)
     return [(result.name, result.values, result.sigmas), *result.alternatives, base]
 
@@ -95,19 +103,20 @@ def held_out_samples(problem: FitProblem, values: tuple[float, ...], sigmas: Ten
 
 
 def decide(measure: dict[str, float], resampled: dict[str, Tensor]) -> tuple[str, dict[str, list[float]]]:
-    """The choice among candidates by their ``measure`` (lower is better; one must be ``base``) and its
-    bootstrap ``resampled`` values (paired: the same resamples for every candidate). A candidate is clearly
-    better than the base when the CONFIDENCE quantile of (candidate - base) over the resamples is below
-    zero (by more than rounding: TIE of the base's measure); the lowest measure among those is chosen,
-    measures within TIE of each other counting as equal (the earlier candidate wins), else the base. Also
-    each difference's interval between its 1 - CONFIDENCE and CONFIDENCE quantiles."""
+    """The choice among candidates by their ``measure`` (lower is better), listed from the most elaborate to
+    the simplest, one of them ``base``, and its bootstrap ``resampled`` values (paired: the same resamples
+    for every candidate). Walking from the base through the others from the simplest, a candidate replaces
+    the current choice when the CONFIDENCE quantile of (candidate - current) over the resamples is below
+    zero by more than rounding (TIE of the current measure). Also each candidate's interval of its
+    difference to the base, between its 1 - CONFIDENCE and CONFIDENCE quantiles."""
     levels = torch.tensor([1 - CONFIDENCE, CONFIDENCE], dtype=torch.float64)
     interval = {k: torch.quantile(r - resampled["base"], levels).tolist() for k, r in resampled.items() if k != "base"}
-    clear = [k for k, (_, upper) in interval.items() if upper < -TIE * abs(measure["base"])]
-    if not clear:
-        return "base", interval
-    best = min(measure[k] for k in clear)
-    return next(k for k in clear if measure[k] <= best + TIE * abs(best)), interval
+    chosen = "base"
+    for k in reversed([k for k in measure if k != "base"]):
+        upper = float(torch.quantile(resampled[k] - resampled[chosen], CONFIDENCE))
+        if upper < -TIE * abs(measure[chosen]):
+            chosen = k
+    return chosen, interval
 
 
 def select(problem: FitProblem, result: FitResult, features: Features | None = None) -> tuple[str, dict]:
@@ -139,6 +148,7 @@ def select(problem: FitProblem, result: FitResult, features: Features | None = N
     report = {"split": {"fit": len(problem.noise), "selection": len(problem.selection_noise), "guard": n},
               "criterion": result.criterion, "chosen": chosen, "changed": chosen != result.name,
               "fitted": list(result.values), "mse": mse, "minus_base": interval,
+              "noise": float(resampled["base"].std()),
               "bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "seed": SEED}}
     if not fd:
         return chosen, report

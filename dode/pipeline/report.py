@@ -14,6 +14,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from dode.core.correction import Lambdas
+from dode.metrics.spread import SETS, with_spread
 from dode.pipeline.commands import get_command
 from dode.pipeline.plots import GRID_TILES, plot_grids, plot_lambdas, plot_metrics, plot_samples
 from dode.pipeline.sweep import cell_fits
@@ -28,11 +29,19 @@ SIDE_NAMES = {"dode": "D-ODE"}  # a cell's sample sides as the report names them
 UI_BUDGET = 1_000_000
 UI_SCALES = (1.0, 0.75, 0.5, 0.35, 0.25)  # downscaling steps for images that do not fit UI_BUDGET
 IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+SPREAD_NOTE = (f"values: mean ± standard deviation over {SETS} disjoint evaluation sets of the samples "
+               "(seeds s with s mod 3 = 0, 1, 2)")
 log = logging.getLogger(__name__)
 
 
 def fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
+
+
+def cell(row: dict[str, Any], side: str) -> str:
+    """A side's value with its spread over the disjoint evaluation sets (``value ± spread``), where known."""
+    value = row.get("variants", {}).get(side) if side not in ("base", "dode", "teacher") else row[side]
+    return with_spread(value, row.get("spread", {}).get(side))
 
 
 def change(row: dict[str, Any], unit: str = "%") -> str:
@@ -46,31 +55,32 @@ def variant_names(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def text_table(rows: list[dict[str, Any]]) -> str:
-    """The results as a fixed-width text table (one line per solver, NFE and metric; a dash where a variant
-    was not fitted)."""
+    """The results as a fixed-width text table (one line per solver, NFE and metric; each value the mean over
+    the disjoint evaluation sets ± their standard deviation; a dash where a variant was not fitted)."""
     names = variant_names(rows)
-    head = (f"{'solver':<10} {'NFE':>3}  {'metric':<16} {'base':>10} {'D-ODE':>10}"
-            + "".join(f" {n[:14]:>14}" for n in names) + f" {'teacher':>10} {'change':>8}")
+    head = (f"{'solver':<10} {'NFE':>3}  {'metric':<16} {'base':>16} {'D-ODE':>16}"
+            + "".join(f" {n[:16]:>16}" for n in names) + f" {'teacher':>16} {'change':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        extra = "".join(f" {fmt(r.get('variants', {}).get(n)):>14}" for n in names)
-        lines.append(f"{r['solver']:<10} {r['nfe']:>3}  {r['label']:<16} {r['base']:>10.4g} {r['dode']:>10.4g}"
-                     f"{extra} {fmt(r['teacher']):>10} {change(r):>8}")
-    return "\n".join(lines)
+        extra = "".join(f" {cell(r, n):>16}" for n in names)
+        lines.append(f"{r['solver']:<10} {r['nfe']:>3}  {r['label']:<16} {cell(r, 'base'):>16} {cell(r, 'dode'):>16}"
+                     f"{extra} {cell(r, 'teacher'):>16} {change(r):>8}")
+    return "\n".join(lines + [SPREAD_NOTE])
 
 
 def markdown_tables(rows: list[dict[str, Any]]) -> str:
-    """One table per metric: solver, NFE, base, D-ODE, the variants, teacher, change, the guards' choices."""
+    """One table per metric: solver, NFE, base, D-ODE, the variants, teacher (each ``mean ± spread``), change,
+    the guards' choices."""
     names = variant_names(rows)
-    out = []
+    out = [SPREAD_NOTE, ""]
     for label in dict.fromkeys(r["label"] for r in rows):
         out += [f"### {label}", "", "| solver | NFE | base | D-ODE | " + "".join(f"{n} | " for n in names)
                 + "teacher | change | guard chose |", "|---|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|---|"]
         for r in (r for r in rows if r["label"] == label):
-            extra = "".join(f"{fmt(r.get('variants', {}).get(n))} | " for n in names)
+            extra = "".join(f"{cell(r, n)} | " for n in names)
             guard = ", ".join(f"{k}: {v}" for k, v in r.get("guard", {}).items() if v)
-            out.append(f"| {r['solver']} | {r['nfe']} | {fmt(r['base'])} | {fmt(r['dode'])} | {extra}"
-                       f"{fmt(r['teacher'])} | {change(r, ' %')} | {guard or '—'} |")
+            out.append(f"| {r['solver']} | {r['nfe']} | {cell(r, 'base')} | {cell(r, 'dode')} | {extra}"
+                       f"{cell(r, 'teacher')} | {change(r, ' %')} | {guard or '—'} |")
         out.append("")
     return "\n".join(out)
 

@@ -46,6 +46,7 @@ from dode.metrics.guard_features import guard_features
 from dode.metrics.reference import reference_images
 from dode.metrics.scores import extractor, score_samples
 from dode.metrics.sources import STATS_FILE, implementation
+from dode.metrics.spread import SETS, with_spread
 from dode.models import Model, load_model
 from dode.pipeline.generate import SamplingJob, run_sampling
 from dode.pipeline.report import render_report
@@ -307,14 +308,15 @@ def score(registry: str, samples_id: str, metric: str, reference_id: str) -> str
     reference statistics, or the RMSE to the teacher's samples from the same seeds."""
     reg = open_registry(registry)
     samples, ref = reg.get(samples_id), reg.get(reference_id)
-    params = {"metric": metric, "samples": samples.id, "reference": ref.id}
+    params = {"metric": metric, "samples": samples.id, "reference": ref.id, "sets": SETS}  # scores with a spread
     key = f"{samples.key}/{metric}"
     found = reg.find_intact("score", key, **params)
     if found:
         return found[0].id
     result: dict[str, Any] = {**score_samples(reg, samples, metric, ref), "samples": samples.id, "reference": ref.id}
     art = reg.publish_json("score", key, result, params=params, parents=[samples.id, ref.id], provenance=provenance())
-    log.info("%s of %s: %.6g -> %s", result["label"], samples.key, result["value"], art.short)
+    log.info("%s of %s: %s -> %s", result["label"], samples.key, with_spread(result["value"], result["spread"]),
+             art.short)
     return art.id
 
 

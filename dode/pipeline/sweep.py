@@ -19,6 +19,7 @@ from dode.core.gaussian import NETWORK
 from dode.core.grids import FAMILIES, GridSpec
 from dode.core.solvers import SOLVERS
 from dode.distillation.config import FIRST_STEP, FirstStepKind, ObjectiveChoice, ObjectiveName, Solver
+from dode.metrics.spread import with_spread
 from dode.pipeline.generate import SamplingConfig, SamplingJob
 from dode.store.lambdas import load_lambdas
 
@@ -168,9 +169,11 @@ def score_items(cells: list[dict], teachers: dict[str, str], refs: dict[str, str
 def result_rows(registry: Any, cells: list[dict], teachers: dict[str, str], items: list[tuple[str, str, str]],
                 score_ids: list[str], metrics: list[str]) -> list[dict[str, Any]]:
     """One row per cell and metric: base, D-ODE, each variant and teacher values, D-ODE's relative change,
-    and which candidate each guard chose."""
+    which candidate each guard chose, and each side's spread over the disjoint evaluation sets (``spread``:
+    side -> standard deviation; ``dode.metrics.spread``)."""
     scores = [registry.read_json(i) for i in score_ids]
     value = {(s, m): sc["value"] for (s, m, _), sc in zip(items, scores)}
+    spreads = {(s, m): sc.get("spread") for (s, m, _), sc in zip(items, scores)}
     label = {m: sc["label"] for (_, m, _), sc in zip(items, scores)}
     rows = []
     for c in cells:
@@ -181,7 +184,10 @@ def result_rows(registry: Any, cells: list[dict], teachers: dict[str, str], item
             rows.append({"solver": c["solver"], "nfe": c["nfe"], "metric": m, "label": label[m], "base": base,
                          "dode": dode_, "variants": variants, "teacher": value.get((teachers[teacher_key(c)], m)),
                          "change_pct": None if base == 0 else 100.0 * (dode_ - base) / base,
-                         "guard": chosen, "lambdas": registry.get(c["lambdas"]).id})
+                         "guard": chosen, "lambdas": registry.get(c["lambdas"]).id,
+                         "spread": {**{side: spreads[(sid, m)] for side, sid in c["samples"].items()},
+                                    "base": spreads[(c["base"], m)], "dode": spreads[(c["dode"], m)],
+                                    "teacher": spreads.get((teachers[teacher_key(c)], m))}})
     return rows
 
 
@@ -205,17 +211,20 @@ def few_step_summary(rows: list[dict], variants: dict[str, dict], metric: str, t
     network-call count the best stock solver, the best of everything (with its side) and the teacher; then
     how many variant cells are within ``tolerance`` of their own base and of their timesteps-only sibling,
     or were given back the base by the guard (the failures listed); then how often a guard that changed the
-    base agreed with ``metric`` (its variant no worse than its own base)."""
+    base agreed with ``metric`` (its variant no worse than its own base). Values carry their spread over the
+    disjoint evaluation sets where the rows have it."""
     rows = [r for r in rows if r["metric"] == metric]
     lines = [f"few-step summary ({metric}): network calls, best stock solver, best overall, teacher"]
     for nfe in sorted({r["nfe"] for r in rows}):
         cells = [r for r in rows if r["nfe"] == nfe]
         stock = min(cells, key=lambda r: r["base"])
-        sides = [(value, f"{r['solver']} {side}") for r in cells
+        sides = [(value, f"{r['solver']} {side}", r.get("spread", {}).get(side)) for r in cells
                  for side, value in (("base", r["base"]), ("dode", r["dode"]), *r["variants"].items())]
-        best = min(sides)
-        lines.append(f"  {nfe}: {stock['base']:.4g} ({stock['solver']}), {best[0]:.4g} ({best[1]}), "
-                     f"teacher {cells[0]['teacher']:.4g}")
+        best = min(sides, key=lambda s: s[:2])
+        teacher = cells[0]
+        lines.append(f"  {nfe}: {with_spread(stock['base'], stock.get('spread', {}).get('base'))} ({stock['solver']}), "
+                     f"{with_spread(best[0], best[2])} ({best[1]}), teacher "
+                     f"{with_spread(teacher['teacher'], teacher.get('spread', {}).get('teacher'))}")
     held, failures, changed, agreed = 0, [], 0, 0
     for r in rows:
         for name in (n for n in variants if n in r["variants"]):

@@ -22,10 +22,10 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="dode-bench-prefect-"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import dode_flows  # noqa: F401 - Prefect defaults before Prefect is imported
 import psutil
 import torch
 
-import dode_flows  # noqa: F401 - Prefect defaults before Prefect is imported
 from dode.common.config import build
 from dode.pipeline.runs import PipelineRun
 from dode.pipeline.sweep_run import InProcess, run_pipeline

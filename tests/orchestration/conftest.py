@@ -15,10 +15,9 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 # 2 threads vs 9 us on 1). Results do not depend on it (the Dask test compares with 1-thread workers).
 os.environ["OMP_NUM_THREADS"] = "1"
 
+import dode_flows  # noqa: F401 - sets the flows' logging defaults before Prefect is imported
 import pytest
 import torch
-
-import dode_flows  # noqa: F401 - sets the flows' logging defaults before Prefect is imported
 
 torch.set_num_threads(1)
 

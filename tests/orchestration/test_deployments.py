@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dode_flows import cli
 from pydantic import BaseModel
 
 from dode.common.config import build
 from dode.distillation.teacher import TeacherConfig
 from dode.pipeline import runs
-from dode_flows import cli
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
 DEPLOYMENTS = SPEC["deployments"]

@@ -65,14 +65,14 @@ def text_table(rows: list[dict[str, Any]]) -> str:
         extra = "".join(f" {cell(r, n):>16}" for n in names)
         lines.append(f"{r['solver']:<10} {r['nfe']:>3}  {r['label']:<16} {cell(r, 'base'):>16} {cell(r, 'dode'):>16}"
                      f"{extra} {cell(r, 'teacher'):>16} {change(r):>8}")
-    return "\n".join(lines + [SPREAD_NOTE])
+    return "\n".join(lines + [SPREAD_NOTE] * any(r.get("spread") for r in rows))
 
 
 def markdown_tables(rows: list[dict[str, Any]]) -> str:
     """One table per metric: solver, NFE, base, D-ODE, the variants, teacher (each ``mean ± spread``), change,
     the guards' choices."""
     names = variant_names(rows)
-    out = [SPREAD_NOTE, ""]
+    out = [SPREAD_NOTE, ""] * any(r.get("spread") for r in rows)
     for label in dict.fromkeys(r["label"] for r in rows):
         out += [f"### {label}", "", "| solver | NFE | base | D-ODE | " + "".join(f"{n} | " for n in names)
                 + "teacher | change | guard chose |", "|---|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|---|"]

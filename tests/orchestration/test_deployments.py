@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from dode.common.config import build
 from dode.distillation.teacher import TeacherConfig
 from dode.pipeline import runs
+from dode.pipeline.report import SPREAD_NOTE
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
 DEPLOYMENTS = SPEC["deployments"]
@@ -185,7 +186,11 @@ def test_results_are_shown_by_their_shape():
     row = {"solver": "euler", "nfe": 3, "label": "RMSE to teacher", "base": 0.5, "dode": 0.25, "teacher": None,
            "change_pct": -50.0}
     assert cli.show({"rows": [row], "report": "r.md"}).splitlines()[2:] == [
-        "euler        3  RMSE to teacher         0.5       0.25          —   -50.0%", "report: r.md"]
+        "euler        3  RMSE to teacher               0.5             0.25                —   -50.0%", "report: r.md"]
+    spread = {**row, "spread": {"base": 0.01, "dode": 0.02}}  # scores over disjoint evaluation sets: mean ± sd
+    assert cli.show({"rows": [spread], "report": "r.md"}).splitlines()[2:] == [
+        "euler        3  RMSE to teacher        0.5 ± 0.01      0.25 ± 0.02                —   -50.0%",
+        SPREAD_NOTE, "report: r.md"]
     assert cli.show([{"samples": "ab" * 32, "label": "FD-pixels", "value": 1.5, "n": 8}]) == (
         "abababababab  FD-pixels: 1.5  (n=8)")
     assert cli.show("0123abcd") == "0123abcd"

@@ -66,14 +66,17 @@ class AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
         return importlib.util.spec_from_loader(name, self) if new_home(name) else None
 
+    def __init__(self) -> None:
+        self.own_specs: dict[str, importlib.machinery.ModuleSpec] = {}  # by alias, between create and exec
+
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         module = importlib.import_module(new_home(spec.name))
-        self.own_spec = module.__spec__  # the import machinery sets the alias's spec on it next
+        self.own_specs[spec.name] = module.__spec__  # the import machinery sets the alias's spec on it next
         return module
 
     def exec_module(self, module: ModuleType) -> None:
         """Already executed under its new name: only its own spec is put back."""
-        module.__spec__ = self.own_spec
+        module.__spec__ = self.own_specs.pop(module.__spec__.name)
 
 
 def install() -> None:

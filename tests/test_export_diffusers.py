@@ -203,3 +203,23 @@ def test_a_digits_flow_artifact_exports_for_flow_match_euler_and_its_snippet_sam
     with torch.no_grad():
         ours = dode.sample(FlowDenoiser(unet_call(space["unet"]), FlowSchedule()), noise.double(), grid, "euler")
     assert (space["x"].double() - ours).abs().max() <= 1e-4 * ours.abs().max()
+
+
+def test_a_forged_pipeline_class_name_never_reaches_the_snippet(tmp_path):
+    # The model's model_index.json is registry data: its class name is written into use_schedule.py only when it
+    # is a Python identifier (a name with a newline could otherwise add code to the snippet the user runs).
+    from dode.integrations.diffusers.export import model_files
+
+    reg = Registry(tmp_path / "registry")
+    forged = "DDPMPipeline\nimport os; os.system('touch pwned')\n#"
+    files = {"scheduler/scheduler_config.json": json.dumps(TRAINING).encode(),
+             "model_index.json": json.dumps({"_class_name": forged}).encode()}
+    model = reg.publish("model", "forged", files)
+    lam = save_lambdas(reg, dode.Lambdas([0.1, 0.2], "euler", [2.0, 1.0, 0.0]), "forged/euler", parents=[model])
+    training, pipeline = model_files(reg, lam)
+    assert training == TRAINING and pipeline is None
+    spec = diffusers_schedule(dode.Lambdas([0.1, 0.2], "euler", [2.0, 1.0, 0.0]), training, lam.id)
+    assert "os.system" not in snippet(spec, pipeline)
+    honest = reg.publish("model", "honest", {**files, "model_index.json": b'{"_class_name": "DDPMPipeline"}'})
+    lam2 = save_lambdas(reg, dode.Lambdas([0.1, 0.2], "euler", [2.0, 1.0, 0.0]), "honest/euler", parents=[honest])
+    assert model_files(reg, lam2)[1] == "DDPMPipeline"

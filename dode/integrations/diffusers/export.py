@@ -149,7 +149,9 @@ def model_files(reg: Any, art: Any) -> tuple[dict[str, Any] | None, str | None]:
         if names:
             index = [n for n in model.files if n.endswith("model_index.json")]
             pipeline = reg.read_json(model, index[0]).get("_class_name") if index else None
-            return reg.read_json(model, names[0]), pipeline if isinstance(pipeline, str) else None
+            # The class name lands in the written snippet: an identifier only (a forged one is not code there).
+            return reg.read_json(model, names[0]), pipeline if isinstance(pipeline, str) and pipeline.isidentifier() \
+                else None
     return None, None
 
 
